@@ -1,0 +1,283 @@
+"""The HTTP application: a lean ASGI path for webhooks, Starlette for everything else.
+
+``POST /webhooks/{source}`` is served by ``WebhookEndpoint`` directly on ASGI: it reads
+the body once, enforcing the size limit while streaming, and answers with its own JSON
+errors (SPEC §3, §9). Health, readiness and metrics are ordinary Starlette routes, and
+Starlette's lifespan owns the runtime (Redis, store, sink, worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import prometheus_client
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from receiver import metrics
+from receiver.errors import (
+    DeliveryRejected,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    StorageUnavailable,
+    UnknownSource,
+    UnsupportedMediaType,
+)
+from receiver.ingest import build_event
+from receiver.logs import get_logger
+from receiver.models import EventState
+from receiver.runtime import Runtime
+from receiver.settings import Settings
+from receiver.store import AcceptResult, now_ms
+from receiver.worker import Worker
+
+WEBHOOK_PREFIX = "/webhooks/"
+READINESS_TIMEOUT_SECONDS = 2.0
+log = get_logger("receiver.http")
+
+
+class ClientDisconnected(Exception):
+    """The sender went away before the body was complete; there is no one to answer."""
+
+
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """The whole body, or PayloadTooLarge as soon as it passes ``limit`` (no further reads)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _send_json(
+    send: Send, status: int, payload: dict[str, Any], extra: list[tuple[bytes, bytes]] = ()  # type: ignore[assignment]
+) -> None:
+    body = orjson.dumps(payload)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class WebhookEndpoint:
+    """``POST /webhooks/{source}``: verify, store durably, answer (SPEC §3)."""
+
+    def __init__(self, app: ReceiverApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        received_ms = now_ms()
+        source = scope["path"][len(WEBHOOK_PREFIX) :]
+        context: dict[str, Any] = {"source": source}
+        status, payload, extra = 500, {"error": "internal_error"}, []
+        outcome = "error"
+        try:
+            status, payload, outcome = await self._handle(scope, receive, source, received_ms, context)
+        except DeliveryRejected as exc:
+            status, payload, outcome = exc.status, {"error": exc.code}, "rejected"
+            context["error"] = exc.code
+            if isinstance(exc, StorageUnavailable):
+                outcome = "unavailable"
+                extra = [(b"retry-after", str(exc.retry_after_seconds).encode())]
+            elif isinstance(exc, MethodNotAllowed):
+                extra = [(b"allow", b"POST")]
+            elif exc.status == 401 or exc.code == "missing_signature_header":
+                metrics.VERIFICATION_FAILURES.labels(exc.code).inc()
+        except ClientDisconnected:
+            outcome = "disconnected"
+        except Exception:
+            # A bug, not the sender's fault: logged (redacted) with its traceback, answered 500.
+            log.exception("webhook_failed", **context)
+        if outcome != "disconnected":
+            await _send_json(send, status, payload, extra)
+        duration = time.perf_counter() - started
+        metrics.REQUESTS.labels(source if source in self._app.settings.sources else "unknown", outcome).inc()
+        metrics.REQUEST_DURATION.observe(duration)
+        level = "warning" if outcome in ("unavailable", "error") else "info"
+        getattr(log, level)(
+            "webhook", outcome=outcome, status=status, duration_ms=round(duration * 1000, 3), **context
+        )
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, source: str, received_ms: int, context: dict[str, Any]
+    ) -> tuple[int, dict[str, Any], str]:
+        runtime = self._app.runtime
+        verifier = runtime.verifiers.get(source)
+        if verifier is None:
+            raise UnknownSource if "/" not in source else NotFound
+        if scope["method"] != "POST":
+            raise MethodNotAllowed
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        limit = self._app.settings.max_body_bytes
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge
+        body = await _read_body(receive, limit)
+        if not _is_json(headers.get("content-type", "")):
+            raise UnsupportedMediaType
+        event = build_event(source, verifier, runtime.cipher, headers, body, received_ms)
+        context.update(event_id=event.event_id, type=event.event_type, record_key=event.record_key)
+        try:
+            result = await runtime.store.accept(event)
+        except (RedisError, OSError) as exc:
+            context["cause"] = type(exc).__name__
+            raise StorageUnavailable from exc
+        if result is AcceptResult.NEW:
+            if event.state is EventState.DEAD:
+                context["reason"] = event.last_error
+                return 202, {"status": "accepted", "event_id": event.event_id}, "dead"
+            return 202, {"status": "accepted", "event_id": event.event_id}, "accepted"
+        metrics.DUPLICATES.labels(source).inc()
+        if result is AcceptResult.CONFLICT:
+            metrics.CONFLICTS.labels(source).inc()
+            log.warning("event_id_conflict", source=source, event_id=event.event_id,
+                        detail="same event id, different body: the first copy stands")
+            return 200, {"status": "duplicate", "event_id": event.event_id}, "conflict"
+        return 200, {"status": "duplicate", "event_id": event.event_id}, "duplicate"
+
+
+class ReceiverApp:
+    """The ASGI app: webhook path first, Starlette for the rest and for the lifespan."""
+
+    def __init__(
+        self, settings: Settings, *, run_worker: bool = True, runtime: Runtime | None = None
+    ) -> None:
+        self.settings = settings
+        self.run_worker = run_worker
+        # ``serve`` opens the runtime before the server starts, so a start-up failure is one
+        # clean line instead of a lifespan traceback; tests let the lifespan open it.
+        self._runtime: Runtime | None = runtime
+        self.worker: Worker | None = None
+        self._worker_task: asyncio.Task[None] | None = None
+        self._webhook = WebhookEndpoint(self)
+        self._starlette = Starlette(
+            routes=[
+                Route("/healthz", self.healthz, methods=["GET", "HEAD"]),
+                Route("/readyz", self.readyz, methods=["GET", "HEAD"]),
+                Route("/metrics", self.metrics, methods=["GET"]),
+            ],
+            exception_handlers={HTTPException: self._http_error},  # type: ignore[dict-item]
+            lifespan=self._lifespan,
+        )
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            raise RuntimeError("the app's lifespan has not started")
+        return self._runtime
+
+    @property
+    def draining(self) -> bool:
+        return self._runtime is not None and self._runtime.draining
+
+    def start_draining(self) -> None:
+        """Readiness turns 503 so load balancers stop sending; requests still get served."""
+        if self._runtime is not None:
+            self._runtime.draining = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(WEBHOOK_PREFIX):
+            await self._webhook(scope, receive, send)
+        else:
+            await self._starlette(scope, receive, send)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        if self._runtime is None:
+            self._runtime = await Runtime.open(self.settings, with_sink=True, adopt_orphan=True)
+        if self.run_worker:
+            assert self._runtime.sink is not None
+            self.worker = Worker(self._runtime, self._runtime.sink)
+            self._worker_task = asyncio.create_task(self.worker.run(), name="worker")
+        log.info("started", worker=self.run_worker, embedded_redis=self.settings.embedded_redis,
+                 sources=sorted(self.settings.sources))
+        try:
+            yield
+        finally:
+            # uvicorn has stopped accepting and waited for in-flight requests; now the
+            # worker finishes or releases its events, then the sink, Redis and the
+            # embedded server close, in that order (PITFALLS: Processes).
+            self._runtime.draining = True
+            if self.worker is not None and self._worker_task is not None:
+                await self.worker.stop(self.settings.shutdown_timeout_seconds)
+                await self._worker_task
+            await self._runtime.aclose()
+            log.info("stopped")
+
+    async def _http_error(self, _request: Request, exc: HTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": code}, status_code=exc.status_code, headers=exc.headers)
+
+    async def healthz(self, _request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, _request: Request) -> Response:
+        if self.draining:
+            metrics.READY.set(0)
+            return JSONResponse({"error": "shutting_down"}, status_code=503)
+        failed = await check_dependencies(self.runtime)
+        metrics.READY.set(0 if failed else 1)
+        if failed:
+            return JSONResponse({"error": "not_ready", "failed": failed}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def metrics(self, _request: Request) -> Response:
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            stats = await asyncio.wait_for(self.runtime.store.queue_stats(), READINESS_TIMEOUT_SECONDS)
+            metrics.QUEUE_BACKLOG.set(stats["backlog"])
+            metrics.QUEUE_PENDING.set(stats["pending"])
+            metrics.QUEUE_RETRYING.set(stats["retrying"])
+            metrics.DEAD_LETTERS.set(stats["dead"])
+        return Response(prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
+
+
+async def check_dependencies(runtime: Runtime) -> list[str]:
+    """Names of the dependencies that do not answer: ``redis``, ``sink``."""
+    failed: list[str] = []
+    try:
+        await asyncio.wait_for(runtime.client.ping(), READINESS_TIMEOUT_SECONDS)
+    except (RedisError, OSError, TimeoutError):
+        failed.append("redis")
+    if runtime.sink is not None:
+        try:
+            await asyncio.wait_for(runtime.sink.ping(), READINESS_TIMEOUT_SECONDS)
+        except Exception:  # any failure of a third-party sink's ping means "not ready"
+            failed.append("sink")
+    return failed
+
+
+def create_app(
+    settings: Settings, *, run_worker: bool = True, runtime: Runtime | None = None
+) -> ReceiverApp:
+    """The ASGI application for ``settings``."""
+    return ReceiverApp(settings, run_worker=run_worker, runtime=runtime)

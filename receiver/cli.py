@@ -1,0 +1,137 @@
+"""The ``receiver`` command line: a thin layer over the functions the service uses.
+
+Exit codes (SPEC §7): 0 success, 1 failure (including a bad configuration), 2 usage.
+Configuration errors print one line naming the variable, never a traceback or a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from receiver.errors import ConfigError
+from receiver.logs import configure_logging, get_logger
+from receiver.settings import Settings
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+T = TypeVar("T")
+log = get_logger("receiver.cli")
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    click.echo(f"receiver: {message}", err=True)
+    raise SystemExit(code)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, configured logging; one line and exit 1 on error."""
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        fail(f"configuration error: {exc}")
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine on uvloop when available; ConfigError becomes one line and exit 1."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] installs it
+        uvloop = None  # type: ignore[assignment]
+    try:
+        if uvloop is not None:
+            return uvloop.run(factory())
+        return asyncio.run(factory())
+    except ConfigError as exc:
+        fail(f"configuration error: {exc}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="receiver")
+def main() -> None:
+    """Receive signed Rivya webhooks, store them durably, apply them to one record each."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--no-worker", is_flag=True, help="Only receive; run workers with `receiver worker`.")
+def serve(host: str, port: int, no_worker: bool) -> None:
+    """Run the HTTP service (and a worker, unless --no-worker)."""
+    settings = load_settings()
+
+    async def run() -> None:
+        from receiver.app import create_app
+        from receiver.runtime import Runtime
+        from receiver.server import GracefulServer, uvicorn_config
+
+        runtime = await Runtime.open(settings, with_sink=True, adopt_orphan=True)
+        app = create_app(settings, run_worker=not no_worker, runtime=runtime)
+        config = uvicorn_config(app, host, port, settings.shutdown_timeout_seconds)
+        server = GracefulServer(config, app, settings.shutdown_drain_seconds)
+        if settings.embedded_redis and runtime.embedded is not None:
+            log.info("embedded_redis", socket=str(runtime.embedded.socket_path))
+        try:
+            await server.serve()
+        finally:
+            if not server.started:  # the lifespan never ran: close what we opened
+                await runtime.aclose()
+        if not server.started:
+            fail(f"could not listen on {host}:{port}")
+
+    run_async(run)
+
+
+@main.command()
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics of this worker on this port.")
+def worker(metrics_port: int | None) -> None:
+    """Run a worker alone (several may run side by side)."""
+    settings = load_settings()
+
+    async def run() -> None:
+        import signal
+
+        from receiver.runtime import Runtime
+        from receiver.worker import Worker
+
+        runtime = await Runtime.open(settings, with_sink=True)
+        assert runtime.sink is not None
+        if metrics_port is not None:
+            import prometheus_client
+
+            prometheus_client.start_http_server(metrics_port, addr="127.0.0.1")
+        consumer = Worker(runtime, runtime.sink)
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop_requested.set)
+        task = asyncio.create_task(consumer.run())
+        await stop_requested.wait()
+        await consumer.stop(settings.shutdown_timeout_seconds)
+        await task
+        await runtime.aclose()
+
+    run_async(run)
+
+
+@main.command("gen-secret")
+def gen_secret() -> None:
+    """Print a fresh whsec_ signing secret (32 random bytes)."""
+    click.echo("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
+
+
+def entrypoint() -> None:  # pragma: no cover - console script shim
+    main(prog_name="receiver")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

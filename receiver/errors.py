@@ -1,0 +1,85 @@
+"""Errors that carry their own HTTP answer, and the few that stop start-up.
+
+Each delivery rejection knows its status and a stable snake_case code (SPEC §3, §9);
+one place in the app turns them into ``{"error": code}``. Messages never hold request
+data, so they are safe to log.
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; start-up stops with this one line."""
+
+
+class DeliveryRejected(Exception):
+    """A delivery we answer with a 4xx/5xx. ``code`` goes into the JSON body."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or self.code)
+
+
+class UnknownSource(DeliveryRejected):
+    status, code = 404, "unknown_source"
+
+
+class NotFound(DeliveryRejected):
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(DeliveryRejected):
+    status, code = 405, "method_not_allowed"
+
+
+class PayloadTooLarge(DeliveryRejected):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(DeliveryRejected):
+    status, code = 415, "unsupported_media_type"
+
+
+class MissingSignatureHeader(DeliveryRejected):
+    status, code = 400, "missing_signature_header"
+
+
+class InvalidSignature(DeliveryRejected):
+    status, code = 401, "invalid_signature"
+
+
+class InvalidTimestamp(DeliveryRejected):
+    """The timestamp header or field is present but not a unix time."""
+
+    status, code = 401, "invalid_timestamp"
+
+
+class TimestampOutOfTolerance(DeliveryRejected):
+    status, code = 401, "timestamp_out_of_tolerance"
+
+
+class MissingEventId(DeliveryRejected):
+    """Stripe scheme: the signed body has no usable ``id`` to deduplicate by."""
+
+    status, code = 400, "missing_event_id"
+
+
+class StorageUnavailable(DeliveryRejected):
+    """Redis did not answer: nothing was acknowledged, the sender must retry."""
+
+    status, code = 503, "storage_unavailable"
+    retry_after_seconds = 5
+
+
+class SinkError(Exception):
+    """Base for sink failures; the message must already be free of secrets."""
+
+
+class TransientSinkError(SinkError):
+    """Worth retrying: timeouts, connection errors, 408/429/5xx."""
+
+
+class PermanentSinkError(SinkError):
+    """Retrying cannot help: the event goes to ``dead`` at once."""

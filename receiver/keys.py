@@ -1,0 +1,77 @@
+"""Every Redis key name, stream name and group name, in one place.
+
+Keys are hash-tagged by queue shard (``{q<n>}``): an event's hash, its history, its index
+entries and the stream it is queued on share one Redis Cluster slot, so the accept script
+can touch them all atomically. With one shard (the default) everything is in one slot;
+raise ``RECEIVER_QUEUE_SHARDS`` on a Redis Cluster to spread the load.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+PREFIX = "rcv"
+CONSUMER_GROUP = "workers"
+AUDIT_STREAM = f"{PREFIX}:audit"
+# The audit log is small and read rarely; a month of replays fits easily.
+AUDIT_MAX_ENTRIES = 100_000
+MEMBER_SEPARATOR = "|"
+
+
+def member_of(source: str, event_id: str) -> str:
+    """The queue/index member naming one event; source names cannot contain ``|``."""
+    return f"{source}{MEMBER_SEPARATOR}{event_id}"
+
+
+def split_member(member: str) -> tuple[str, str]:
+    source, _, event_id = member.partition(MEMBER_SEPARATOR)
+    return source, event_id
+
+
+def shard_of(member: str, shards: int) -> int:
+    return zlib.crc32(member.encode()) % shards if shards > 1 else 0
+
+
+@dataclass(frozen=True, slots=True)
+class ShardKeys:
+    """The keys of one queue shard."""
+
+    shard: int
+
+    @property
+    def tag(self) -> str:
+        return f"{PREFIX}:{{q{self.shard}}}"
+
+    @property
+    def stream(self) -> str:
+        return f"{self.tag}:stream"
+
+    @property
+    def index(self) -> str:
+        """Sorted set of every stored event member, scored by receive time (ms)."""
+        return f"{self.tag}:index"
+
+    @property
+    def dead(self) -> str:
+        """Sorted set of dead events, scored by receive time (ms)."""
+        return f"{self.tag}:dead"
+
+    @property
+    def retry(self) -> str:
+        """Sorted set of events waiting for a retry, scored by due time (ms)."""
+        return f"{self.tag}:retry"
+
+    def event(self, member: str) -> str:
+        return f"{self.tag}:evt:{member}"
+
+    def history(self, member: str) -> str:
+        return f"{self.tag}:hist:{member}"
+
+
+def keys_for(member: str, shards: int) -> ShardKeys:
+    return ShardKeys(shard_of(member, shards))
+
+
+def all_shards(shards: int) -> list[ShardKeys]:
+    return [ShardKeys(n) for n in range(shards)]

@@ -1,0 +1,57 @@
+"""Prometheus collectors. Names are the contract of the alerts and the dashboard in deploy/."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter(
+    "receiver_requests_total",
+    "Webhook deliveries answered, by source and outcome "
+    "(accepted, duplicate, dead, rejected, unavailable, error).",
+    ["source", "outcome"],
+)
+VERIFICATION_FAILURES = Counter(
+    "receiver_verification_failures_total",
+    "Deliveries rejected before storage, by reason (the error code).",
+    ["reason"],
+)
+REQUEST_DURATION = Histogram(
+    "receiver_request_duration_seconds",
+    "Time from request start to the answer for webhook deliveries.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+DUPLICATES = Counter(
+    "receiver_duplicates_total", "Deliveries of an event id already stored.", ["source"]
+)
+CONFLICTS = Counter(
+    "receiver_conflicts_total",
+    "Deliveries reusing a stored event id with a different body (a sender bug).",
+    ["source"],
+)
+EVENTS_PROCESSED = Counter(
+    "receiver_events_processed_total",
+    "Events the worker finished, by outcome (applied, stale, dead) and source.",
+    ["source", "outcome"],
+)
+APPLY_RETRIES = Counter(
+    "receiver_apply_retries_total", "Transient sink failures scheduled for a retry."
+)
+APPLY_DURATION = Histogram(
+    "receiver_apply_duration_seconds",
+    "Time one sink apply took.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+)
+EVENT_LATENCY = Histogram(
+    "receiver_event_latency_seconds",
+    "Time from receiving an event to its outcome (applied, stale or dead).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+QUEUE_BACKLOG = Gauge(
+    "receiver_queue_backlog", "Queue entries not yet acknowledged (waiting or in progress)."
+)
+QUEUE_PENDING = Gauge(
+    "receiver_queue_pending", "Queue entries delivered to a worker and not yet acknowledged."
+)
+QUEUE_RETRYING = Gauge("receiver_queue_retrying", "Events waiting for a retry after a failure.")
+DEAD_LETTERS = Gauge("receiver_dead_letters", "Stored events in state dead (replayable).")
+READY = Gauge("receiver_ready", "1 when Redis and the sink answer, else 0.")

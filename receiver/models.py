@@ -1,0 +1,92 @@
+"""Domain values shared by ingest, the worker, the sinks and the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class EventState(StrEnum):
+    """Where a stored event is in its life (SPEC §4)."""
+
+    PENDING = "pending"
+    APPLIED = "applied"
+    STALE = "stale"
+    DEAD = "dead"
+
+
+class ApplyOutcome(StrEnum):
+    """What a sink did with a record."""
+
+    APPLIED = "applied"
+    STALE = "stale"
+
+
+# SPEC §4: queued < processing < succeeded = failed; rank 2 is terminal.
+STATUS_RANK: dict[str, int] = {"queued": 0, "processing": 1, "succeeded": 2, "failed": 2}
+TERMINAL_RANK = 2
+
+
+def format_time(value: datetime) -> str:
+    """ISO 8601 in UTC with fixed microsecond precision, so strings sort like times."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: str) -> datetime:
+    """Parse an ISO 8601 time; naive values are taken as UTC. Raises ValueError."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """The normalized product record one event produces (SPEC §5)."""
+
+    record_key: str
+    status: str
+    source_updated_at: datetime
+    last_event_id: str
+    client_request_id: str | None = None
+    model: str | None = None
+    primary_url: str | None = None
+    result_urls: tuple[str, ...] = ()
+    error_code: str | None = None
+    error_message: str | None = None
+    reserved_credits: float | None = None
+    final_credits: float | None = None
+    applied_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def status_rank(self) -> int:
+        return STATUS_RANK[self.status]
+
+    def is_newer_than(self, status: str, source_updated_at: datetime) -> bool:
+        """The ordering guard (SPEC §4), for sinks that cannot express it in their store."""
+        current_rank = STATUS_RANK.get(status, -1)
+        if current_rank == TERMINAL_RANK and self.status_rank < TERMINAL_RANK:
+            return False
+        if self.source_updated_at != source_updated_at:
+            return self.source_updated_at > source_updated_at
+        return self.status_rank > current_rank
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as a flat JSON object: times as ISO 8601, credits as numbers."""
+        return {
+            "record_key": self.record_key,
+            "client_request_id": self.client_request_id,
+            "status": self.status,
+            "model": self.model,
+            "primary_url": self.primary_url,
+            "result_urls": list(self.result_urls),
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "reserved_credits": self.reserved_credits,
+            "final_credits": self.final_credits,
+            "source_updated_at": format_time(self.source_updated_at),
+            "last_event_id": self.last_event_id,
+            "applied_at": format_time(self.applied_at),
+        }

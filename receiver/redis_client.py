@@ -1,0 +1,37 @@
+"""The one factory that turns a Redis URL into a client, for plain Redis and Redis Cluster.
+
+``redis+cluster://`` / ``rediss+cluster://`` URLs select Redis Cluster; everything else is
+a single server (``redis://``, ``rediss://``, ``unix://``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+RedisClient = aioredis.Redis | RedisCluster
+CLUSTER_SUFFIX = "+cluster"
+
+
+def create_client(url: str, *, max_connections: int = 64, timeout: float = 5.0) -> Any:
+    """A client with bounded timeouts, so a dead Redis becomes a fast 503, not a hang."""
+    scheme, _, rest = url.partition("://")
+    if scheme.endswith(CLUSTER_SUFFIX):
+        return RedisCluster.from_url(
+            f"{scheme.removesuffix(CLUSTER_SUFFIX)}://{rest}",
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+    return aioredis.Redis.from_url(
+        url,
+        max_connections=max_connections,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+    )
+
+
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, RedisCluster)

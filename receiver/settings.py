@@ -1,0 +1,391 @@
+"""Settings: read once from the environment (and an optional TOML file), validated eagerly.
+
+Nothing else in the package reads ``os.environ``. Every problem becomes a ``ConfigError``
+whose message names the variable and never includes a secret value (SPEC §6).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from receiver.errors import ConfigError
+from receiver.signing import HMAC_PREFIX, Scheme, parse_keys
+
+DEFAULT_SOURCE = "rivya"
+LogFormat = Literal["json", "console"]
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # with fullmatch: ``$`` allows a final \n
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,100}")
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str``; call ``reveal()`` to use it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def mask_url(url: str) -> str:
+    """A URL with its password (and any query string) replaced, safe to print."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # e.g. an unclosed ``[`` IPv6 host: show nothing rather than all
+        return "<unparseable URL>"
+    netloc = parts.netloc
+    if password is not None:
+        user = parts.username or ""
+        host = netloc.rsplit("@", 1)[1]
+        netloc = f"{user}:***@{host}"
+    query = "***" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``30d``, ``12h``, ``90s``, ``500ms`` or a bare number of seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30d, 12h, 90s)")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    """One sender: how its deliveries are signed and how old they may be."""
+
+    name: str
+    scheme: Scheme
+    keys: tuple[Secret, ...]
+    signature_header: str = "Rivya-Signature"
+    tolerance_seconds: int = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service needs, validated. Build with ``Settings.from_env``."""
+
+    sources: Mapping[str, SourceConfig]
+    data_dir: Path
+    sink_url: Secret
+    redis_url: Secret | None = None
+    max_body_bytes: int = 262_144
+    retention_seconds: int = 30 * 86400
+    encryption_keys: tuple[Secret, ...] = ()
+    forward_secret: Secret | None = None
+    log_format: LogFormat = "json"
+    log_level: str = "info"
+    visibility_timeout_seconds: float = 30.0
+    max_attempts: int = 8
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    sink_timeout_seconds: float = 10.0
+    shutdown_timeout_seconds: float = 25.0
+    shutdown_drain_seconds: float = 2.0
+    worker_concurrency: int = 16
+    queue_shards: int = 1
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+    def source(self, name: str) -> SourceConfig | None:
+        return self.sources.get(name)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Read and validate every setting; raise ConfigError naming the first bad one."""
+        reader = _EnvReader(environ)
+        data_dir = Path(reader.text("RECEIVER_DATA_DIR", "./receiver-data")).expanduser()
+        sources = {DEFAULT_SOURCE: _default_source(reader)}
+        config_path = reader.text("RECEIVER_CONFIG", "")
+        if config_path:
+            sources.update(_sources_from_file(Path(config_path), sources[DEFAULT_SOURCE]))
+        # A sink URL can hold a database password, so it is read like a secret (``_FILE`` too).
+        sink_secret = reader.secret("RECEIVER_SINK")
+        sink_url = (
+            sink_secret.reveal() if sink_secret else f"sqlite:///{data_dir.resolve()}/records.db"
+        )
+        # The value is not echoed: ``user:password@host`` is "not a URL" and all password.
+        sink_scheme = _url_scheme(sink_url)
+        if sink_scheme is None or ("://" not in sink_url and not sink_url.endswith(":")):
+            raise ConfigError(
+                "RECEIVER_SINK: not a sink URL (e.g. sqlite:///path.db, postgresql://..., "
+                "https://..., redis://..., log:)"
+            )
+        forward_secret = reader.secret("RECEIVER_FORWARD_SECRET")
+        if sink_scheme in ("http", "https") and forward_secret is None:
+            raise ConfigError("RECEIVER_FORWARD_SECRET: required when RECEIVER_SINK is an HTTP URL")
+        if forward_secret is not None:
+            _check_forward_secret(forward_secret)
+        redis_url = reader.secret("RECEIVER_REDIS_URL")
+        if redis_url is not None and _url_scheme(redis_url.reveal()) not in (
+            "redis",
+            "rediss",
+            "unix",
+            "redis+cluster",
+            "rediss+cluster",
+        ):
+            raise ConfigError("RECEIVER_REDIS_URL: must be a redis://, rediss:// or unix:// URL")
+        encryption = reader.secret("RECEIVER_ENCRYPTION_KEYS")
+        encryption_keys = _encryption_keys(encryption)
+        log_format = reader.choice("RECEIVER_LOG_FORMAT", "json", ("json", "console"))
+        return cls(
+            sources=sources,
+            data_dir=data_dir,
+            sink_url=Secret(sink_url),
+            redis_url=redis_url,
+            max_body_bytes=reader.integer("RECEIVER_MAX_BODY_BYTES", 262_144, minimum=1),
+            retention_seconds=int(reader.duration("RECEIVER_RETENTION", "30d", minimum=60)),
+            encryption_keys=encryption_keys,
+            forward_secret=forward_secret,
+            log_format="console" if log_format == "console" else "json",
+            log_level=reader.choice("RECEIVER_LOG_LEVEL", "info", LOG_LEVELS),
+            visibility_timeout_seconds=reader.duration(
+                "RECEIVER_VISIBILITY_TIMEOUT", "30s", minimum=0.1
+            ),
+            max_attempts=reader.integer("RECEIVER_MAX_ATTEMPTS", 8, minimum=1),
+            retry_base_seconds=reader.duration("RECEIVER_RETRY_BASE", "1s", minimum=0.001),
+            retry_max_seconds=reader.duration("RECEIVER_RETRY_MAX", "300s", minimum=0.001),
+            sink_timeout_seconds=reader.duration("RECEIVER_SINK_TIMEOUT", "10s", minimum=0.1),
+            shutdown_timeout_seconds=reader.duration(
+                "RECEIVER_SHUTDOWN_TIMEOUT", "25s", minimum=0.1
+            ),
+            shutdown_drain_seconds=reader.duration("RECEIVER_SHUTDOWN_DRAIN", "2s", minimum=0),
+            worker_concurrency=reader.integer("RECEIVER_WORKER_CONCURRENCY", 16, minimum=1),
+            queue_shards=reader.integer("RECEIVER_QUEUE_SHARDS", 1, minimum=1, maximum=1024),
+        )
+
+
+# Every variable ``from_env`` reads, for the README and deploy-file checks.
+KNOWN_VARIABLES: tuple[str, ...] = (
+    "RECEIVER_WEBHOOK_SECRET",
+    "RECEIVER_WEBHOOK_SECRET_FILE",
+    "RECEIVER_SIGNATURE_SCHEME",
+    "RECEIVER_SIGNATURE_HEADER",
+    "RECEIVER_TOLERANCE_SECONDS",
+    "RECEIVER_CONFIG",
+    "RECEIVER_REDIS_URL",
+    "RECEIVER_REDIS_URL_FILE",
+    "RECEIVER_SINK",
+    "RECEIVER_SINK_FILE",
+    "RECEIVER_DATA_DIR",
+    "RECEIVER_MAX_BODY_BYTES",
+    "RECEIVER_RETENTION",
+    "RECEIVER_ENCRYPTION_KEYS",
+    "RECEIVER_ENCRYPTION_KEYS_FILE",
+    "RECEIVER_FORWARD_SECRET",
+    "RECEIVER_FORWARD_SECRET_FILE",
+    "RECEIVER_LOG_FORMAT",
+    "RECEIVER_LOG_LEVEL",
+    "RECEIVER_VISIBILITY_TIMEOUT",
+    "RECEIVER_MAX_ATTEMPTS",
+    "RECEIVER_RETRY_BASE",
+    "RECEIVER_RETRY_MAX",
+    "RECEIVER_SINK_TIMEOUT",
+    "RECEIVER_SHUTDOWN_TIMEOUT",
+    "RECEIVER_SHUTDOWN_DRAIN",
+    "RECEIVER_WORKER_CONCURRENCY",
+    "RECEIVER_QUEUE_SHARDS",
+)
+
+
+class _EnvReader:
+    """Typed access to the environment; each error names its variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._env = environ
+
+    def text(self, name: str, default: str) -> str:
+        return self._env.get(name, "").strip() or default
+
+    def secret(self, name: str) -> Secret | None:
+        """``NAME`` or the contents of the file named by ``NAME_FILE``, never both."""
+        value = self._env.get(name, "").strip()
+        file_name = self._env.get(f"{name}_FILE", "").strip()
+        if value and file_name:
+            raise ConfigError(f"{name}: set either {name} or {name}_FILE, not both")
+        if file_name:
+            try:
+                value = Path(file_name).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise ConfigError(f"{name}_FILE: cannot read {file_name}: {reason}") from None
+            if not value:
+                raise ConfigError(f"{name}_FILE: {file_name} is empty")
+        return Secret(value) if value else None
+
+    def integer(
+        self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+    ) -> int:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a whole number, got {raw[:40]!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum else f"at least {minimum}"
+            raise ConfigError(f"{name}: must be {bound}, got {value}")
+        return value
+
+    def duration(self, name: str, default: str, *, minimum: float) -> float:
+        raw = self._env.get(name, "").strip() or default
+        try:
+            value = parse_duration(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+        if value < minimum:
+            raise ConfigError(f"{name}: must be at least {minimum}s, got {raw!r}")
+        return value
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = (self._env.get(name, "").strip() or default).lower()
+        if value not in allowed:
+            raise ConfigError(f"{name}: must be one of {', '.join(allowed)}, got {value[:40]!r}")
+        return value
+
+
+def _check_keys(variable: str, scheme: Scheme, raw: str, minimum: int = 1) -> tuple[Secret, ...]:
+    try:
+        keys = parse_keys(scheme, raw)
+    except ValueError as exc:
+        raise ConfigError(f"{variable}: {exc}") from None
+    if len(keys) < minimum:
+        raise ConfigError(f"{variable}: no key given")
+    return tuple(Secret(key) for key in keys)
+
+
+def _url_scheme(url: str) -> str | None:
+    """The scheme, or None for text ``urlsplit`` rejects (it raises ValueError, not us)."""
+    try:
+        return urlsplit(url).scheme
+    except ValueError:
+        return None
+
+
+def _check_forward_secret(secret: Secret) -> None:
+    # The HTTP sink signs with it, so it must be exactly one shared (``whsec_``) key:
+    # a ``whpk_`` public key cannot sign, and a list would be signed with as one key.
+    keys = _check_keys("RECEIVER_FORWARD_SECRET", Scheme.STANDARD, secret.reveal(), 1)
+    if len(keys) != 1 or not keys[0].reveal().startswith(HMAC_PREFIX):
+        raise ConfigError("RECEIVER_FORWARD_SECRET: must be exactly one whsec_ key")
+
+
+def _default_source(reader: _EnvReader) -> SourceConfig:
+    scheme = Scheme(reader.choice("RECEIVER_SIGNATURE_SCHEME", "standard", tuple(Scheme)))
+    secret = reader.secret("RECEIVER_WEBHOOK_SECRET")
+    if secret is None:
+        raise ConfigError(
+            "RECEIVER_WEBHOOK_SECRET: required (or RECEIVER_WEBHOOK_SECRET_FILE); "
+            "create one with `receiver gen-secret`"
+        )
+    header = reader.text("RECEIVER_SIGNATURE_HEADER", "Rivya-Signature")
+    if not _HEADER_NAME.fullmatch(header):
+        raise ConfigError("RECEIVER_SIGNATURE_HEADER: not a valid header name")
+    return SourceConfig(
+        name=DEFAULT_SOURCE,
+        scheme=scheme,
+        keys=_check_keys("RECEIVER_WEBHOOK_SECRET", scheme, secret.reveal()),
+        signature_header=header,
+        tolerance_seconds=reader.integer("RECEIVER_TOLERANCE_SECONDS", 300, minimum=1),
+    )
+
+
+def _sources_from_file(path: Path, default: SourceConfig) -> dict[str, SourceConfig]:
+    """``[sources.NAME]`` tables: scheme, secret or secret_file, header, tolerance_seconds."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"RECEIVER_CONFIG: cannot read {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"RECEIVER_CONFIG: {path} is not valid TOML: {exc}") from None
+    tables = document.get("sources", {})
+    if not isinstance(tables, dict):
+        raise ConfigError("RECEIVER_CONFIG: [sources] must be a table of tables")
+    sources: dict[str, SourceConfig] = {}
+    for name, table in tables.items():
+        where = f"RECEIVER_CONFIG: sources.{name}"
+        if not _SOURCE_NAME.fullmatch(name) or not isinstance(table, dict):
+            raise ConfigError(f"{where}: names are letters, digits, - and _; values are tables")
+        try:
+            scheme = Scheme(table.get("scheme", default.scheme.value))
+        except ValueError:
+            raise ConfigError(f"{where}.scheme: must be standard or stripe") from None
+        raw_secret = table.get("secret")
+        secret_file = table.get("secret_file")
+        if bool(raw_secret) == bool(secret_file):
+            raise ConfigError(f"{where}: set exactly one of secret, secret_file")
+        if isinstance(raw_secret, list) and all(isinstance(key, str) for key in raw_secret):
+            raw_secret = " ".join(raw_secret)  # a TOML array of keys, for rotation
+        if secret_file:
+            if not isinstance(secret_file, str):
+                raise ConfigError(f"{where}.secret_file: must be a path string")
+            try:
+                raw_secret = Path(secret_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"{where}.secret_file: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"{where}.secret_file: not UTF-8 text") from None
+        if not isinstance(raw_secret, str):
+            # str() of a number or table would become a "key" (any string is one for stripe).
+            raise ConfigError(f"{where}.secret: must be a string or an array of strings")
+        tolerance = table.get("tolerance_seconds", default.tolerance_seconds)
+        # bool is an int in Python: ``tolerance_seconds = true`` must not mean 1 second.
+        if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 1:
+            raise ConfigError(f"{where}.tolerance_seconds: must be a positive whole number")
+        header = table.get("signature_header", default.signature_header)
+        if not isinstance(header, str) or not _HEADER_NAME.fullmatch(header):
+            raise ConfigError(f"{where}.signature_header: not a valid header name")
+        sources[name] = SourceConfig(
+            name=name,
+            scheme=scheme,
+            keys=_check_keys(f"{where}.secret", scheme, raw_secret),
+            signature_header=header,
+            tolerance_seconds=tolerance,
+        )
+    return sources
+
+
+def _encryption_keys(raw: Secret | None) -> tuple[Secret, ...]:
+    if raw is None:
+        return ()
+    from cryptography.fernet import Fernet  # local: only needed when encryption is on
+
+    keys = [part for part in re.split(r"[\s,]+", raw.reveal()) if part]
+    if not keys:  # set but only separators: silently storing plaintext would surprise
+        raise ConfigError("RECEIVER_ENCRYPTION_KEYS: no key given")
+    for position, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f"RECEIVER_ENCRYPTION_KEYS: key {position} is not a Fernet key "
+                "(32 url-safe base64 bytes; `receiver gen-key` makes one)"
+            ) from None
+    return tuple(Secret(key) for key in keys)

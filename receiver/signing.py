@@ -1,0 +1,211 @@
+"""Verify and sign deliveries: the ``standard`` (Standard Webhooks) and ``stripe`` schemes.
+
+Pure functions of raw bytes, headers and an injected ``now``: no I/O, no text decoding of
+the body. Every malformed input becomes one of our own rejections (never ``ValueError``),
+comparisons are constant-time, and unknown signature versions are skipped (SPEC §2, §9).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from receiver.errors import (
+    InvalidSignature,
+    InvalidTimestamp,
+    MissingSignatureHeader,
+    TimestampOutOfTolerance,
+)
+
+HMAC_PREFIX = "whsec_"
+ED25519_PREFIX = "whpk_"
+# Bounds that keep a hostile header from costing more than a normal one.
+MAX_SIGNATURE_ENTRIES = 16
+MAX_EVENT_ID_LENGTH = 255
+_KEY_SEPARATORS = re.compile(r"[\s,]+")
+# Matched with ``fullmatch``: ``$`` would let a trailing newline into ids (and log lines).
+EVENT_ID_PATTERN = re.compile(rf"[\x21-\x7e]{{1,{MAX_EVENT_ID_LENGTH}}}")
+
+
+class Scheme(StrEnum):
+    STANDARD = "standard"
+    STRIPE = "stripe"
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A delivery whose signature checked out. ``event_id`` is None for ``stripe``
+    (the id lives in the body, which the caller parses after verification)."""
+
+    event_id: str | None
+    timestamp: int
+
+
+def parse_keys(scheme: Scheme, raw: str) -> list[str]:
+    """Split a key list (space or comma separated) and validate each key for ``scheme``.
+
+    Raises ValueError with a message that names the key by position, never its value.
+    """
+    keys = [part for part in _KEY_SEPARATORS.split(raw.strip()) if part]
+    if scheme is Scheme.STANDARD:
+        for position, key in enumerate(keys, start=1):
+            _standard_key(key, position)
+    return keys
+
+
+def _standard_key(key: str, position: int) -> bytes | Ed25519PublicKey:
+    if key.startswith(HMAC_PREFIX):
+        material = _b64decode(key[len(HMAC_PREFIX) :])
+        if not material:
+            raise ValueError(f"key {position}: whsec_ key is not valid base64")
+        return material
+    if key.startswith(ED25519_PREFIX):
+        material = _b64decode(key[len(ED25519_PREFIX) :])
+        if material is None or len(material) != 32:
+            raise ValueError(f"key {position}: whpk_ key is not 32 bytes of base64")
+        return Ed25519PublicKey.from_public_bytes(material)
+    raise ValueError(f"key {position}: must start with whsec_ or whpk_")
+
+
+def _b64decode(text: str) -> bytes | None:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _header(headers: Mapping[str, str], *names: str) -> str:
+    for name in names:
+        value = headers.get(name)
+        if value:
+            return value
+    raise MissingSignatureHeader(f"missing header {names[0]}")
+
+
+def _timestamp(text: str, now: float, tolerance: int) -> int:
+    text = text.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 12:
+        raise InvalidTimestamp
+    timestamp = int(text)
+    # Two-sided: a timestamp from the future is as suspicious as an old one.
+    if abs(now - timestamp) > tolerance:
+        raise TimestampOutOfTolerance
+    return timestamp
+
+
+class Verifier:
+    """Checks deliveries of one source against all of its keys (rotation: any may match)."""
+
+    def __init__(
+        self,
+        scheme: Scheme,
+        keys: Sequence[str],
+        tolerance_seconds: int = 300,
+        signature_header: str = "Rivya-Signature",
+    ) -> None:
+        self.scheme = scheme
+        self.tolerance_seconds = tolerance_seconds
+        self.signature_header = signature_header.lower()
+        self._hmac_keys: list[bytes] = []
+        self._ed25519_keys: list[Ed25519PublicKey] = []
+        for position, key in enumerate(keys, start=1):
+            if scheme is Scheme.STRIPE:
+                self._hmac_keys.append(key.encode())
+                continue
+            material = _standard_key(key, position)
+            if isinstance(material, bytes):
+                self._hmac_keys.append(material)
+            else:
+                self._ed25519_keys.append(material)
+
+    @property
+    def can_sign(self) -> bool:
+        """True when at least one key is a shared secret (Ed25519 keys only verify)."""
+        return bool(self._hmac_keys)
+
+    def verify(self, headers: Mapping[str, str], body: bytes, now: float) -> Verified:
+        """Return the verified id and timestamp, or raise a DeliveryRejected (400/401)."""
+        if self.scheme is Scheme.STRIPE:
+            return self._verify_stripe(headers, body, now)
+        return self._verify_standard(headers, body, now)
+
+    def _verify_standard(self, headers: Mapping[str, str], body: bytes, now: float) -> Verified:
+        event_id = _header(headers, "webhook-id", "svix-id")
+        timestamp_text = _header(headers, "webhook-timestamp", "svix-timestamp")
+        signatures = _header(headers, "webhook-signature", "svix-signature")
+        if not EVENT_ID_PATTERN.fullmatch(event_id):
+            raise InvalidSignature("malformed webhook-id")
+        timestamp = _timestamp(timestamp_text, now, self.tolerance_seconds)
+        signed = b"%s.%d.%s" % (event_id.encode(), timestamp, body)
+        hmac_digests = [hmac.new(key, signed, hashlib.sha256).digest() for key in self._hmac_keys]
+        for entry in signatures.split(" ")[:MAX_SIGNATURE_ENTRIES]:
+            version, _, encoded = entry.partition(",")
+            candidate = _b64decode(encoded)
+            if candidate is None:
+                continue
+            if version == "v1" and any(hmac.compare_digest(candidate, d) for d in hmac_digests):
+                return Verified(event_id, timestamp)
+            if version == "v1a" and self._ed25519_matches(candidate, signed):
+                return Verified(event_id, timestamp)
+        raise InvalidSignature
+
+    def _ed25519_matches(self, signature: bytes, signed: bytes) -> bool:
+        for public_key in self._ed25519_keys:
+            try:
+                public_key.verify(signature, signed)
+            except _CryptoInvalidSignature:
+                continue
+            return True
+        return False
+
+    def _verify_stripe(self, headers: Mapping[str, str], body: bytes, now: float) -> Verified:
+        header = _header(headers, self.signature_header)
+        timestamp_text: str | None = None
+        candidates: list[str] = []
+        for item in header.split(",")[: MAX_SIGNATURE_ENTRIES * 2]:
+            name, _, value = item.strip().partition("=")
+            if name == "t":
+                timestamp_text = value
+            elif name == "v1" and value.isascii():
+                # Non-ASCII cannot be hex; skipping it keeps encode() below from raising.
+                candidates.append(value.strip().lower())
+        if timestamp_text is None:
+            raise InvalidTimestamp
+        timestamp = _timestamp(timestamp_text, now, self.tolerance_seconds)
+        signed = b"%d.%s" % (timestamp, body)
+        for key in self._hmac_keys:
+            expected = hmac.new(key, signed, hashlib.sha256).hexdigest()
+            if any(hmac.compare_digest(expected.encode(), c.encode()) for c in candidates):
+                return Verified(None, timestamp)
+        raise InvalidSignature
+
+
+def sign_standard(secret: str, event_id: str, timestamp: int, body: bytes) -> str:
+    """A ``webhook-signature`` value (``v1,<base64>``) for a ``whsec_`` secret.
+
+    Raises ValueError for anything else: a ``whpk_`` key cannot sign, and a lenient decode
+    of a bad key would sign with bytes no receiver holds. Bare base64 (no prefix) is taken
+    as a ``whsec_`` secret, as the reference library does.
+    """
+    if not secret.startswith((HMAC_PREFIX, ED25519_PREFIX)):
+        secret = HMAC_PREFIX + secret
+    key = _standard_key(secret, 1)
+    if not isinstance(key, bytes):
+        raise ValueError("key 1: a whpk_ key can only verify; signing needs a whsec_ key")
+    signed = b"%s.%d.%s" % (event_id.encode(), timestamp, body)
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def sign_stripe(secret: str, timestamp: int, body: bytes) -> str:
+    """A ``t=…,v1=…`` header value keyed with the whole secret string."""
+    digest = hmac.new(secret.encode(), b"%d.%s" % (timestamp, body), hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"

@@ -1,0 +1,89 @@
+"""The ``Sink`` protocol and the one function that maps a sink URL to an implementation.
+
+Built-in sinks are listed here by URL scheme; third parties register a factory under the
+entry-point group ``receiver.sinks`` with the scheme as its name (SPEC §5).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+from receiver.errors import ConfigError
+from receiver.models import ApplyOutcome, Record
+
+if TYPE_CHECKING:
+    from receiver.settings import Settings
+
+ENTRY_POINT_GROUP = "receiver.sinks"
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Applies records to the product store, guarding their order.
+
+    ``apply`` must change the record only if ``record`` is newer than what is stored
+    (``Record.is_newer_than``), atomically with respect to other workers, and return
+    ``STALE`` otherwise. Re-applying the event that produced the stored state returns
+    ``APPLIED`` without changing anything (a redelivery after a crash). Failures raise
+    ``TransientSinkError`` (retry) or ``PermanentSinkError`` (dead letter).
+    """
+
+    async def apply(self, record: Record) -> ApplyOutcome:
+        """Apply one record; see the class docstring for the contract."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise if the backend cannot be reached (used by ``/readyz``)."""
+        ...
+
+    async def setup(self) -> None:
+        """Create what the sink needs (tables); idempotent."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+SinkFactory = Callable[[str, "Settings"], Sink]
+
+# scheme -> "module:factory"; imported lazily so a PostgreSQL driver is only loaded if used.
+_BUILTIN: dict[str, str] = {
+    "sqlite": "receiver.sinks.sqlite:SqliteSink",
+    "postgresql": "receiver.sinks.postgres:PostgresSink",
+    "postgres": "receiver.sinks.postgres:PostgresSink",
+    "http": "receiver.sinks.http:HttpSink",
+    "https": "receiver.sinks.http:HttpSink",
+    "redis": "receiver.sinks.redis:RedisSink",
+    "rediss": "receiver.sinks.redis:RedisSink",
+    "log": "receiver.sinks.log:LogSink",
+}
+
+
+def sink_scheme(url: str) -> str:
+    return urlsplit(url).scheme.lower()
+
+
+def find_factory(scheme: str) -> SinkFactory:
+    """The factory for a URL scheme: built-ins first, then the entry-point group."""
+    target = _BUILTIN.get(scheme)
+    if target is not None:
+        module_name, _, attribute = target.partition(":")
+        factory: SinkFactory = getattr(importlib.import_module(module_name), attribute)
+        return factory
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.name == scheme:
+            loaded: SinkFactory = entry_point.load()
+            return loaded
+    known = ", ".join(sorted(set(_BUILTIN) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}))
+    raise ConfigError(f"RECEIVER_SINK: no sink for scheme {scheme!r} (known: {known})")
+
+
+def open_sink(settings: Settings) -> Sink:
+    """Build the configured sink (no I/O yet: connections open on first use)."""
+    url = settings.sink_url.reveal()
+    return find_factory(sink_scheme(url))(url, settings)

@@ -1,0 +1,298 @@
+"""The event store on Redis: atomic accept, queue reads, outcomes, retries and replays.
+
+Every write is one Lua script run by SHA (``lua/*.lua``), so each state change and its
+queue/index bookkeeping happen together or not at all. Key names come from ``keys``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from importlib import resources
+from typing import Any
+
+import orjson
+from redis.exceptions import ResponseError
+
+from receiver.batching import AutoPipeline, Script
+from receiver.keys import CONSUMER_GROUP, ShardKeys, all_shards, keys_for, member_of
+from receiver.models import EventState
+
+
+class AcceptResult(IntEnum):
+    """What the accept script found (its return values)."""
+
+    DUPLICATE = 0
+    NEW = 1
+    CONFLICT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingEvent:
+    """A verified delivery, ready to store. ``body`` is already sealed if encryption is on."""
+
+    source: str
+    event_id: str
+    body: bytes
+    body_sha256: str
+    encrypted: bool
+    received_ms: int
+    signed_ts: int
+    event_type: str
+    record_key: str
+    state: EventState
+    last_error: str = ""
+    content_type: str = ""
+
+    @property
+    def member(self) -> str:
+        return member_of(self.source, self.event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as read back from Redis."""
+
+    member: str
+    source: str
+    event_id: str
+    event_type: str
+    record_key: str
+    state: EventState
+    attempts: int
+    last_error: str
+    received_ms: int
+    signed_ts: int
+    body: bytes
+    encrypted: bool
+    body_sha256: str
+    content_type: str
+
+    @classmethod
+    def from_hash(cls, member: str, fields: Mapping[bytes, bytes]) -> StoredEvent:
+        def text(name: str) -> str:
+            return fields.get(name.encode(), b"").decode()
+
+        return cls(
+            member=member,
+            source=text("source"),
+            event_id=text("event_id"),
+            event_type=text("type"),
+            record_key=text("record_key"),
+            state=EventState(text("state") or "pending"),
+            attempts=int(text("attempts") or 0),
+            last_error=text("last_error"),
+            received_ms=int(text("received_ms") or 0),
+            signed_ts=int(text("signed_ts") or 0),
+            body=fields.get(b"body", b""),
+            encrypted=text("encrypted") == "1",
+            body_sha256=text("body_sha256"),
+            content_type=text("content_type"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """One message read from a shard's stream."""
+
+    shard: ShardKeys
+    entry_id: str
+    member: str
+
+
+def history_entry(state: str, by: str, **extra: Any) -> bytes:
+    """One line of an event's state history."""
+    return orjson.dumps({"at_ms": now_ms(), "state": state, "by": by, **extra})
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _load_lua(name: str) -> str:
+    return resources.files("receiver").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+class EventStore:
+    """All reads and writes of stored events. One instance per process, sharing a client."""
+
+    def __init__(self, client: Any, *, retention_seconds: int, shards: int = 1) -> None:
+        self.client = client
+        self.retention_ms = retention_seconds * 1000
+        self.shards = shards
+        self.pipeline = AutoPipeline(client)
+        self._scripts = {
+            name: Script(self.pipeline, client, _load_lua(name))
+            for name in ("accept", "finish", "retry", "promote", "requeue", "release")
+        }
+
+    def keys(self, member: str) -> ShardKeys:
+        return keys_for(member, self.shards)
+
+    async def prepare(self) -> None:
+        """Load the scripts and create the consumer groups (idempotent)."""
+        for script in self._scripts.values():
+            await script.load()
+        for shard in all_shards(self.shards):
+            try:
+                await self.client.xgroup_create(shard.stream, CONSUMER_GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    # -- ingest ---------------------------------------------------------------------------
+
+    async def accept(self, event: IncomingEvent) -> AcceptResult:
+        """Deduplicate, store and enqueue in one Redis command (one round trip)."""
+        member = event.member
+        keys = self.keys(member)
+        fields: list[Any] = [
+            "source", event.source,
+            "event_id", event.event_id,
+            "type", event.event_type,
+            "record_key", event.record_key,
+            "state", event.state.value,
+            "attempts", 0,
+            "last_error", event.last_error,
+            "received_ms", event.received_ms,
+            "updated_ms", event.received_ms,
+            "signed_ts", event.signed_ts,
+            "body_sha256", event.body_sha256,
+            "body", event.body,
+            "encrypted", "1" if event.encrypted else "0",
+            "content_type", event.content_type,
+        ]  # fmt: skip
+        note = {"error": event.last_error} if event.last_error else {}
+        result = await self._scripts["accept"](
+            (keys.event(member), keys.history(member), keys.stream, keys.index, keys.dead),
+            (
+                event.body_sha256,
+                event.received_ms,
+                self.retention_ms,
+                member,
+                event.state.value,
+                history_entry(event.state.value, "ingest", **note),
+                *fields,
+            ),
+        )
+        return AcceptResult(int(result))
+
+    # -- worker ---------------------------------------------------------------------------
+
+    async def read(self, consumer: str, count: int, block_ms: int) -> list[QueueEntry]:
+        """New entries for this consumer across all shards (blocks up to ``block_ms``)."""
+        shards = {shard.stream: shard for shard in all_shards(self.shards)}
+        response = await self.client.xreadgroup(
+            CONSUMER_GROUP, consumer, dict.fromkeys(shards, ">"), count=count, block=block_ms
+        )
+        return [
+            QueueEntry(shards[stream.decode()], entry_id.decode(), fields[b"m"].decode())
+            for stream, entries in response or []
+            for entry_id, fields in entries
+            if fields  # a deleted entry still pending shows up with no fields
+        ]
+
+    async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[QueueEntry]:
+        """Entries another consumer took and did not finish within the visibility timeout."""
+        claimed: list[QueueEntry] = []
+        for shard in all_shards(self.shards):
+            response = await self.client.xautoclaim(
+                shard.stream, CONSUMER_GROUP, consumer, min_idle_ms, "0-0", count=count
+            )
+            for entry_id, fields in response[1]:
+                if fields:
+                    claimed.append(QueueEntry(shard, entry_id.decode(), fields[b"m"].decode()))
+                else:  # trimmed away by retention: nothing left to do
+                    await self.client.xack(shard.stream, CONSUMER_GROUP, entry_id)
+        return claimed
+
+    async def load(self, member: str) -> StoredEvent | None:
+        fields = await self.client.hgetall(self.keys(member).event(member))
+        return StoredEvent.from_hash(member, fields) if fields else None
+
+    async def finish(
+        self, entry: QueueEntry | None, member: str, state: EventState, attempts: int,
+        last_error: str = "", by: str = "worker",
+    ) -> None:
+        """Record an outcome and acknowledge the entry, atomically."""
+        keys = self.keys(member)
+        note = {"attempts": attempts, **({"error": last_error} if last_error else {})}
+        await self._scripts["finish"](
+            (keys.event(member), keys.history(member), keys.stream, keys.dead),
+            (
+                entry.entry_id if entry else "",
+                CONSUMER_GROUP,
+                state.value,
+                attempts,
+                last_error,
+                now_ms(),
+                history_entry(state.value, by, **note),
+                member,
+            ),
+        )
+
+    async def schedule_retry(
+        self, entry: QueueEntry, attempts: int, last_error: str, delay_seconds: float
+    ) -> None:
+        keys = entry.shard
+        member = entry.member
+        now = now_ms()
+        await self._scripts["retry"](
+            (keys.event(member), keys.history(member), keys.stream, keys.retry),
+            (
+                entry.entry_id,
+                CONSUMER_GROUP,
+                attempts,
+                last_error,
+                now,
+                history_entry("pending", "worker", attempts=attempts, error=last_error,
+                              retry_in_s=round(delay_seconds, 3)),
+                member,
+                now + int(delay_seconds * 1000),
+            ),
+        )
+
+    async def promote_due(self, limit: int = 500) -> int:
+        """Queue every retry that is due; returns how many were moved."""
+        moved = 0
+        for shard in all_shards(self.shards):
+            moved += int(await self._scripts["promote"]((shard.stream, shard.retry), (now_ms(), limit)))
+        return moved
+
+    async def requeue(self, member: str, by: str) -> bool:
+        """Replay one event through the queue; False if it is not stored (any more)."""
+        keys = self.keys(member)
+        result = await self._scripts["requeue"](
+            (keys.event(member), keys.history(member), keys.stream, keys.dead, keys.retry),
+            (member, now_ms(), history_entry("pending", by)),
+        )
+        return bool(int(result))
+
+    async def release(self, entry: QueueEntry) -> None:
+        """Hand an unprocessed entry back to the queue (graceful shutdown)."""
+        await self._scripts["release"](
+            (entry.shard.stream,), (entry.entry_id, CONSUMER_GROUP, entry.member)
+        )
+
+    async def history(self, member: str) -> list[dict[str, Any]]:
+        raw = await self.client.lrange(self.keys(member).history(member), 0, -1)
+        return [orjson.loads(item) for item in raw]
+
+    async def queue_stats(self) -> dict[str, int]:
+        """Backlog (entries not yet acknowledged), pending (being worked), retries, dead."""
+        totals = {"backlog": 0, "pending": 0, "retrying": 0, "dead": 0}
+        for shard in all_shards(self.shards):
+            totals["backlog"] += int(await self.client.xlen(shard.stream))
+            try:
+                pending = await self.client.xpending(shard.stream, CONSUMER_GROUP)
+                totals["pending"] += int(pending["pending"])
+            except ResponseError:  # the group does not exist yet
+                pass
+            totals["retrying"] += int(await self.client.zcard(shard.retry))
+            totals["dead"] += int(await self.client.zcard(shard.dead))
+        return totals
+
+    async def aclose(self) -> None:
+        await self.pipeline.aclose()

@@ -1,0 +1,86 @@
+"""Real services for the tests: a Redis server and a PostgreSQL server.
+
+Each comes from an environment variable (``RECEIVER_TEST_REDIS_URL``,
+``RECEIVER_TEST_POSTGRES_DSN``) or the machine's default port. When that server does not
+answer, the test fails with a message saying how to start one: a test that needs a server
+never skips (``.ci/run`` starts what is missing).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+REDIS_URL = os.environ.get("RECEIVER_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+POSTGRES_DSN = os.environ.get(
+    "RECEIVER_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+TEST_SECRET = "whsec_" + base64.b64encode(b"receiver-test-secret-0123456789ab").decode()
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), 1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of a real Redis (a dedicated database index, flushed per test by ``redis_client``)."""
+    if not _reachable(REDIS_URL, 6379):
+        pytest.fail(f"Redis not reachable at {REDIS_URL}: run `make services` or set RECEIVER_TEST_REDIS_URL")
+    return REDIS_URL
+
+
+@pytest.fixture
+def clean_redis(redis_url: str) -> Iterator[redis.Redis]:
+    """A synchronous client on a freshly flushed test database."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+async def redis_client(clean_redis: redis.Redis, redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """An asyncio client on a freshly flushed test database."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """DSN of a real PostgreSQL server."""
+    if not _reachable(POSTGRES_DSN, 5432):
+        pytest.fail(f"PostgreSQL not reachable at {POSTGRES_DSN}: run `make services` or set RECEIVER_TEST_POSTGRES_DSN")
+    return POSTGRES_DSN
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
