@@ -31,19 +31,23 @@ class GracefulServer(uvicorn.Server):
         self._drain_started = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if sig != signal.SIGTERM or self.drain_seconds <= 0 or self._drain_started:
-            super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM and self.drain_seconds > 0 and not self._drain_started:
+            self._drain_started = True
+            self.receiver_app.start_draining()
+            asyncio.get_event_loop().call_soon_threadsafe(self._drain_then_exit, sig, frame)
             return
-        self._drain_started = True
-        self.receiver_app.start_draining()
-        loop = asyncio.get_event_loop()
-        loop.call_soon_threadsafe(self._finish_drain, sig, frame)
+        self._exit(sig, frame)
 
-    def _finish_drain(self, sig: int, frame: FrameType | None) -> None:
+    def _drain_then_exit(self, sig: int, frame: FrameType | None) -> None:
         log.info("draining", seconds=self.drain_seconds)
-        asyncio.get_running_loop().call_later(
-            self.drain_seconds, super().handle_exit, sig, frame
-        )
+        asyncio.get_running_loop().call_later(self.drain_seconds, self._exit, sig, frame)
+
+    def _exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            # uvicorn re-raises captured signals once shut down, so the exit status reads
+            # "killed by SIGTERM". A completed graceful shutdown is a success: exit 0.
+            self._captured_signals[:] = [s for s in self._captured_signals if s != sig]
 
 
 def uvicorn_config(app: ReceiverApp, host: str, port: int, shutdown_timeout: float) -> uvicorn.Config:

@@ -56,13 +56,20 @@ def mask_url(url: str) -> str:
         password = parts.password
     except ValueError:  # e.g. an unclosed ``[`` IPv6 host: show nothing rather than all
         return "<unparseable URL>"
+    if password is None and not parts.query:
+        return url
     netloc = parts.netloc
     if password is not None:
         user = parts.username or ""
         host = netloc.rsplit("@", 1)[1]
         netloc = f"{user}:***@{host}"
     query = "***" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    masked = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # urlunsplit drops an empty authority for schemes it does not know: keep
+    # ``sqlite:///path`` from turning into ``sqlite:/path``.
+    if not netloc and url[len(parts.scheme) : len(parts.scheme) + 3] == "://":
+        masked = f"{parts.scheme}://{masked[len(parts.scheme) + 1 :]}"
+    return masked
 
 
 def parse_duration(text: str) -> float:
@@ -160,7 +167,7 @@ class Settings:
             sink_url=Secret(sink_url),
             redis_url=redis_url,
             max_body_bytes=reader.integer("RECEIVER_MAX_BODY_BYTES", 262_144, minimum=1),
-            retention_seconds=int(reader.duration("RECEIVER_RETENTION", "30d", minimum=60)),
+            retention_seconds=int(reader.duration("RECEIVER_RETENTION", "30d", minimum=1)),
             encryption_keys=encryption_keys,
             forward_secret=forward_secret,
             log_format="console" if log_format == "console" else "json",

@@ -1,0 +1,127 @@
+"""Real servers for tests: the app under uvicorn in a thread, or ``receiver serve`` as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import uvicorn
+
+from receiver.app import create_app
+from receiver.settings import Settings
+from tests.conftest import free_port, wait_for_port
+
+
+class ServiceThread:
+    """``create_app(settings)`` served by uvicorn on a real socket, in a background thread."""
+
+    def __init__(self, settings: Settings, *, run_worker: bool = False) -> None:
+        self.port = free_port()
+        self.app = create_app(settings, run_worker=run_worker)
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
+            lifespan="on", timeout_graceful_shutdown=5,
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve())
+
+    def __enter__(self) -> ServiceThread:
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("test service did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self._thread.join(20)
+
+
+class ServiceProcess:
+    """``python -m receiver <command>`` as a real process with its output in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, *args: str, port: int | None = None) -> None:
+        self.env = env
+        self.port = port if port is not None else free_port()
+        self.args = args or ("serve", "--port", str(self.port))
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> ServiceProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "receiver", *self.args],
+            env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        if wait and self.args[0] == "serve":
+            try:
+                wait_for_port(self.port, 30)
+            except TimeoutError:
+                self.stop()
+                raise RuntimeError(f"service did not start:\n{self.output()}") from None
+        return self
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all, like a crash or an OOM kill."""
+        self.signal(signal.SIGKILL)
+        self.wait(10)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        code = self.process.wait(timeout)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+            return None if self.process is None else self.process.returncode
+        self.signal(signal.SIGTERM)
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.wait(10)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def python_env() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if not key.startswith("RECEIVER_")}

@@ -1,0 +1,101 @@
+"""Nothing secret reaches any output: a real service, real requests, a forced internal error."""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+
+from receiver.signing import sign_standard
+from tests.conftest import TEST_SECRET
+from tests.factories import base_env, envelope, generation, signed_headers
+from tests.redis_proc import RedisProcess
+from tests.servers import ServiceProcess
+
+REDIS_PASSWORD = "redis-pw-LEAK-7f3a"
+API_KEY = "rvya_sk_live_LEAKKEY0123456789"
+URL_SIGNATURE = "LEAKSIG9f8e7d6c5b4a"
+FORWARD_SECRET = "whsec_" + base64.b64encode(b"forward-secret-LEAK-0123456789ab").decode()
+
+# A third-party sink that fails with a message full of secrets, as a buggy plugin might.
+LEAKY_SINK = f'''
+class LeakySink:
+    def __init__(self, url, settings):
+        self.url = url
+    async def apply(self, record):
+        raise RuntimeError("boom at https://cdn.example/f.png?X-Amz-Signature={URL_SIGNATURE} "
+                           "with {API_KEY} and Bearer {API_KEY}")
+    async def ping(self):
+        return None
+    async def setup(self):
+        return None
+    async def aclose(self):
+        return None
+'''
+
+
+def install_leaky_sink(directory: Path) -> Path:
+    """A module plus a dist-info folder: importlib.metadata finds the entry point on sys.path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "leaky_sink.py").write_text(LEAKY_SINK)
+    info = directory / "leaky_sink-0.1.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: leaky-sink\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[receiver.sinks]\nleaky = leaky_sink:LeakySink\n")
+    return directory
+
+
+def test_no_secret_in_any_output(tmp_path: Path) -> None:
+    """Secrets in config, bodies, headers, URLs and exceptions never appear in stdout/stderr."""
+    plugin_dir = install_leaky_sink(tmp_path / "plugin")
+    with RedisProcess(tmp_path / "redis") as server:
+        server_url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{server.port}/0"
+        import redis
+
+        redis.Redis(port=server.port).config_set("requirepass", REDIS_PASSWORD)
+        env = base_env(
+            tmp_path, server_url,
+            RECEIVER_SINK=f"leaky://user:{REDIS_PASSWORD}@sink.example/x?token={URL_SIGNATURE}",
+            RECEIVER_FORWARD_SECRET=FORWARD_SECRET,
+            RECEIVER_RETRY_BASE="50ms", RECEIVER_MAX_ATTEMPTS="2",
+            RECEIVER_LOG_LEVEL="debug",
+            PYTHONPATH=str(plugin_dir),
+        )
+        service = ServiceProcess(env, tmp_path / "serve.log")
+        with service, httpx.Client(base_url=service.url, timeout=10) as client:
+            gen = generation(
+                result={"primary_url": f"https://cdn.example/r.png?X-Amz-Signature={URL_SIGNATURE}",
+                        "urls": []},
+                client_request_id=API_KEY,
+            )
+            body = orjson.dumps(envelope(gen))
+            good = signed_headers(body)
+            assert 202 == client.post("/webhooks/rivya", content=body, headers=good).status_code
+            bad = {**good, "webhook-id": "msg_bad", "authorization": f"Bearer {API_KEY}"}
+            assert 401 == client.post("/webhooks/rivya", content=body, headers=bad).status_code
+            stale = signed_headers(body, timestamp=int(time.time()) - 10_000)
+            assert 401 == client.post("/webhooks/rivya", content=body, headers=stale).status_code
+            wrong_key = sign_standard(FORWARD_SECRET, "msg_x", int(time.time()), body)
+            assert 401 == client.post(
+                "/webhooks/rivya", content=body,
+                headers={**good, "webhook-id": "msg_x", "webhook-signature": wrong_key},
+            ).status_code
+            deadline = time.monotonic() + 15
+            while "gave up" not in service.output() and time.monotonic() < deadline:
+                time.sleep(0.1)
+    output = service.output()
+    assert "sink_failed" in output and "Traceback" in output, "the forced error must be logged"
+    assert "gave up after 2 attempts" in output
+    secrets = [
+        TEST_SECRET, TEST_SECRET.removeprefix("whsec_"), FORWARD_SECRET, REDIS_PASSWORD,
+        API_KEY, URL_SIGNATURE, good["webhook-signature"].removeprefix("v1,"),
+        wrong_key.removeprefix("v1,"),
+    ]
+    leaked = [secret for secret in secrets if secret in output]
+    assert [] == leaked
+    for line in output.splitlines():
+        parsed = orjson.loads(line)  # every line of stdout is JSON
+        assert {"event", "level", "timestamp"} <= set(parsed)

@@ -1,0 +1,105 @@
+"""The redaction step and the logging configuration (SPEC §8)."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+import pytest
+import structlog
+
+from receiver.logs import REDACTED, configure_logging, redact, redact_text, redact_value
+
+
+class TestRedactText:
+    @pytest.mark.parametrize(
+        ("text", "secret"),
+        [
+            pytest.param("key whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw= end", "MfKQ9r8GKY", id="whsec"),
+            pytest.param("api rvya_sk_live_abc123XYZ", "abc123XYZ", id="api-key"),
+            pytest.param("Authorization: Bearer eyJhbGciOi.J9.x", "eyJhbGciOi", id="bearer"),
+            pytest.param("bearer abc.def", "abc.def", id="bearer-lower"),
+            pytest.param("get https://cdn.example/a.png?X-Amz-Signature=deadbeef&x=1 ok", "deadbeef", id="signed-url"),
+            pytest.param("redis://user:hunter2@redis:6379/0", "hunter2", id="url-password"),
+            pytest.param("postgresql://app:pa55@db/x", "pa55", id="dsn-password"),
+            pytest.param("sig v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4= x", "K5oZfzN95Z9UVu1E", id="v1-signature"),
+            pytest.param("t=1,v1=" + "ab" * 32, "ab" * 32, id="stripe-signature"),
+        ],
+    )
+    def test_masks_secret_values(self, text: str, secret: str) -> None:
+        """Secret-looking values inside free text are masked."""
+        redacted = redact_text(text)
+        assert secret not in redacted
+        assert REDACTED in redacted
+
+    def test_plain_text_is_untouched(self) -> None:
+        """Ordinary text passes through unchanged (and cheaply)."""
+        assert "event applied for task_123 in 4 ms" == redact_text("event applied for task_123 in 4 ms")
+
+    def test_url_without_query_keeps_path(self) -> None:
+        """A URL without a query string stays readable."""
+        assert "https://media.example/result.png" == redact_text("https://media.example/result.png")
+
+
+class TestRedactProcessor:
+    @pytest.mark.parametrize(
+        "key", ["secret", "webhook_secret", "token", "password", "Authorization", "signature",
+                "api_key", "apiKey", "cookie", "set-cookie"],
+    )
+    def test_secret_keys_are_masked(self, key: str) -> None:
+        """Keys that look secret are masked whatever their value."""
+        assert {key: REDACTED} == redact(None, "info", {key: "anything"})
+
+    def test_nested_values_are_redacted(self) -> None:
+        """Mappings and lists are walked; bytes are never printed."""
+        event = {"headers": {"x-signature": "v", "ok": "fine"},
+                 "urls": ["https://x.example/a?sig=1"], "raw": b"body bytes"}
+        assert {
+            "headers": {"x-signature": REDACTED, "ok": "fine"},
+            "urls": [f"https://x.example/a?{REDACTED}"],
+            "raw": REDACTED,
+        } == redact(None, "info", event)
+
+    def test_unknown_objects_are_stringified_then_redacted(self) -> None:
+        """Objects are rendered with str() before the check, so their text is redacted too."""
+
+        class Leaky:
+            def __str__(self) -> str:
+                return "token rvya_sk_live_1"
+
+        assert "rvya_sk_live_1" not in str(redact_value(Leaky()))
+
+
+class TestConfiguredOutput:
+    @pytest.fixture(autouse=True)
+    def _reset(self) -> None:
+        yield
+        structlog.reset_defaults()
+        logging.getLogger().handlers[:] = []
+
+    def test_exception_text_is_redacted(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """An exception message carrying a signed URL is masked after it is rendered."""
+        configure_logging("info", "json")
+        try:
+            raise RuntimeError("fetch https://cdn.example/x?X-Amz-Signature=topsecret failed")
+        except RuntimeError:
+            structlog.get_logger().exception("boom")
+        line = orjson.loads(capsys.readouterr().out.strip())
+        assert "topsecret" not in line["exception"]
+        assert ("boom", "error") == (line["event"], line["level"])
+
+    def test_stdlib_logging_is_json_and_redacted(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """Third-party stdlib log records come out as redacted JSON lines too."""
+        configure_logging("info", "json")
+        logging.getLogger("somelib").warning("connecting to redis://u:pw123@h:1/0")
+        line = orjson.loads(capsys.readouterr().out.strip())
+        assert "pw123" not in line["event"]
+        assert {"event", "level", "timestamp"} <= set(line)
+
+    def test_level_filter(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """Lines below the configured level are dropped."""
+        configure_logging("warning", "json")
+        structlog.get_logger().info("quiet")
+        structlog.get_logger().warning("loud")
+        out = capsys.readouterr().out
+        assert "quiet" not in out and "loud" in out
