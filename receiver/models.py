@@ -31,7 +31,8 @@ TERMINAL_RANK = 2
 
 def format_time(value: datetime) -> str:
     """ISO 8601 in UTC with fixed microsecond precision, so strings sort like times."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat pads the year to four digits where strftime's %Y does not.
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_time(value: str) -> datetime:

@@ -125,3 +125,46 @@ class ServiceProcess:
 
 def python_env() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if not key.startswith("RECEIVER_")}
+
+
+class Downstream:
+    """A real HTTP server standing in for the downstream system of the HTTP sink.
+
+    It answers with ``statuses`` in turn (the last one repeats) and records what it got.
+    """
+
+    def __init__(self, *statuses: int) -> None:
+        self.statuses = list(statuses) or [200]
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.port = free_port()
+        config = uvicorn.Config(self._app, host="127.0.0.1", port=self.port, log_config=None,
+                                access_log=False, lifespan="off", interface="asgi3")
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/records"
+
+    async def _app(self, scope: Any, receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["method"] == "POST":
+            self.requests.append(({k.decode(): v.decode() for k, v in scope["headers"]}, body))
+        index = min(len(self.requests) - 1, len(self.statuses) - 1) if scope["method"] == "POST" else -1
+        status = self.statuses[max(index, 0)] if scope["method"] == "POST" else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def __enter__(self) -> Downstream:
+        self._thread.start()
+        wait_for_port(self.port)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self._thread.join(10)

@@ -79,7 +79,8 @@ def find_factory(scheme: str) -> SinkFactory:
         if entry_point.name == scheme:
             loaded: SinkFactory = entry_point.load()
             return loaded
-    known = ", ".join(sorted(set(_BUILTIN) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}))
+    plugins = {entry_point.name for entry_point in entry_points(group=ENTRY_POINT_GROUP)}
+    known = ", ".join(sorted(set(_BUILTIN) | plugins))
     raise ConfigError(f"RECEIVER_SINK: no sink for scheme {scheme!r} (known: {known})")
 
 

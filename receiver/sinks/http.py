@@ -1,0 +1,112 @@
+"""HTTP sink: POST the normalized record, signed with Standard Webhooks (SPEC §5, §9).
+
+The downstream system guards order itself: 2xx means applied, 409 means stale. The
+``webhook-id`` is the event id, the same on every retry and replay, so the downstream can
+deduplicate a redelivery (PITFALLS "Processing").
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+from receiver.errors import ConfigError, PermanentSinkError, TransientSinkError
+from receiver.models import ApplyOutcome, Record
+from receiver.settings import mask_url
+from receiver.signing import sign_standard
+
+if TYPE_CHECKING:
+    from receiver.settings import Settings
+
+USER_AGENT = "receiver-http-sink/0.1"
+# Worth retrying (SPEC §5): the downstream timed out or is rate limiting; 5xx too.
+TRANSIENT_STATUSES = frozenset({408, 429})
+STALE_STATUS = 409
+
+
+def forward_key(settings: Settings) -> str:
+    """The ``whsec_`` key that signs forwarded records (validated by Settings)."""
+    if settings.forward_secret is None:
+        raise ConfigError("RECEIVER_FORWARD_SECRET: required when RECEIVER_SINK is an HTTP URL")
+    return settings.forward_secret.reveal()
+
+
+class HttpSink:
+    """Forwards each record to a URL and maps the answer to an outcome or an error."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self._url = url
+        self._label = mask_url(url)
+        parts = urlsplit(url)
+        # Never let the query string (signed URLs, tokens) or a password reach a message.
+        self._hidden = tuple(part for part in (parts.query, parts.password) if part)
+        self._key = forward_key(settings)
+        self._timeout = httpx.Timeout(settings.sink_timeout_seconds)
+        self._client: httpx.AsyncClient | None = None
+
+    async def apply(self, record: Record) -> ApplyOutcome:
+        body = orjson.dumps(record.to_json())
+        # A fresh timestamp per attempt, so a late retry is not outside the tolerance.
+        timestamp = int(time.time())
+        signature = sign_standard(self._key, record.last_event_id, timestamp, body)
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": record.last_event_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature,
+        }
+        response = await self._send("POST", content=body, headers=headers)
+        status = response.status_code
+        if 200 <= status < 300:
+            return ApplyOutcome.APPLIED
+        if status == STALE_STATUS:
+            return ApplyOutcome.STALE
+        message = f"http sink {self._label}: answered {status}"
+        if status in TRANSIENT_STATUSES or status >= 500:
+            raise TransientSinkError(message)
+        # Other 4xx, and 3xx: redirects are not followed (a record is not re-sent elsewhere).
+        raise PermanentSinkError(message)
+
+    async def ping(self) -> None:
+        # Any HTTP answer, even 405 to a HEAD, shows the downstream is reachable (SPEC §9).
+        await self._send("HEAD")
+
+    async def setup(self) -> None:
+        """Nothing to create: the downstream owns its storage."""
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def _send(
+        self, method: str, *, content: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=self._timeout,
+                follow_redirects=False,
+                headers={"user-agent": USER_AGENT},
+            )
+        try:
+            return await self._client.request(method, self._url, content=content, headers=headers)
+        except httpx.UnsupportedProtocol as exc:
+            raise PermanentSinkError(self._describe(exc)) from exc
+        except httpx.TransportError as exc:
+            # Timeouts, refused or reset connections, DNS failures: all may pass.
+            raise TransientSinkError(self._describe(exc)) from exc
+        except httpx.InvalidURL as exc:
+            raise PermanentSinkError(self._describe(exc)) from exc
+        except httpx.HTTPError as exc:
+            # E.g. an answer whose body cannot be decoded: the next attempt may fare better.
+            raise TransientSinkError(self._describe(exc)) from exc
+
+    def _describe(self, exc: Exception) -> str:
+        detail = str(exc) or type(exc).__name__
+        for hidden in self._hidden:
+            detail = detail.replace(hidden, "***")
+        return f"http sink {self._label}: {type(exc).__name__}: {detail}"

@@ -1,0 +1,55 @@
+"""Log sink (``log:``): one JSON line per record on stdout, for development (SPEC §5).
+
+Result URLs are often signed, temporary links, so their query strings are masked
+before they reach stdout (SPEC §8).
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from receiver.models import ApplyOutcome, Record, format_time
+from receiver.settings import mask_url
+
+if TYPE_CHECKING:
+    from receiver.settings import Settings
+
+
+def log_line(record: Record) -> dict[str, Any]:
+    """The record as a log entry, with every URL masked."""
+    fields = record.to_json()
+    if record.primary_url is not None:
+        fields["primary_url"] = mask_url(record.primary_url)
+    fields["result_urls"] = [mask_url(url) for url in record.result_urls]
+    return {
+        "event": "record_applied",
+        "level": "info",
+        "timestamp": format_time(datetime.now(UTC)),
+        **fields,
+    }
+
+
+class LogSink:
+    """Prints records; there is nothing to guard, so every record is applied."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        del url, settings  # nothing to configure
+
+    async def apply(self, record: Record) -> ApplyOutcome:
+        # Looked up per call, so a redirected stdout (tests, --json tools) is honoured.
+        sys.stdout.write(orjson.dumps(log_line(record)).decode() + "\n")
+        sys.stdout.flush()
+        return ApplyOutcome.APPLIED
+
+    async def ping(self) -> None:
+        """Always reachable."""
+
+    async def setup(self) -> None:
+        """Nothing to create."""
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,187 @@
+"""PostgreSQL sink: one row per record in table ``generations`` (SPEC §5, §9).
+
+psycopg 3 async with a bounded pool that opens on first use, so building the sink does no
+I/O. The table is created on first use and by ``setup()`` (``receiver sink init``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from receiver.errors import PermanentSinkError, TransientSinkError
+from receiver.models import TERMINAL_RANK, ApplyOutcome, Record
+from receiver.settings import mask_url
+from receiver.sinks.sqlite import COLUMNS
+
+if TYPE_CHECKING:
+    from receiver.settings import Settings
+
+MAX_POOL_SIZE = 10
+# Any constant works: it only serializes concurrent CREATE TABLE IF NOT EXISTS, which
+# otherwise races on the catalog (unique violation on pg_type) when workers start together.
+_SCHEMA_LOCK = 0x72656376  # "recv"
+
+CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS generations (
+    record_key        text PRIMARY KEY,
+    client_request_id text,
+    status            text NOT NULL,
+    status_rank       integer NOT NULL,
+    model             text,
+    primary_url       text,
+    result_urls       jsonb NOT NULL DEFAULT '[]',
+    error_code        text,
+    error_message     text,
+    reserved_credits  double precision,
+    final_credits     double precision,
+    source_updated_at timestamptz NOT NULL,
+    last_event_id     text NOT NULL,
+    applied_at        timestamptz NOT NULL
+)
+"""
+
+# The ordering guard (SPEC §4) in one statement. ON CONFLICT locks the existing row even
+# when the WHERE is false, so the follow-up read in the same transaction sees that row.
+UPSERT = f"""
+INSERT INTO generations ({", ".join(COLUMNS)})
+VALUES ({", ".join(f"%({name})s" for name in COLUMNS)})
+ON CONFLICT (record_key) DO UPDATE SET
+    {", ".join(f"{name} = EXCLUDED.{name}" for name in COLUMNS[1:])}
+WHERE NOT (generations.status_rank = {TERMINAL_RANK} AND EXCLUDED.status_rank < {TERMINAL_RANK})
+  AND (EXCLUDED.source_updated_at > generations.source_updated_at
+       OR (EXCLUDED.source_updated_at = generations.source_updated_at
+           AND EXCLUDED.status_rank > generations.status_rank))
+"""  # noqa: S608 - only our own column names are interpolated
+
+STORED_EVENT = "SELECT last_event_id FROM generations WHERE record_key = %s"
+
+
+def row_values(record: Record) -> dict[str, Any]:
+    """The record as query parameters: native times, a JSON array for the URL list."""
+    return {
+        "record_key": record.record_key,
+        "client_request_id": record.client_request_id,
+        "status": record.status,
+        "status_rank": record.status_rank,
+        "model": record.model,
+        "primary_url": record.primary_url,
+        "result_urls": Jsonb(list(record.result_urls)),
+        "error_code": record.error_code,
+        "error_message": record.error_message,
+        "reserved_credits": record.reserved_credits,
+        "final_credits": record.final_credits,
+        "source_updated_at": record.source_updated_at,
+        "last_event_id": record.last_event_id,
+        "applied_at": record.applied_at,
+    }
+
+
+class PostgresSink:
+    """Upserts records into PostgreSQL through a lazily opened, bounded pool."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self._url = url
+        self._label = mask_url(url)
+        self._password = urlsplit(url).password
+        self._timeout = settings.sink_timeout_seconds
+        self._max_size = max(1, min(settings.worker_concurrency, MAX_POOL_SIZE))
+        self._pool: AsyncConnectionPool | None = None
+        self._table_ready = False
+        self._lock = asyncio.Lock()
+
+    async def apply(self, record: Record) -> ApplyOutcome:
+        values = row_values(record)
+        try:
+            pool = await self._ready_pool()
+            async with (
+                pool.connection(timeout=self._timeout) as connection,
+                connection.transaction(),
+            ):
+                cursor = await connection.execute(UPSERT, values)
+                if cursor.rowcount:
+                    return ApplyOutcome.APPLIED
+                cursor = await connection.execute(STORED_EVENT, (record.record_key,))
+                stored = await cursor.fetchone()
+        except psycopg.Error as exc:
+            raise self._sink_error(exc) from exc
+        # The event already stored, delivered again after a crash: a harmless no-op.
+        if stored is not None and stored[0] == record.last_event_id:
+            return ApplyOutcome.APPLIED
+        return ApplyOutcome.STALE
+
+    async def ping(self) -> None:
+        try:
+            pool = await self._open_pool()
+            async with pool.connection(timeout=self._timeout) as connection:
+                await connection.execute("SELECT 1")
+        except psycopg.Error as exc:
+            raise self._sink_error(exc) from exc
+
+    async def setup(self) -> None:
+        try:
+            pool = await self._open_pool()
+            await self._create_table(pool)
+        except psycopg.Error as exc:
+            raise self._sink_error(exc) from exc
+        self._table_ready = True
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def _open_pool(self) -> AsyncConnectionPool:
+        async with self._lock:
+            if self._pool is None:
+                pool = AsyncConnectionPool(
+                    self._url,
+                    min_size=1,
+                    max_size=self._max_size,
+                    timeout=self._timeout,
+                    # libpq counts whole seconds, and treats 1 as 2.
+                    kwargs={"connect_timeout": max(2, math.ceil(self._timeout))},
+                    configure=self._configure,
+                    name="receiver-sink",
+                    open=False,
+                )
+                await pool.open(wait=False)
+                self._pool = pool
+            return self._pool
+
+    async def _ready_pool(self) -> AsyncConnectionPool:
+        pool = await self._open_pool()
+        if not self._table_ready:
+            await self._create_table(pool)
+            self._table_ready = True
+        return pool
+
+    async def _create_table(self, pool: AsyncConnectionPool) -> None:
+        async with (
+            pool.connection(timeout=self._timeout) as connection,
+            connection.transaction(),
+        ):
+            await connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            await connection.execute(CREATE_TABLE)
+
+    async def _configure(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        # A statement that hangs (a lock held elsewhere) fails instead of holding a worker.
+        await connection.execute(f"SET statement_timeout = {int(self._timeout * 1000)}")
+        await connection.commit()
+
+    def _sink_error(self, exc: psycopg.Error) -> TransientSinkError | PermanentSinkError:
+        # libpq messages name host and user, not the password; scrub it anyway in case a
+        # future message (or a DSN echoed in one) carries it.
+        message = f"postgres sink {self._label}: {type(exc).__name__}: {exc}"
+        if self._password:
+            message = message.replace(self._password, "***")
+        # Operational: server down, restarting, timeouts, deadlocks, serialization failures.
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return TransientSinkError(message)
+        return PermanentSinkError(message)

@@ -1,0 +1,189 @@
+"""SQLite sink: one row per record in table ``generations`` (SPEC §5, §9).
+
+Several processes may share the file, so it runs in WAL mode with a busy timeout
+(PITFALLS "Processing"). The stdlib driver blocks, so every call runs on one dedicated
+thread per sink, which also owns the sink's only connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+import orjson
+
+from receiver.errors import ConfigError, PermanentSinkError, TransientSinkError
+from receiver.models import TERMINAL_RANK, ApplyOutcome, Record, format_time
+from receiver.settings import mask_url
+
+if TYPE_CHECKING:
+    from receiver.settings import Settings
+
+T = TypeVar("T")
+
+COLUMNS = (
+    "record_key",
+    "client_request_id",
+    "status",
+    "status_rank",
+    "model",
+    "primary_url",
+    "result_urls",
+    "error_code",
+    "error_message",
+    "reserved_credits",
+    "final_credits",
+    "source_updated_at",
+    "last_event_id",
+    "applied_at",
+)
+
+CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS generations (
+    record_key        TEXT PRIMARY KEY,
+    client_request_id TEXT,
+    status            TEXT NOT NULL,
+    status_rank       INTEGER NOT NULL,
+    model             TEXT,
+    primary_url       TEXT,
+    result_urls       TEXT NOT NULL DEFAULT '[]',
+    error_code        TEXT,
+    error_message     TEXT,
+    reserved_credits  REAL,
+    final_credits     REAL,
+    source_updated_at TEXT NOT NULL,
+    last_event_id     TEXT NOT NULL,
+    applied_at        TEXT NOT NULL
+)
+"""
+
+# The ordering guard (SPEC §4) as one statement, so no other writer can slip in between a
+# read and a write. Times compare as text because format_time is fixed width UTC.
+UPSERT = f"""
+INSERT INTO generations ({", ".join(COLUMNS)})
+VALUES ({", ".join(":" + name for name in COLUMNS)})
+ON CONFLICT (record_key) DO UPDATE SET
+    {", ".join(f"{name} = excluded.{name}" for name in COLUMNS[1:])}
+WHERE NOT (generations.status_rank = {TERMINAL_RANK} AND excluded.status_rank < {TERMINAL_RANK})
+  AND (excluded.source_updated_at > generations.source_updated_at
+       OR (excluded.source_updated_at = generations.source_updated_at
+           AND excluded.status_rank > generations.status_rank))
+"""  # noqa: S608 - only our own column names are interpolated
+
+STORED_EVENT = "SELECT last_event_id FROM generations WHERE record_key = ?"
+
+
+def database_path(url: str) -> str:
+    """The file of a SQLAlchemy-style URL: ``sqlite:///rel.db``, ``sqlite:////abs.db``."""
+    parts = urlsplit(url)
+    if parts.netloc or not parts.path.startswith("/") or len(parts.path) < 2:
+        raise ConfigError(
+            f"RECEIVER_SINK: expected sqlite:///relative.db or sqlite:////absolute.db, "
+            f"got {mask_url(url)!r}"
+        )
+    return parts.path[1:]
+
+
+def row_values(record: Record) -> dict[str, Any]:
+    """The record as column values: JSON text for the URL list, ISO 8601 text for times."""
+    return {
+        "record_key": record.record_key,
+        "client_request_id": record.client_request_id,
+        "status": record.status,
+        "status_rank": record.status_rank,
+        "model": record.model,
+        "primary_url": record.primary_url,
+        "result_urls": orjson.dumps(list(record.result_urls)).decode(),
+        "error_code": record.error_code,
+        "error_message": record.error_message,
+        "reserved_credits": record.reserved_credits,
+        "final_credits": record.final_credits,
+        "source_updated_at": format_time(record.source_updated_at),
+        "last_event_id": record.last_event_id,
+        "applied_at": format_time(record.applied_at),
+    }
+
+
+class SqliteSink:
+    """Upserts records into a SQLite file, guarded by order, off the event loop."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self._path = database_path(url)
+        self._label = mask_url(url)
+        # The busy timeout is how long a write waits for another process's lock.
+        self._busy_timeout = settings.sink_timeout_seconds
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-sink")
+        self._connection: sqlite3.Connection | None = None
+
+    async def apply(self, record: Record) -> ApplyOutcome:
+        return await self._run(self._apply, row_values(record))
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._connect().execute("SELECT 1").fetchone())
+
+    async def setup(self) -> None:
+        await self._run(lambda: self._connect().execute(CREATE_TABLE))
+
+    async def aclose(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=False)
+
+    async def _run(self, call: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
+        except sqlite3.OperationalError as exc:
+            # Locked, busy, I/O or a file that cannot be opened: the file may be fine later.
+            raise TransientSinkError(f"sqlite sink {self._label}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise PermanentSinkError(f"sqlite sink {self._label}: {exc}") from exc
+        except OSError as exc:
+            raise TransientSinkError(f"sqlite sink {self._label}: {exc.strerror}") from exc
+
+    # Everything below runs on the sink's own thread.
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is not None:
+            return self._connection
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+        connection = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None)
+        try:
+            connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute(CREATE_TABLE)
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+        return connection
+
+    def _apply(self, values: dict[str, Any]) -> ApplyOutcome:
+        connection = self._connect()
+        # IMMEDIATE takes the write lock up front (waiting up to the busy timeout), and
+        # keeps the follow-up read consistent with what the upsert compared against.
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            if connection.execute(UPSERT, values).rowcount:
+                outcome = ApplyOutcome.APPLIED
+            else:
+                stored = connection.execute(STORED_EVENT, (values["record_key"],)).fetchone()
+                # The event already stored, delivered again after a crash: a harmless no-op.
+                same_event = stored is not None and stored[0] == values["last_event_id"]
+                outcome = ApplyOutcome.APPLIED if same_event else ApplyOutcome.STALE
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        return outcome
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None

@@ -1,0 +1,298 @@
+"""The behaviour every sink must satisfy (SPEC §4, §5, §9), written once.
+
+A test module subclasses ``SinkContract`` and defines a ``backend`` fixture that builds
+sinks on a real store and reads back what a record key holds, normalized to the shape of
+``Record.to_json()``. Every test uses its own record keys, so backends need no reset
+between tests (and none between Hypothesis examples).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from receiver.models import ApplyOutcome, Record
+from receiver.settings import Settings
+from receiver.sinks.base import Sink
+from tests.conftest import TEST_SECRET
+
+BASE_TIME = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)
+STATUSES = ("queued", "processing", "succeeded", "failed")
+ISO_TIME = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"
+WORKERS = 3
+
+Reader = Callable[[str], Awaitable[dict[str, Any] | None]]
+
+
+def sink_settings(tmp_path: Path, sink_url: str, **environ: str) -> Settings:
+    """Settings as the service would build them, for a sink URL."""
+    return Settings.from_env(
+        {
+            "RECEIVER_WEBHOOK_SECRET": TEST_SECRET,
+            "RECEIVER_DATA_DIR": str(tmp_path),
+            "RECEIVER_SINK": sink_url,
+            "RECEIVER_FORWARD_SECRET": TEST_SECRET,
+            **environ,
+        }
+    )
+
+
+def new_key() -> str:
+    return f"task_{uuid.uuid4().hex[:16]}"
+
+
+def make_record(
+    key: str, status: str, seconds: float = 0, event_id: str | None = None, **fields: Any
+) -> Record:
+    """A record for ``key`` whose source time is ``seconds`` after a fixed instant."""
+    return Record(
+        record_key=key,
+        status=status,
+        source_updated_at=BASE_TIME + timedelta(seconds=seconds),
+        last_event_id=event_id or f"evt_{uuid.uuid4().hex}",
+        **fields,
+    )
+
+
+def full_record(key: str) -> Record:
+    """A record with every field set, including awkward text."""
+    return make_record(
+        key,
+        "succeeded",
+        seconds=61.123456,
+        client_request_id="order-123-preview",
+        model="z-image",
+        primary_url="https://media.example/result.png?X-Amz-Signature=abc",
+        result_urls=("https://media.example/result.png", "https://media.example/b.png"),
+        error_code=None,
+        error_message="näive — “quoted” 😀",
+        reserved_credits=1.5,
+        final_credits=0.0,
+        applied_at=BASE_TIME + timedelta(minutes=5, microseconds=7),
+    )
+
+
+class Backend:
+    """Sinks on one real store, all closed at the end of the test."""
+
+    def __init__(self, factory: Callable[[], Sink], read: Reader) -> None:
+        self._factory = factory
+        self.read = read
+        self._sinks: list[Sink] = []
+
+    def new_sink(self) -> Sink:
+        sink = self._factory()
+        self._sinks.append(sink)
+        return sink
+
+    @property
+    def sink(self) -> Sink:
+        return self._sinks[0] if self._sinks else self.new_sink()
+
+    def workers(self) -> list[Sink]:
+        """Several sinks on the same store: several workers (or processes) at once."""
+        while len(self._sinks) < WORKERS:
+            self.new_sink()
+        return self._sinks[:WORKERS]
+
+    async def aclose(self) -> None:
+        for sink in self._sinks:
+            await sink.aclose()
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[list[tuple[str, int]], list[int]]:
+    """Events of one task (status, seconds) and a delivery order that may repeat some."""
+    events = draw(
+        st.lists(st.tuples(st.sampled_from(STATUSES), st.integers(0, 3)), min_size=1, max_size=6)
+    )
+    redelivered = draw(st.lists(st.integers(0, len(events) - 1), max_size=3))
+    order = draw(st.permutations([*range(len(events)), *redelivered]))
+    return events, order
+
+
+class SinkContract:
+    """Inherit and provide a ``backend`` fixture to run these against a sink."""
+
+    async def test_is_a_sink(self, backend: Backend) -> None:
+        """The sink satisfies the runtime-checkable Sink protocol."""
+        assert isinstance(backend.sink, Sink)
+
+    async def test_setup_is_idempotent(self, backend: Backend) -> None:
+        """setup() can run twice, and the sink works afterwards."""
+        await backend.sink.setup()
+        await backend.sink.setup()
+        record = make_record(new_key(), "queued")
+        assert await backend.sink.apply(record) is ApplyOutcome.APPLIED
+
+    async def test_ping(self, backend: Backend) -> None:
+        """ping() passes when the backend is up."""
+        await backend.sink.ping()
+
+    async def test_insert(self, backend: Backend) -> None:
+        """A record key seen for the first time is stored."""
+        record = make_record(new_key(), "processing")
+        assert await backend.sink.apply(record) is ApplyOutcome.APPLIED
+        assert await backend.read(record.record_key) == record.to_json()
+
+    async def test_newer_update_applies(self, backend: Backend) -> None:
+        """A later updated_at replaces the stored record."""
+        key = new_key()
+        first = make_record(key, "processing", 1, model="a")
+        second = make_record(key, "succeeded", 2, model="b", result_urls=("https://x/y.png",))
+        assert await backend.sink.apply(first) is ApplyOutcome.APPLIED
+        assert await backend.sink.apply(second) is ApplyOutcome.APPLIED
+        assert await backend.read(key) == second.to_json()
+
+    async def test_older_is_stale(self, backend: Backend) -> None:
+        """An earlier updated_at is ignored and reported stale."""
+        key = new_key()
+        newer = make_record(key, "processing", 2)
+        assert await backend.sink.apply(newer) is ApplyOutcome.APPLIED
+        assert await backend.sink.apply(make_record(key, "queued", 1)) is ApplyOutcome.STALE
+        assert await backend.read(key) == newer.to_json()
+
+    async def test_equal_time_higher_rank_applies(self, backend: Backend) -> None:
+        """On equal updated_at a higher status rank wins."""
+        key = new_key()
+        queued, processing = make_record(key, "queued", 1), make_record(key, "processing", 1)
+        assert await backend.sink.apply(queued) is ApplyOutcome.APPLIED
+        assert await backend.sink.apply(processing) is ApplyOutcome.APPLIED
+        assert await backend.read(key) == processing.to_json()
+
+    @pytest.mark.parametrize(
+        ("first_status", "second_status"),
+        [("processing", "processing"), ("succeeded", "failed"), ("failed", "succeeded")],
+        ids=["same-status", "succeeded-then-failed", "failed-then-succeeded"],
+    )
+    async def test_equal_time_equal_rank_first_wins(
+        self, backend: Backend, first_status: str, second_status: str
+    ) -> None:
+        """On equal updated_at and equal rank the stored record stays (SPEC §9)."""
+        key = new_key()
+        first = make_record(key, first_status, 1, model="first")
+        second = make_record(key, second_status, 1, model="second")
+        assert await backend.sink.apply(first) is ApplyOutcome.APPLIED
+        assert await backend.sink.apply(second) is ApplyOutcome.STALE
+        assert await backend.read(key) == first.to_json()
+
+    @pytest.mark.parametrize("terminal", ["succeeded", "failed"])
+    @pytest.mark.parametrize("later", ["queued", "processing"])
+    async def test_terminal_never_regresses(
+        self, backend: Backend, terminal: str, later: str
+    ) -> None:
+        """A terminal record ignores a non-terminal event even with a newer updated_at."""
+        key = new_key()
+        done = make_record(key, terminal, 1)
+        assert await backend.sink.apply(done) is ApplyOutcome.APPLIED
+        assert await backend.sink.apply(make_record(key, later, 60)) is ApplyOutcome.STALE
+        assert await backend.read(key) == done.to_json()
+
+    async def test_newer_terminal_replaces_terminal(self, backend: Backend) -> None:
+        """Terminal to terminal follows updated_at (a retried job that now failed)."""
+        key = new_key()
+        failed = make_record(key, "failed", 2, error_code="nsfw", error_message="blocked")
+        assert await backend.sink.apply(make_record(key, "succeeded", 1)) is ApplyOutcome.APPLIED
+        assert await backend.sink.apply(failed) is ApplyOutcome.APPLIED
+        assert await backend.read(key) == failed.to_json()
+
+    async def test_reapplying_the_same_event_is_applied_without_change(
+        self, backend: Backend
+    ) -> None:
+        """A redelivery of the stored event reports applied and changes nothing."""
+        key = new_key()
+        record = make_record(key, "succeeded", 1, final_credits=2.0)
+        again = dataclasses.replace(record, applied_at=record.applied_at + timedelta(minutes=1))
+        assert await backend.sink.apply(record) is ApplyOutcome.APPLIED
+        assert await backend.sink.apply(again) is ApplyOutcome.APPLIED
+        assert await backend.read(key) == record.to_json()
+
+    async def test_redelivery_after_a_newer_event_is_stale(self, backend: Backend) -> None:
+        """An old event delivered again after a newer one is stale, not applied."""
+        key = new_key()
+        old, new = make_record(key, "processing", 1), make_record(key, "succeeded", 2)
+        assert await backend.sink.apply(old) is ApplyOutcome.APPLIED
+        assert await backend.sink.apply(new) is ApplyOutcome.APPLIED
+        assert await backend.sink.apply(old) is ApplyOutcome.STALE
+        assert await backend.read(key) == new.to_json()
+
+    async def test_all_fields_round_trip(self, backend: Backend) -> None:
+        """Every field comes back equal, credits as numbers and times as ISO 8601."""
+        record = full_record(new_key())
+        assert await backend.sink.apply(record) is ApplyOutcome.APPLIED
+        stored = await backend.read(record.record_key)
+        assert stored == record.to_json()
+        assert stored is not None
+        assert isinstance(stored["reserved_credits"], float)
+        assert isinstance(stored["final_credits"], float)
+        assert stored["source_updated_at"] == "2026-05-10T12:01:01.123456Z"
+        assert stored["applied_at"] == "2026-05-10T12:05:00.000007Z"
+
+    async def test_missing_fields_round_trip_as_none(self, backend: Backend) -> None:
+        """Optional fields left out come back as None and an empty URL list."""
+        key = new_key()
+        full, bare = full_record(key), make_record(key, "failed", 3600)
+        assert await backend.sink.apply(full) is ApplyOutcome.APPLIED
+        assert await backend.sink.apply(bare) is ApplyOutcome.APPLIED
+        assert await backend.read(key) == bare.to_json()
+
+    async def test_records_are_independent(self, backend: Backend) -> None:
+        """A guard on one record key does not affect another."""
+        first, second = make_record(new_key(), "succeeded", 9), make_record(new_key(), "queued")
+        assert await backend.sink.apply(first) is ApplyOutcome.APPLIED
+        assert await backend.sink.apply(second) is ApplyOutcome.APPLIED
+        assert await backend.read(second.record_key) == second.to_json()
+
+    @settings(
+        max_examples=30,
+        deadline=None,
+        # Fixtures are not reset between examples on purpose (each uses fresh keys), and
+        # one inherited method runs once per backend class, i.e. from several "executors".
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.differing_executors,
+        ],
+    )
+    @given(history=histories())
+    async def test_concurrent_workers_keep_the_newest(
+        self, backend: Backend, history: tuple[list[tuple[str, int]], list[int]]
+    ) -> None:
+        """Any order of a task's events, applied by several workers at once, ends newest."""
+        specs, order = history
+        key = new_key()
+        events = [
+            make_record(key, status, seconds, event_id=f"evt_{index}_{key}")
+            for index, (status, seconds) in enumerate(specs)
+        ]
+        workers = backend.workers()
+        outcomes = await asyncio.gather(
+            *(workers[n % len(workers)].apply(events[i]) for n, i in enumerate(order))
+        )
+
+        stored = await backend.read(key)
+        assert stored is not None
+        final = {event.last_event_id: event for event in events}[stored["last_event_id"]]
+        assert stored == final.to_json()
+        # Nothing delivered is newer than what is kept: the guard held under concurrency.
+        assert not any(e.is_newer_than(final.status, final.source_updated_at) for e in events)
+        applied = {
+            events[i]
+            for i, outcome in zip(order, outcomes, strict=True)
+            if outcome is ApplyOutcome.APPLIED
+        }
+        assert final in applied
+        # Applied events were each newer than the one before: they form one chain.
+        for a, b in itertools.combinations(applied, 2):
+            assert a.is_newer_than(b.status, b.source_updated_at) or b.is_newer_than(
+                a.status, a.source_updated_at
+            )

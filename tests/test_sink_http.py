@@ -1,0 +1,310 @@
+"""HttpSink against a real HTTP server that checks every forward signature.
+
+The server (uvicorn in a thread) plays a downstream system: it verifies the Standard
+Webhooks signature with ``receiver.signing.Verifier``, keeps records with the ordering
+guard (409 for stale, 2xx again for a ``webhook-id`` it already holds), records every
+request, and offers ``/status/{code}`` and ``/slow`` for the error mapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from receiver.errors import (
+    ConfigError,
+    DeliveryRejected,
+    PermanentSinkError,
+    TransientSinkError,
+)
+from receiver.models import STATUS_RANK, ApplyOutcome, Record, parse_time
+from receiver.signing import Scheme, Verifier
+from receiver.sinks.base import find_factory
+from receiver.sinks.http import HttpSink
+from tests.conftest import TEST_SECRET, free_port
+from tests.sink_contract import (
+    Backend,
+    SinkContract,
+    full_record,
+    make_record,
+    new_key,
+    sink_settings,
+)
+
+OTHER_SECRET = "whsec_b3RoZXItc2VjcmV0LWZvci1yb3RhdGlvbi0wMQ=="
+SLOW_SECONDS = 1.0
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    verified: bool
+
+
+class Downstream:
+    """A downstream system: verifies, guards order, remembers what it got."""
+
+    def __init__(self) -> None:
+        self.verifier = Verifier(Scheme.STANDARD, [TEST_SECRET])
+        self.received: list[Received] = []
+        self.records: dict[str, dict[str, Any]] = {}
+        self.app = Starlette(
+            routes=[
+                Route("/records", self.records_endpoint, methods=["POST"]),
+                Route("/status/{code:int}", self.status_endpoint, methods=["POST"]),
+                Route("/slow", self.slow_endpoint, methods=["POST"]),
+            ]
+        )
+
+    def requests_to(self, path: str) -> list[Received]:
+        return [request for request in self.received if request.path == path]
+
+    async def _receive(self, request: Request) -> Received:
+        body = await request.body()
+        headers = dict(request.headers)
+        try:
+            self.verifier.verify(headers, body, time.time())
+            verified = True
+        except DeliveryRejected:
+            verified = False
+        received = Received(request.url.path, headers, body, verified)
+        self.received.append(received)
+        return received
+
+    async def records_endpoint(self, request: Request) -> Response:
+        received = await self._receive(request)
+        if not received.verified:
+            return Response(status_code=401)
+        incoming = orjson.loads(received.body)
+        stored = self.records.get(incoming["record_key"])
+        if stored is not None and stored["last_event_id"] == received.headers["webhook-id"]:
+            return Response(status_code=200)  # a redelivery: deduplicated by webhook-id
+        record = Record(
+            record_key=incoming["record_key"],
+            status=incoming["status"],
+            source_updated_at=parse_time(incoming["source_updated_at"]),
+            last_event_id=incoming["last_event_id"],
+        )
+        if stored is not None and not record.is_newer_than(
+            stored["status"], parse_time(stored["source_updated_at"])
+        ):
+            return Response(status_code=409)
+        assert incoming["status"] in STATUS_RANK
+        self.records[incoming["record_key"]] = incoming
+        return Response(status_code=204)
+
+    async def status_endpoint(self, request: Request) -> Response:
+        await self._receive(request)
+        code = request.path_params["code"]
+        headers = {"location": "/elsewhere"} if 300 <= code < 400 else {}
+        return Response(status_code=code, headers=headers)
+
+    async def slow_endpoint(self, request: Request) -> Response:
+        await self._receive(request)
+        await asyncio.sleep(SLOW_SECONDS)
+        return Response(status_code=200)
+
+
+@dataclass
+class Server:
+    downstream: Downstream
+    base_url: str
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    """The downstream, served by uvicorn on a free port in its own thread."""
+    downstream = Downstream()
+    port = free_port()
+    config = uvicorn.Config(
+        downstream.app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        http="h11",
+        ws="none",
+    )
+    uvicorn_server = uvicorn.Server(config)
+    thread = threading.Thread(target=uvicorn_server.run, name="downstream", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not uvicorn_server.started:
+        assert time.monotonic() < deadline, "downstream did not start"
+        time.sleep(0.01)
+    yield Server(downstream, f"http://127.0.0.1:{port}")
+    uvicorn_server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+async def make_sink(server: Server, tmp_path: Path) -> AsyncIterator[Any]:
+    """Build sinks for a path on the downstream (``**environ`` tunes settings)."""
+    sinks: list[HttpSink] = []
+
+    def make(path: str, **environ: str) -> HttpSink:
+        url = server.base_url + path
+        sink = HttpSink(url, sink_settings(tmp_path, url, **environ))
+        sinks.append(sink)
+        return sink
+
+    yield make
+    for sink in sinks:
+        await sink.aclose()
+
+
+@pytest.fixture
+async def backend(server: Server, tmp_path: Path) -> AsyncIterator[Backend]:
+    url = server.base_url + "/records"
+    settings = sink_settings(tmp_path, url)
+
+    async def read(key: str) -> dict[str, Any] | None:
+        return server.downstream.records.get(key)
+
+    backend = Backend(lambda: HttpSink(url, settings), read)
+    yield backend
+    await backend.aclose()
+
+
+class TestContract(SinkContract):
+    """The shared sink contract, with the guard held by the downstream system."""
+
+
+class TestStatusMapping:
+    @pytest.mark.parametrize(
+        ("status", "expected"),
+        [
+            pytest.param(status, expected, id=f"{status}-{name}")
+            for name, expected, statuses in [
+                ("applied", ApplyOutcome.APPLIED, (200, 201, 204)),
+                ("stale", ApplyOutcome.STALE, (409,)),
+                ("transient", TransientSinkError, (408, 429, 500, 503)),
+                ("permanent", PermanentSinkError, (400, 401, 404, 422, 301)),
+            ]
+            for status in statuses
+        ],
+    )
+    async def test_status(self, make_sink: Any, status: int, expected: Any) -> None:
+        """Each downstream status maps to an outcome or an error class (SPEC §5)."""
+        sink = make_sink(f"/status/{status}")
+        record = make_record(new_key(), "succeeded")
+        if isinstance(expected, ApplyOutcome):
+            assert await sink.apply(record) is expected
+        else:
+            with pytest.raises(expected, match=str(status)):
+                await sink.apply(record)
+
+    async def test_redirect_is_not_followed(self, make_sink: Any, server: Server) -> None:
+        """A 3xx is not followed: only one request reaches the downstream."""
+        sink = make_sink("/status/307")
+        record = make_record(new_key(), "succeeded")
+        with pytest.raises(PermanentSinkError):
+            await sink.apply(record)
+        ids = [r.headers["webhook-id"] for r in server.downstream.received]
+        assert ids.count(record.last_event_id) == 1
+
+
+class TestTransport:
+    async def test_timeout_is_transient(self, make_sink: Any) -> None:
+        """A downstream slower than the sink timeout is a transient error."""
+        sink = make_sink("/slow", RECEIVER_SINK_TIMEOUT="200ms")
+        started = time.monotonic()
+        with pytest.raises(TransientSinkError, match="Timeout"):
+            await sink.apply(make_record(new_key(), "queued"))
+        assert time.monotonic() - started < SLOW_SECONDS
+
+    async def test_connection_refused_is_transient(self, tmp_path: Path) -> None:
+        """Nothing listening is a transient error, for apply and for ping."""
+        url = f"http://127.0.0.1:{free_port()}/records"
+        sink = HttpSink(url, sink_settings(tmp_path, url))
+        with pytest.raises(TransientSinkError, match="ConnectError"):
+            await sink.apply(make_record(new_key(), "queued"))
+        with pytest.raises(TransientSinkError):
+            await sink.ping()
+        await sink.aclose()
+
+    async def test_ping_accepts_any_answer(self, make_sink: Any) -> None:
+        """A HEAD answered with 405 still proves the downstream is reachable."""
+        await make_sink("/records").ping()
+
+    async def test_messages_hide_query_and_credentials(
+        self, server: Server, tmp_path: Path
+    ) -> None:
+        """Errors show the URL without its password or query string."""
+        port = server.base_url.rsplit(":", 1)[1]
+        url = f"http://user:hunter2-pass@127.0.0.1:{port}/status/500?token=sekrit-token"
+        sink = HttpSink(url, sink_settings(tmp_path, url))
+        with pytest.raises(TransientSinkError) as caught:
+            await sink.apply(make_record(new_key(), "queued"))
+        await sink.aclose()
+        message = str(caught.value)
+        assert "hunter2-pass" not in message
+        assert "sekrit-token" not in message
+        assert "/status/500" in message
+
+    async def test_unsupported_scheme_is_permanent(self, tmp_path: Path) -> None:
+        """A URL httpx cannot send to is a permanent error."""
+        sink = HttpSink("ftp://127.0.0.1/x", sink_settings(tmp_path, "https://x/"))
+        with pytest.raises(PermanentSinkError):
+            await sink.apply(make_record(new_key(), "queued"))
+        await sink.aclose()
+
+
+class TestSigning:
+    async def test_request_is_signed_and_carries_the_record(
+        self, make_sink: Any, server: Server
+    ) -> None:
+        """The body is the record as JSON, and its signature verifies downstream."""
+        record = full_record(new_key())
+        assert await make_sink("/records").apply(record) is ApplyOutcome.APPLIED
+        (request,) = [
+            r for r in server.downstream.received if r.headers["webhook-id"] == record.last_event_id
+        ]
+        assert request.verified
+        assert request.headers["content-type"] == "application/json"
+        assert orjson.loads(request.body) == record.to_json()
+        assert abs(int(request.headers["webhook-timestamp"]) - time.time()) < 5
+
+    async def test_same_webhook_id_on_retry(self, make_sink: Any, server: Server) -> None:
+        """Every attempt of one event carries the event id as webhook-id, each signed."""
+        sink = make_sink("/status/503")
+        record = make_record(new_key(), "succeeded")
+        for _ in range(3):
+            with pytest.raises(TransientSinkError):
+                await sink.apply(record)
+        attempts = [
+            r
+            for r in server.downstream.received
+            if r.body and orjson.loads(r.body)["record_key"] == record.record_key
+        ]
+        assert [r.headers["webhook-id"] for r in attempts] == [record.last_event_id] * 3
+        assert all(r.verified for r in attempts)
+
+    async def test_wrong_secret_is_rejected_downstream(self, make_sink: Any) -> None:
+        """The downstream really checks: a sink with another secret gets 401, permanent."""
+        sink = make_sink("/records", RECEIVER_FORWARD_SECRET=OTHER_SECRET)
+        with pytest.raises(PermanentSinkError, match="401"):
+            await sink.apply(make_record(new_key(), "queued"))
+
+    def test_forward_secret_required(self, tmp_path: Path) -> None:
+        """Without a forward secret the sink refuses to start."""
+        settings = sink_settings(tmp_path, "log:", RECEIVER_FORWARD_SECRET="")
+        with pytest.raises(ConfigError, match="RECEIVER_FORWARD_SECRET"):
+            find_factory("https")("https://example.invalid/hook", settings)
