@@ -56,13 +56,14 @@ def mask_url(url: str) -> str:
         password = parts.password
     except ValueError:  # e.g. an unclosed ``[`` IPv6 host: show nothing rather than all
         return "<unparseable URL>"
-    if password is None and not parts.query:
-        return url
     netloc = parts.netloc
-    if password is not None:
+    if password is None and not parts.query and "@" not in netloc:
+        return url
+    if "@" in netloc:
+        # A bare user part can be a token too (https://TOKEN@host): only user:*** survives.
         user = parts.username or ""
         host = netloc.rsplit("@", 1)[1]
-        netloc = f"{user}:***@{host}"
+        netloc = f"{user}:***@{host}" if password is not None else f"***@{host}"
     query = "***" if parts.query else ""
     masked = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     # urlunsplit drops an empty authority for schemes it does not know: keep

@@ -1,0 +1,438 @@
+"""Tests for receiver.settings: environment and TOML in, validated Settings out (SPEC §6, §9)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+
+from receiver.errors import ConfigError
+from receiver.settings import (
+    KNOWN_VARIABLES,
+    Secret,
+    Settings,
+    mask_url,
+    parse_duration,
+)
+from receiver.signing import Scheme
+from tests.conftest import TEST_SECRET
+
+# A recognisable word planted in every secret-bearing value: it must never be printed.
+LEAK = "hunter2"
+SECRET_2 = "whsec_" + base64.b64encode(f"second-{LEAK}-key-material".encode()).decode()
+PUBLIC_KEY = "whpk_" + base64.b64encode(b"\x01" * 32).decode()
+FERNET_KEY = Fernet.generate_key().decode()
+
+
+def env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """The minimal valid environment plus overrides."""
+    return {"RECEIVER_WEBHOOK_SECRET": TEST_SECRET, "RECEIVER_DATA_DIR": str(tmp_path), **overrides}
+
+
+def config_error(environ: dict[str, str]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(environ)
+    return str(caught.value)
+
+
+def write(tmp_path: Path, name: str, content: str | bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return str(path)
+
+
+BAD_VALUES = [
+    ("RECEIVER_WEBHOOK_SECRET", f"{LEAK}-without-prefix"),
+    ("RECEIVER_WEBHOOK_SECRET", f"whsec_{LEAK}!!"),
+    ("RECEIVER_WEBHOOK_SECRET", f"{TEST_SECRET} whpk_{LEAK}"),
+    ("RECEIVER_WEBHOOK_SECRET", " , "),
+    ("RECEIVER_SIGNATURE_SCHEME", "hmac"),
+    ("RECEIVER_SIGNATURE_HEADER", "Bad Header"),
+    ("RECEIVER_TOLERANCE_SECONDS", "five"),
+    ("RECEIVER_TOLERANCE_SECONDS", "0"),
+    ("RECEIVER_REDIS_URL", f"http://:{LEAK}@cache:6379"),
+    ("RECEIVER_REDIS_URL", f"redis://[{LEAK}"),
+    ("RECEIVER_SINK", LEAK),
+    ("RECEIVER_SINK", f"admin:{LEAK}@db/records"),
+    ("RECEIVER_SINK", f"postgresql://[{LEAK}"),
+    ("RECEIVER_MAX_BODY_BYTES", "1.5"),
+    ("RECEIVER_MAX_BODY_BYTES", "0"),
+    ("RECEIVER_RETENTION", "forever"),
+    ("RECEIVER_RETENTION", "0s"),
+    ("RECEIVER_ENCRYPTION_KEYS", LEAK),
+    ("RECEIVER_ENCRYPTION_KEYS", f"{FERNET_KEY} {LEAK}"),
+    ("RECEIVER_ENCRYPTION_KEYS", ","),
+    ("RECEIVER_FORWARD_SECRET", LEAK),
+    ("RECEIVER_FORWARD_SECRET", PUBLIC_KEY),
+    ("RECEIVER_FORWARD_SECRET", f"{TEST_SECRET} {SECRET_2}"),
+    ("RECEIVER_LOG_FORMAT", "xml"),
+    ("RECEIVER_LOG_LEVEL", "loud"),
+    ("RECEIVER_VISIBILITY_TIMEOUT", "0s"),
+    ("RECEIVER_MAX_ATTEMPTS", "0"),
+    ("RECEIVER_RETRY_BASE", "0"),
+    ("RECEIVER_RETRY_MAX", "-1s"),
+    ("RECEIVER_SINK_TIMEOUT", "1.5s"),
+    ("RECEIVER_SHUTDOWN_TIMEOUT", "never"),
+    ("RECEIVER_SHUTDOWN_DRAIN", "later"),
+    ("RECEIVER_WORKER_CONCURRENCY", "0"),
+    ("RECEIVER_QUEUE_SHARDS", "1025"),
+    ("RECEIVER_CONFIG", "/nonexistent/receiver.toml"),
+    ("RECEIVER_WEBHOOK_SECRET_FILE", "/nonexistent/secret"),
+]
+BAD_IDS = [
+    "secret-no-prefix", "secret-bad-base64", "secret-bad-public-key", "secret-only-commas",
+    "scheme", "header", "tolerance-word", "tolerance-zero", "redis-http", "redis-unparseable",
+    "sink-word", "sink-user-password", "sink-unparseable", "body-decimal", "body-zero",
+    "retention-word", "retention-zero", "encryption-word", "encryption-second-bad",
+    "encryption-only-comma", "forward-word", "forward-public-key", "forward-two-keys",
+    "log-format", "log-level", "visibility-zero", "attempts-zero", "retry-base-zero",
+    "retry-max-negative", "sink-timeout-decimal", "shutdown-word", "drain-word", "concurrency-zero",
+    "shards-too-many", "config-missing", "secret-file-missing",
+]  # fmt: skip
+
+
+class TestDefaults:
+    def test_minimal_environment(self, tmp_path: Path) -> None:
+        """Only a secret set: every other setting takes its SPEC §6 default."""
+        settings = Settings.from_env(env(tmp_path))
+        source = settings.sources["rivya"]
+
+        expected = (
+            ["rivya"], Scheme.STANDARD, (Secret(TEST_SECRET),), "Rivya-Signature", 300,
+            f"sqlite:///{tmp_path.resolve()}/records.db", None, True, 262_144, 30 * 86400,
+            (), None, "json", "info",
+        )  # fmt: skip
+        assert expected == (
+            list(settings.sources), source.scheme, source.keys, source.signature_header,
+            source.tolerance_seconds, settings.sink_url.reveal(), settings.redis_url,
+            settings.embedded_redis, settings.max_body_bytes, settings.retention_seconds,
+            settings.encryption_keys, settings.forward_secret, settings.log_format,
+            settings.log_level,
+        )  # fmt: skip
+
+    def test_missing_secret(self, tmp_path: Path) -> None:
+        """No webhook secret is a start-up error naming the variable; none is invented."""
+        message = config_error({"RECEIVER_DATA_DIR": str(tmp_path)})
+
+        assert message.startswith("RECEIVER_WEBHOOK_SECRET:")
+
+
+class TestValues:
+    @pytest.mark.parametrize(
+        ("variable", "value", "attribute", "expected"),
+        [
+            ("RECEIVER_TOLERANCE_SECONDS", "60", "tolerance", 60),
+            ("RECEIVER_SIGNATURE_SCHEME", "STRIPE", "scheme", Scheme.STRIPE),
+            ("RECEIVER_SIGNATURE_HEADER", "X-Acme-Signature", "header", "X-Acme-Signature"),
+            ("RECEIVER_MAX_BODY_BYTES", "1024", "max_body_bytes", 1024),
+            ("RECEIVER_RETENTION", "7d", "retention_seconds", 7 * 86400),
+            ("RECEIVER_LOG_FORMAT", "console", "log_format", "console"),
+            ("RECEIVER_LOG_LEVEL", "DEBUG", "log_level", "debug"),
+            ("RECEIVER_VISIBILITY_TIMEOUT", "500ms", "visibility_timeout_seconds", 0.5),
+            ("RECEIVER_MAX_ATTEMPTS", "3", "max_attempts", 3),
+            ("RECEIVER_QUEUE_SHARDS", "1024", "queue_shards", 1024),
+            ("RECEIVER_SINK", "log:", "sink", "log:"),
+            ("RECEIVER_REDIS_URL", "rediss://:pw@h:6380/0", "redis", "rediss://:pw@h:6380/0"),
+        ],
+        ids=["tolerance", "scheme-any-case", "header", "max-body", "retention", "log-format",
+             "log-level-any-case", "visibility-ms", "attempts", "shards-max", "sink", "redis"],
+    )  # fmt: skip
+    def test_value_read(self, tmp_path: Path, variable: str, value: str, attribute: str,
+                        expected: object) -> None:  # fmt: skip
+        """Each variable's valid value lands, parsed, on the settings."""
+        settings = Settings.from_env(env(tmp_path, **{variable: value}))
+        source = settings.sources["rivya"]
+        views = {
+            "tolerance": source.tolerance_seconds,
+            "scheme": source.scheme,
+            "header": source.signature_header,
+            "sink": settings.sink_url.reveal(),
+            "redis": settings.redis_url.reveal() if settings.redis_url else None,
+        }
+
+        assert expected == views.get(attribute, getattr(settings, attribute, None))
+
+    @pytest.mark.parametrize(("variable", "value"), BAD_VALUES, ids=BAD_IDS)
+    def test_bad_value(self, tmp_path: Path, variable: str, value: str) -> None:
+        """A bad value is one ConfigError line that starts with the variable, without secrets."""
+        environ = env(tmp_path, **{variable: value})
+        if variable == "RECEIVER_WEBHOOK_SECRET_FILE":
+            del environ["RECEIVER_WEBHOOK_SECRET"]
+
+        message = config_error(environ)
+
+        expected = (True, False, False, False)
+        assert expected == (
+            message.startswith(f"{variable}:"),
+            LEAK in message,
+            TEST_SECRET.removeprefix("whsec_") in message,
+            "\n" in message,
+        )
+
+    @pytest.mark.parametrize("variable", sorted({v for v, _ in BAD_VALUES}), ids=str)
+    def test_validated_variables_are_known(self, variable: str) -> None:
+        """Each variable with a validation rule is listed in KNOWN_VARIABLES (docs, deploy)."""
+        assert variable in KNOWN_VARIABLES
+
+
+class TestSecretFiles:
+    @pytest.mark.parametrize(
+        ("variable", "value", "read"),
+        [
+            ("RECEIVER_WEBHOOK_SECRET", SECRET_2, lambda s: s.sources["rivya"].keys[0]),
+            ("RECEIVER_SINK", f"postgresql://u:{LEAK}@db/x", lambda s: s.sink_url),
+            ("RECEIVER_REDIS_URL", f"redis://:{LEAK}@cache:6379/0", lambda s: s.redis_url),
+            ("RECEIVER_FORWARD_SECRET", SECRET_2, lambda s: s.forward_secret),
+            ("RECEIVER_ENCRYPTION_KEYS", FERNET_KEY, lambda s: s.encryption_keys[0]),
+        ],
+        ids=["webhook-secret", "sink", "redis", "forward", "encryption"],
+    )
+    def test_file_variant(self, tmp_path: Path, variable: str, value: str, read: Any) -> None:
+        """``X_FILE`` reads the value from a file (trailing newline stripped)."""
+        environ = env(tmp_path, **{f"{variable}_FILE": write(tmp_path, "value", value + "\n")})
+        environ.pop(variable, None)
+
+        assert Secret(value) == read(Settings.from_env(environ))
+
+    @pytest.mark.parametrize(
+        "variable",
+        ["RECEIVER_WEBHOOK_SECRET", "RECEIVER_SINK", "RECEIVER_REDIS_URL",
+         "RECEIVER_FORWARD_SECRET", "RECEIVER_ENCRYPTION_KEYS"],
+        ids=str,
+    )  # fmt: skip
+    def test_both_set(self, tmp_path: Path, variable: str) -> None:
+        """Setting both X and X_FILE is an error naming X, even when both are valid."""
+        environ = env(tmp_path, **{variable: "log:", f"{variable}_FILE": write(tmp_path, "v", "x")})
+
+        assert config_error(environ).startswith(f"{variable}: set either")
+
+    @pytest.mark.parametrize(
+        ("content", "fragment"),
+        [(b"  \n", "is empty"), (b"\xff\xfe", "not UTF-8")],
+        ids=["empty", "not-utf8"],
+    )
+    def test_unusable_file(self, tmp_path: Path, content: bytes, fragment: str) -> None:
+        """An empty or non-text secret file is an error naming the _FILE variable."""
+        environ = {"RECEIVER_WEBHOOK_SECRET_FILE": write(tmp_path, "secret", content)}
+
+        message = config_error(environ)
+
+        expected = (True, True)
+        assert expected == (
+            message.startswith("RECEIVER_WEBHOOK_SECRET_FILE:"),
+            fragment in message,
+        )
+
+
+class TestRedaction:
+    def test_repr_holds_no_secret(self, tmp_path: Path) -> None:
+        """repr/str of Settings show no webhook, redis, sink, forward or encryption secret."""
+        config = write(
+            tmp_path, "r.toml", f'[sources.acme]\nscheme = "stripe"\nsecret = "{LEAK}1"\n'
+        )
+        settings = Settings.from_env(
+            env(
+                tmp_path,
+                RECEIVER_WEBHOOK_SECRET=f"{TEST_SECRET} {SECRET_2}",
+                RECEIVER_REDIS_URL=f"redis://:{LEAK}2@cache:6379/0",
+                RECEIVER_SINK=f"https://user:{LEAK}3@hooks.example/in?token={LEAK}4",
+                RECEIVER_FORWARD_SECRET=SECRET_2,
+                RECEIVER_ENCRYPTION_KEYS=FERNET_KEY,
+                RECEIVER_CONFIG=config,
+            )
+        )
+        printed = repr(settings) + str(settings)
+        secrets = [LEAK, TEST_SECRET.removeprefix("whsec_"), SECRET_2.removeprefix("whsec_"),
+                   FERNET_KEY]  # fmt: skip
+
+        expected: list[str] = []
+        assert expected == [secret for secret in secrets if secret in printed]
+
+    @pytest.mark.parametrize("show", [repr, str, "{}".format, "{!r}".format], ids=str)
+    def test_secret_masks_itself(self, show: Any) -> None:
+        """A Secret never shows its value, however it is formatted; reveal() gives it back."""
+        secret = Secret(LEAK)
+
+        expected = (False, LEAK)
+        assert expected == (LEAK in show(secret), secret.reveal())
+
+
+class TestMaskUrl:
+    @pytest.mark.parametrize(
+        ("url", "expected"),
+        [
+            ("postgresql://app:pw@db:5432/records", "postgresql://app:***@db:5432/records"),
+            ("redis://:pw@cache:6379/0", "redis://:***@cache:6379/0"),
+            ("redis://u:p@ss@cache/0", "redis://u:***@cache/0"),
+            ("https://tok3n@hooks.example/in", "https://***@hooks.example/in"),
+            ("https://hooks.example/in?token=abc&x=1", "https://hooks.example/in?***"),
+            ("https://u:pw@hooks.example/in?sig=1", "https://u:***@hooks.example/in?***"),
+            ("sqlite:///data/records.db", "sqlite:///data/records.db"),
+            ("sqlite:////abs/r.db?mode=ro", "sqlite:////abs/r.db?***"),
+            ("redis://cache:6379/0", "redis://cache:6379/0"),
+            ("log:", "log:"),
+            ("http://[::1", "<unparseable URL>"),
+        ],
+        ids=["password", "password-no-user", "at-in-password", "user-token", "query",
+             "password-and-query", "sqlite", "sqlite-query", "no-credentials", "log",
+             "unparseable"],
+    )  # fmt: skip
+    def test_mask(self, url: str, expected: str) -> None:
+        """Passwords and query strings are masked; everything else is kept for debugging."""
+        assert expected == mask_url(url)
+
+
+class TestParseDuration:
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [("30d", 2_592_000), ("12h", 43_200), ("5m", 300), ("90s", 90), ("500ms", 0.5),
+         ("2w", 1_209_600), ("15", 15), ("0", 0), (" 7 d ", 604_800)],
+        ids=["days", "hours", "minutes", "seconds", "milliseconds", "weeks", "bare", "zero",
+             "spaces"],
+    )  # fmt: skip
+    def test_valid(self, text: str, expected: float) -> None:
+        """Durations with each unit (or none: seconds) convert to seconds."""
+        assert expected == parse_duration(text)
+
+    @pytest.mark.parametrize(
+        "text",
+        ["", "soon", "1.5h", "-5s", "5 days", "5x", "h", "1h30m"],
+        ids=["empty", "word", "decimal", "negative", "long-unit", "bad-unit", "no-number",
+             "compound"],
+    )  # fmt: skip
+    def test_invalid(self, text: str) -> None:
+        """Anything else is a ValueError that quotes the text and shows an example."""
+        with pytest.raises(ValueError, match=r"not a duration.*e\.g\. 30d"):
+            parse_duration(text)
+
+
+class TestSourcesFile:
+    def test_valid_file(self, tmp_path: Path) -> None:
+        """[sources.NAME] tables add sources; unset fields inherit the default source's."""
+        key_file = write(tmp_path, "beta.key", f"{SECRET_2}\n")
+        config = write(
+            tmp_path,
+            "receiver.toml",
+            f"""
+            [sources.acme]
+            scheme = "stripe"
+            secret = "sk_live_{LEAK}"
+            signature_header = "Acme-Signature"
+            tolerance_seconds = 60
+
+            [sources.beta-2]
+            secret_file = "{key_file}"
+
+            [sources.rotating]
+            secret = ["{TEST_SECRET}", "{SECRET_2}"]
+            """,
+        )
+        settings = Settings.from_env(env(tmp_path, RECEIVER_CONFIG=config))
+        summary = {
+            name: (s.scheme, [k.reveal() for k in s.keys], s.signature_header, s.tolerance_seconds)
+            for name, s in settings.sources.items()
+        }
+
+        expected = {
+            "rivya": (Scheme.STANDARD, [TEST_SECRET], "Rivya-Signature", 300),
+            "acme": (Scheme.STRIPE, [f"sk_live_{LEAK}"], "Acme-Signature", 60),
+            "beta-2": (Scheme.STANDARD, [SECRET_2], "Rivya-Signature", 300),
+            "rotating": (Scheme.STANDARD, [TEST_SECRET, SECRET_2], "Rivya-Signature", 300),
+        }
+        assert expected == summary
+
+    @pytest.mark.parametrize(
+        ("toml", "fragment"),
+        [
+            ("[sources.acme\nsecret = 1", "not valid TOML"),
+            ('sources = "acme"', "[sources] must be a table"),
+            (f'[sources."bad name"]\nsecret = "{TEST_SECRET}"', "sources.bad name"),
+            ('[sources.acme]\nscheme = "stripe"', "exactly one of secret"),
+            (f'[sources.acme]\nsecret = "{TEST_SECRET}"\nsecret_file = "/x"', "exactly one"),
+            (f'[sources.acme]\nsecret = "{TEST_SECRET}"\nscheme = "hmac"', "acme.scheme"),
+            (f'[sources.acme]\nsecret = "{TEST_SECRET}"\ntolerance_seconds = 0', "tolerance"),
+            (f'[sources.acme]\nsecret = "{TEST_SECRET}"\ntolerance_seconds = true', "tolerance"),
+            (f'[sources.acme]\nsecret = "{TEST_SECRET}"\nsignature_header = "A B"', "header"),
+            ('[sources.acme]\nscheme = "stripe"\nsecret = 12345', "acme.secret"),
+            (f'[sources.acme]\nsecret = "{LEAK}"', "acme.secret: key 1"),
+            (f'[sources.acme]\nsecret = "whsec_{LEAK}!"', "acme.secret: key 1"),
+            ('[sources.acme]\nsecret_file = "/nonexistent/key"', "acme.secret_file"),
+        ],
+        ids=["syntax", "not-a-table", "bad-name", "no-secret", "both-secrets", "bad-scheme",
+             "zero-tolerance", "bool-tolerance", "bad-header", "number-secret", "no-prefix",
+             "bad-base64", "missing-secret-file"],
+    )  # fmt: skip
+    def test_invalid_file(self, tmp_path: Path, toml: str, fragment: str) -> None:
+        """Each mistake is a ConfigError naming RECEIVER_CONFIG and the field, not the secret."""
+        message = config_error(env(tmp_path, RECEIVER_CONFIG=write(tmp_path, "r.toml", toml)))
+
+        expected = (True, True, False)
+        assert expected == (
+            message.startswith("RECEIVER_CONFIG:"),
+            fragment in message,
+            LEAK in message or TEST_SECRET in message,
+        )
+
+    def test_secret_file_not_text(self, tmp_path: Path) -> None:
+        """A source's secret_file that is not UTF-8 is a ConfigError, not a traceback."""
+        key_file = write(tmp_path, "k", b"\xff\xfe")
+        toml = f'[sources.acme]\nsecret_file = "{key_file}"'
+
+        message = config_error(env(tmp_path, RECEIVER_CONFIG=write(tmp_path, "r.toml", toml)))
+
+        assert message.startswith("RECEIVER_CONFIG: sources.acme.secret_file:")
+
+
+class TestKeysAndSinks:
+    @pytest.mark.parametrize("scheme", ["http", "https", "HTTPS"], ids=str)
+    def test_http_sink_needs_forward_secret(self, tmp_path: Path, scheme: str) -> None:
+        """An HTTP(S) sink without RECEIVER_FORWARD_SECRET is a start-up error."""
+        message = config_error(env(tmp_path, RECEIVER_SINK=f"{scheme}://hooks.example/in"))
+
+        assert message.startswith("RECEIVER_FORWARD_SECRET: required")
+
+    def test_http_sink_with_forward_secret(self, tmp_path: Path) -> None:
+        """With a whsec_ forward secret the HTTP sink is accepted and the secret kept."""
+        settings = Settings.from_env(
+            env(
+                tmp_path, RECEIVER_SINK="https://hooks.example/in", RECEIVER_FORWARD_SECRET=SECRET_2
+            )
+        )
+
+        assert Secret(SECRET_2) == settings.forward_secret
+
+    @pytest.mark.parametrize(
+        "secret",
+        [TEST_SECRET.removeprefix("whsec_"), "whsec_not base64", "whsec_abc", "whsec_",
+         "whpk_" + base64.b64encode(b"\x01" * 31).decode(), "sk_live_abc"],
+        ids=["no-prefix", "space-inside", "bad-padding", "empty", "short-public-key", "other"],
+    )  # fmt: skip
+    def test_standard_rejects_bad_key(self, tmp_path: Path, secret: str) -> None:
+        """For ``standard`` a key without whsec_/whpk_ or with bad base64 stops start-up."""
+        message = config_error(env(tmp_path, RECEIVER_WEBHOOK_SECRET=secret))
+
+        assert message.startswith("RECEIVER_WEBHOOK_SECRET: key 1:")
+
+    @pytest.mark.parametrize(
+        "secret",
+        ["sk_live_abc", "whsec_not-base64!", "x", TEST_SECRET, f"{LEAK} {TEST_SECRET}"],
+        ids=["stripe-style", "bad-base64", "one-char", "whsec", "two-keys"],
+    )
+    def test_stripe_accepts_any_secret(self, tmp_path: Path, secret: str) -> None:
+        """For ``stripe`` every non-empty string is a key, split on spaces and commas."""
+        settings = Settings.from_env(
+            env(tmp_path, RECEIVER_SIGNATURE_SCHEME="stripe", RECEIVER_WEBHOOK_SECRET=secret)
+        )
+
+        assert tuple(Secret(k) for k in secret.split()) == settings.sources["rivya"].keys
+
+    def test_public_and_shared_keys(self, tmp_path: Path) -> None:
+        """``standard`` accepts whsec_ and whpk_ keys together (rotation: all verify)."""
+        settings = Settings.from_env(
+            env(tmp_path, RECEIVER_WEBHOOK_SECRET=f"{TEST_SECRET},{PUBLIC_KEY}")
+        )
+
+        assert (Secret(TEST_SECRET), Secret(PUBLIC_KEY)) == settings.sources["rivya"].keys
