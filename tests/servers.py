@@ -26,8 +26,13 @@ class ServiceThread:
         self.port = free_port()
         self.app = create_app(settings, run_worker=run_worker)
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
-            lifespan="on", timeout_graceful_shutdown=5,
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -56,10 +61,15 @@ class ServiceThread:
 class ServiceProcess:
     """``python -m receiver <command>`` as a real process with its output in a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *args: str, port: int | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, *args: str, port: int | None = None
+    ) -> None:
         self.env = env
         self.port = port if port is not None else free_port()
-        self.args = args or ("serve", "--port", str(self.port))
+        args = args or ("serve",)
+        if args[0] == "serve" and "--port" not in args:
+            args = (*args, "--port", str(self.port))
+        self.args = args
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -72,7 +82,9 @@ class ServiceProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "receiver", *self.args],
-            env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
         if wait and self.args[0] == "serve":
@@ -137,10 +149,19 @@ class Downstream:
         self.statuses = list(statuses) or [200]
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.port = free_port()
-        config = uvicorn.Config(self._app, host="127.0.0.1", port=self.port, log_config=None,
-                                access_log=False, lifespan="off", interface="asgi3")
+        config = uvicorn.Config(
+            self._app,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            interface="asgi3",
+        )
         self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self.server.serve()), daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -155,7 +176,9 @@ class Downstream:
                 break
         if scope["method"] == "POST":
             self.requests.append(({k.decode(): v.decode() for k, v in scope["headers"]}, body))
-        index = min(len(self.requests) - 1, len(self.statuses) - 1) if scope["method"] == "POST" else -1
+        index = (
+            min(len(self.requests) - 1, len(self.statuses) - 1) if scope["method"] == "POST" else -1
+        )
         status = self.statuses[max(index, 0)] if scope["method"] == "POST" else 200
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})

@@ -82,21 +82,66 @@ def _streamed_over_limit(client: httpx.Client) -> httpx.Response:
 
 _body = event_body()
 REJECTIONS: list[Any] = [
-    pytest.param(_post(_body, signed_headers(_body), "/webhooks/nope"), 404, "unknown_source", id="unknown-source"),
-    pytest.param(_post(_body, signed_headers(_body), "/webhooks/rivya/x"), 404, "not_found", id="extra-path"),
+    pytest.param(
+        _post(_body, signed_headers(_body), "/webhooks/nope"),
+        404,
+        "unknown_source",
+        id="unknown-source",
+    ),
+    pytest.param(
+        _post(_body, signed_headers(_body), "/webhooks/rivya/x"), 404, "not_found", id="extra-path"
+    ),
     pytest.param(lambda c: c.get("/webhooks/rivya"), 405, "method_not_allowed", id="get"),
-    pytest.param(lambda c: c.put("/webhooks/rivya", content=b"{}"), 405, "method_not_allowed", id="put"),
-    pytest.param(_post(b"x" * 5000, signed_headers(b"x" * 5000)), 413, "payload_too_large", id="declared-length"),
+    pytest.param(
+        lambda c: c.put("/webhooks/rivya", content=b"{}"), 405, "method_not_allowed", id="put"
+    ),
+    pytest.param(
+        _post(b"x" * 5000, signed_headers(b"x" * 5000)),
+        413,
+        "payload_too_large",
+        id="declared-length",
+    ),
     pytest.param(_streamed_over_limit, 413, "payload_too_large", id="streamed"),
-    pytest.param(_post(_body, {**signed_headers(_body), "content-type": "text/plain"}), 415, "unsupported_media_type", id="text-plain"),
-    pytest.param(_post(_body, {k: v for k, v in signed_headers(_body).items() if k != "content-type"}), 415, "unsupported_media_type", id="no-content-type"),
+    pytest.param(
+        _post(_body, {**signed_headers(_body), "content-type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+        id="text-plain",
+    ),
+    pytest.param(
+        _post(_body, {k: v for k, v in signed_headers(_body).items() if k != "content-type"}),
+        415,
+        "unsupported_media_type",
+        id="no-content-type",
+    ),
     pytest.param(_without("webhook-id"), 400, "missing_signature_header", id="missing-id"),
-    pytest.param(_without("webhook-timestamp"), 400, "missing_signature_header", id="missing-timestamp"),
-    pytest.param(_without("webhook-signature"), 400, "missing_signature_header", id="missing-signature"),
-    pytest.param(_post(_body, {**signed_headers(_body), "webhook-signature": "v1,AAAA"}), 401, "invalid_signature", id="bad-signature"),
-    pytest.param(_post(_body, signed_headers(_body, secret=OTHER_SECRET)), 401, "invalid_signature", id="unknown-key"),
-    pytest.param(_post(_body + b" ", signed_headers(_body)), 401, "invalid_signature", id="tampered-body"),
-    pytest.param(_post(_body, {**signed_headers(_body), "webhook-timestamp": "soon"}), 401, "invalid_timestamp", id="bad-timestamp"),
+    pytest.param(
+        _without("webhook-timestamp"), 400, "missing_signature_header", id="missing-timestamp"
+    ),
+    pytest.param(
+        _without("webhook-signature"), 400, "missing_signature_header", id="missing-signature"
+    ),
+    pytest.param(
+        _post(_body, {**signed_headers(_body), "webhook-signature": "v1,AAAA"}),
+        401,
+        "invalid_signature",
+        id="bad-signature",
+    ),
+    pytest.param(
+        _post(_body, signed_headers(_body, secret=OTHER_SECRET)),
+        401,
+        "invalid_signature",
+        id="unknown-key",
+    ),
+    pytest.param(
+        _post(_body + b" ", signed_headers(_body)), 401, "invalid_signature", id="tampered-body"
+    ),
+    pytest.param(
+        _post(_body, {**signed_headers(_body), "webhook-timestamp": "soon"}),
+        401,
+        "invalid_timestamp",
+        id="bad-timestamp",
+    ),
     pytest.param(_stale(-301), 401, "timestamp_out_of_tolerance", id="too-old"),
     pytest.param(_stale(301), 401, "timestamp_out_of_tolerance", id="too-new"),
 ]
@@ -127,19 +172,26 @@ class TestRejections:
 
 
 class TestAccept:
-    def test_new_event_is_stored_then_answered(self, http: httpx.Client, clean_redis: redis.Redis) -> None:
+    def test_new_event_is_stored_then_answered(
+        self, http: httpx.Client, clean_redis: redis.Redis
+    ) -> None:
         """A valid new delivery answers 202 with its id and is stored pending and queued."""
         body = event_body(task_id="task_accept")
         headers = signed_headers(body, event_id="msg_accept")
         response = http.post("/webhooks/rivya", content=body, headers=headers)
-        assert (202, {"status": "accepted", "event_id": "msg_accept"}) == (response.status_code, response.json())
+        assert (
+            response.status_code,
+            response.json(),
+        ) == (202, {"status": "accepted", "event_id": "msg_accept"})
         shard = all_shards(1)[0]
         member = member_of("rivya", "msg_accept")
         stored = clean_redis.hgetall(shard.event(member))
         assert stored[b"body"] == body
-        assert (b"pending", b"task_accept", b"generation.succeeded") == (
-            stored[b"state"], stored[b"record_key"], stored[b"type"]
-        )
+        assert (
+            stored[b"state"],
+            stored[b"record_key"],
+            stored[b"type"],
+        ) == (b"pending", b"task_accept", b"generation.succeeded")
         assert clean_redis.xlen(shard.stream) == 1
         assert 0 < clean_redis.pttl(shard.event(member)) <= 30 * 86400 * 1000
 
@@ -149,17 +201,27 @@ class TestAccept:
         headers = signed_headers(body, event_id="msg_dup")
         first = http.post("/webhooks/rivya", content=body, headers=headers)
         second = http.post("/webhooks/rivya", content=body, headers=headers)
-        assert (202, 200) == (first.status_code, second.status_code)
-        assert {"status": "duplicate", "event_id": "msg_dup"} == second.json()
+        assert (first.status_code, second.status_code) == (202, 200)
+        assert second.json() == {"status": "duplicate", "event_id": "msg_dup"}
         assert clean_redis.xlen(all_shards(1)[0].stream) == 1
 
-    def test_conflict_keeps_first_copy_and_counts(self, http: httpx.Client, clean_redis: redis.Redis) -> None:
+    def test_conflict_keeps_first_copy_and_counts(
+        self, http: httpx.Client, clean_redis: redis.Redis
+    ) -> None:
         """Same id, different body: answered as duplicate, first copy stands, counted."""
         first_body, second_body = event_body(task_id="task_a"), event_body(task_id="task_b")
-        http.post("/webhooks/rivya", content=first_body, headers=signed_headers(first_body, event_id="msg_c"))
+        http.post(
+            "/webhooks/rivya",
+            content=first_body,
+            headers=signed_headers(first_body, event_id="msg_c"),
+        )
         before = _metric(http, 'receiver_conflicts_total{source="rivya"}')
-        response = http.post("/webhooks/rivya", content=second_body, headers=signed_headers(second_body, event_id="msg_c"))
-        assert (200, "duplicate") == (response.status_code, response.json()["status"])
+        response = http.post(
+            "/webhooks/rivya",
+            content=second_body,
+            headers=signed_headers(second_body, event_id="msg_c"),
+        )
+        assert (response.status_code, response.json()["status"]) == (200, "duplicate")
         stored = clean_redis.hget(all_shards(1)[0].event(member_of("rivya", "msg_c")), "body")
         assert stored == first_body
         assert _metric(http, 'receiver_conflicts_total{source="rivya"}') == before + 1
@@ -169,9 +231,16 @@ class TestAccept:
         [
             pytest.param(b"not json at all \xff", "unmappable: not_json", id="not-json"),
             pytest.param(b"[1, 2]", "unmappable: not_an_object", id="array"),
-            pytest.param(b'{"type": "generation.succeeded", "data": {"status": "succeeded"}}',
-                         "unmappable: missing_task_id", id="no-task-id"),
-            pytest.param(b'{"data": {"id": "t1", "status": "exploded"}}', "unmappable: unknown_status", id="bad-status"),
+            pytest.param(
+                b'{"type": "generation.succeeded", "data": {"status": "succeeded"}}',
+                "unmappable: missing_task_id",
+                id="no-task-id",
+            ),
+            pytest.param(
+                b'{"data": {"id": "t1", "status": "exploded"}}',
+                "unmappable: unknown_status",
+                id="bad-status",
+            ),
         ],
     )
     def test_authentic_but_unmappable_is_stored_dead(
@@ -179,43 +248,62 @@ class TestAccept:
     ) -> None:
         """A correctly signed body we cannot map is answered 202 and stored dead with its reason."""
         event_id = f"msg_{uuid.uuid4().hex}"
-        response = http.post("/webhooks/rivya", content=body, headers=signed_headers(body, event_id=event_id))
-        assert 202 == response.status_code
+        response = http.post(
+            "/webhooks/rivya", content=body, headers=signed_headers(body, event_id=event_id)
+        )
+        assert response.status_code == 202
         shard = all_shards(1)[0]
         stored = clean_redis.hgetall(shard.event(member_of("rivya", event_id)))
-        assert (b"dead", reason.encode(), body) == (stored[b"state"], stored[b"last_error"], stored[b"body"])
+        assert (b"dead", reason.encode(), body) == (
+            stored[b"state"],
+            stored[b"last_error"],
+            stored[b"body"],
+        )
         assert clean_redis.xlen(shard.stream) == 0
         assert clean_redis.zscore(shard.dead, member_of("rivya", event_id)) is not None
 
-    def test_fifty_concurrent_copies_store_once(self, service: ServiceThread, clean_redis: redis.Redis) -> None:
+    def test_fifty_concurrent_copies_store_once(
+        self, service: ServiceThread, clean_redis: redis.Redis
+    ) -> None:
         """50 concurrent deliveries of one message: exactly one 202, one stored event."""
         body = event_body()
         headers = signed_headers(body, event_id="msg_race")
 
         def deliver(_: int) -> int:
             with httpx.Client(timeout=10) as client:
-                return client.post(f"{service.url}/webhooks/rivya", content=body, headers=headers).status_code
+                return client.post(
+                    f"{service.url}/webhooks/rivya", content=body, headers=headers
+                ).status_code
 
         with concurrent.futures.ThreadPoolExecutor(50) as pool:
             statuses = list(pool.map(deliver, range(50)))
-        assert (1, 49) == (statuses.count(202), statuses.count(200))
+        assert (statuses.count(202), statuses.count(200)) == (1, 49)
         assert [member_of("rivya", "msg_race").encode()] == stored_events(clean_redis)
         assert clean_redis.xlen(all_shards(1)[0].stream) == 1
 
     def test_svix_headers_are_accepted(self, http: httpx.Client) -> None:
         """The svix-* aliases of the Standard Webhooks headers work end to end."""
         body = event_body()
-        headers = {f"svix-{k[8:]}" if k.startswith("webhook-") else k: v for k, v in signed_headers(body).items()}
-        assert 202 == http.post("/webhooks/rivya", content=body, headers=headers).status_code
+        headers = {
+            f"svix-{k[8:]}" if k.startswith("webhook-") else k: v
+            for k, v in signed_headers(body).items()
+        }
+        assert http.post("/webhooks/rivya", content=body, headers=headers).status_code == 202
 
 
 class TestStripeScheme:
-    def test_stripe_event_id_comes_from_body(self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis) -> None:
+    def test_stripe_event_id_comes_from_body(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+    ) -> None:
         """With the stripe scheme the body's id is the event id and the dedup key."""
         from receiver.signing import sign_stripe
 
-        settings = settings_for(tmp_path, redis_url, RECEIVER_SIGNATURE_SCHEME="stripe",
-                                RECEIVER_WEBHOOK_SECRET="plain-stripe-secret")
+        settings = settings_for(
+            tmp_path,
+            redis_url,
+            RECEIVER_SIGNATURE_SCHEME="stripe",
+            RECEIVER_WEBHOOK_SECRET="plain-stripe-secret",
+        )
         body = event_body()
         event_id = orjson.loads(body)["id"]
         header = sign_stripe("plain-stripe-secret", int(time.time()), body)
@@ -223,33 +311,47 @@ class TestStripeScheme:
             headers = {"content-type": "application/json", "rivya-signature": header}
             first = client.post("/webhooks/rivya", content=body, headers=headers)
             second = client.post("/webhooks/rivya", content=body, headers=headers)
-            missing = client.post("/webhooks/rivya", content=body, headers={"content-type": "application/json"})
-        assert (202, event_id, 200) == (first.status_code, first.json()["event_id"], second.status_code)
-        assert 400 == missing.status_code
+            missing = client.post(
+                "/webhooks/rivya", content=body, headers={"content-type": "application/json"}
+            )
+        assert (202, event_id, 200) == (
+            first.status_code,
+            first.json()["event_id"],
+            second.status_code,
+        )
+        assert missing.status_code == 400
 
 
 class TestOperationalRoutes:
     def test_health_ready_metrics(self, http: httpx.Client) -> None:
         """/healthz and /readyz answer 200 and /metrics speaks Prometheus text."""
-        assert 200 == http.get("/healthz").status_code
-        assert {"status": "ready"} == http.get("/readyz").json()
+        assert http.get("/healthz").status_code == 200
+        assert http.get("/readyz").json() == {"status": "ready"}
         text = http.get("/metrics").text
-        for name in ("receiver_requests_total", "receiver_request_duration_seconds",
-                     "receiver_verification_failures_total", "receiver_duplicates_total",
-                     "receiver_conflicts_total"):
+        for name in (
+            "receiver_requests_total",
+            "receiver_request_duration_seconds",
+            "receiver_verification_failures_total",
+            "receiver_duplicates_total",
+            "receiver_conflicts_total",
+        ):
             assert f"# TYPE {name.removesuffix('_total')}" in text
 
     def test_unknown_route_is_json_404(self, http: httpx.Client) -> None:
         """Paths outside the contract get a JSON 404 too."""
         response = http.get("/nothing-here")
-        assert (404, {"error": "not_found"}) == (response.status_code, response.json())
+        assert (response.status_code, response.json()) == (404, {"error": "not_found"})
 
     def test_verification_failures_are_counted_by_reason(self, http: httpx.Client) -> None:
         """A bad signature increments the failure counter for its reason."""
         metric = 'receiver_verification_failures_total{reason="invalid_signature"}'
         before = _metric(http, metric)
         body = event_body()
-        http.post("/webhooks/rivya", content=body, headers={**signed_headers(body), "webhook-signature": "v1,AAAA"})
+        http.post(
+            "/webhooks/rivya",
+            content=body,
+            headers={**signed_headers(body), "webhook-signature": "v1,AAAA"},
+        )
         assert _metric(http, metric) == before + 1
 
 

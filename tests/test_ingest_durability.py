@@ -25,7 +25,10 @@ def test_redis_outage_answers_503_then_recovers(tmp_path: Path) -> None:
     """Redis down: 503 with Retry-After and nothing acknowledged; back up: the retry is a 202."""
     with RedisProcess(tmp_path / "redis") as server:
         settings = Settings.from_env(base_env(tmp_path, server.url, RECEIVER_SINK="log:"))
-        with ServiceThread(settings) as service, httpx.Client(base_url=service.url, timeout=10) as client:
+        with (
+            ServiceThread(settings) as service,
+            httpx.Client(base_url=service.url, timeout=10) as client,
+        ):
             body = event_body()
             headers = signed_headers(body, event_id="msg_outage")
             server.stop()
@@ -34,10 +37,10 @@ def test_redis_outage_answers_503_then_recovers(tmp_path: Path) -> None:
             server.start()
             up = client.post("/webhooks/rivya", content=body, headers=headers)
             again = client.post("/webhooks/rivya", content=body, headers=headers)
-    assert (503, {"error": "storage_unavailable"}) == (down.status_code, down.json())
+    assert (down.status_code, down.json()) == (503, {"error": "storage_unavailable"})
     assert int(down.headers["retry-after"]) > 0
-    assert (503, ["redis"]) == (ready.status_code, ready.json()["failed"])
-    assert (202, 200) == (up.status_code, again.status_code)
+    assert (ready.status_code, ready.json()["failed"]) == (503, ["redis"])
+    assert (up.status_code, again.status_code) == (202, 200)
 
 
 def test_embedded_redis_keeps_dedup_across_restarts(tmp_path: Path) -> None:
@@ -50,12 +53,14 @@ def test_embedded_redis_keeps_dedup_across_restarts(tmp_path: Path) -> None:
     with service:
         first = httpx.post(f"{service.url}/webhooks/rivya", content=body, headers=headers)
     assert service.process is not None
-    assert 0 == service.process.returncode
+    assert service.process.returncode == 0
     assert not (data_dir / "redis" / "redis.sock").exists(), "embedded Redis must stop with serve"
     with ServiceProcess(env, tmp_path / "serve2.log", port=service.port) as restarted:
         second = httpx.post(f"{restarted.url}/webhooks/rivya", content=body, headers=headers)
-    assert (202, 200) == (first.status_code, second.status_code)
-    assert (data_dir / "redis" / "appendonly.aof").exists() or (data_dir / "redis" / "appendonlydir").exists()
+    assert (first.status_code, second.status_code) == (202, 200)
+    assert (data_dir / "redis" / "appendonly.aof").exists() or (
+        data_dir / "redis" / "appendonlydir"
+    ).exists()
 
 
 def test_embedded_redis_left_by_sigkill_is_reused(tmp_path: Path) -> None:
@@ -69,19 +74,24 @@ def test_embedded_redis_left_by_sigkill_is_reused(tmp_path: Path) -> None:
     service.kill()
     with ServiceProcess(env, tmp_path / "serve2.log", port=service.port) as restarted:
         second = httpx.post(f"{restarted.url}/webhooks/rivya", content=body, headers=headers)
-    assert (202, 200) == (first.status_code, second.status_code)
+    assert (first.status_code, second.status_code) == (202, 200)
     assert not (data_dir / "redis" / "redis.sock").exists(), "the adopted Redis stops with serve"
 
 
 # -- arbitrary input never produces a 5xx ---------------------------------------------------
 
 header_names = st.sampled_from(
-    ["webhook-id", "webhook-timestamp", "webhook-signature", "svix-id", "content-type",
-     "content-length-x", "x-other"]
+    [
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "svix-id",
+        "content-type",
+        "content-length-x",
+        "x-other",
+    ]
 )
-header_values = st.text(
-    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80
-)
+header_values = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +100,12 @@ def asgi_client(redis_url: str, tmp_path_factory: pytest.TempPathFactory):  # ty
     import asyncio
 
     settings = Settings.from_env(
-        base_env(tmp_path_factory.mktemp("prop"), redis_url, RECEIVER_SINK="log:",
-                 RECEIVER_MAX_BODY_BYTES="2048")
+        base_env(
+            tmp_path_factory.mktemp("prop"),
+            redis_url,
+            RECEIVER_SINK="log:",
+            RECEIVER_MAX_BODY_BYTES="2048",
+        )
     )
     loop = asyncio.new_event_loop()
     runtime = loop.run_until_complete(Runtime.open(settings))
@@ -103,21 +117,27 @@ def asgi_client(redis_url: str, tmp_path_factory: pytest.TempPathFactory):  # ty
     loop.close()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     headers=st.dictionaries(header_names, header_values, max_size=6),
     body=st.binary(max_size=3000),
     sign=st.booleans(),
     json_type=st.booleans(),
 )
-def test_any_input_is_4xx_or_stored(asgi_client, clean_redis: redis.Redis, headers, body, sign, json_type) -> None:  # type: ignore[no-untyped-def]
+def test_any_input_is_4xx_or_stored(
+    asgi_client, clean_redis: redis.Redis, headers, body, sign, json_type
+) -> None:  # type: ignore[no-untyped-def]
     """Arbitrary headers and bodies: the answer is a 4xx or a stored event, never a 5xx."""
     loop, client = asgi_client
     if sign:
         headers = {**headers, **signed_headers(body, event_id=headers.get("webhook-id") or None)}
     if json_type:
         headers["content-type"] = "application/json"
-    response = loop.run_until_complete(client.post("/webhooks/rivya", content=body, headers=headers))
+    response = loop.run_until_complete(
+        client.post("/webhooks/rivya", content=body, headers=headers)
+    )
     assert response.status_code < 500
     if response.status_code in (200, 202):
         event_id = response.json()["event_id"]
@@ -128,13 +148,18 @@ def test_any_input_is_4xx_or_stored(asgi_client, clean_redis: redis.Redis, heade
         assert set(response.json()) == {"error"}
 
 
-def test_secret_is_never_in_stored_headers(clean_redis: redis.Redis, tmp_path: Path, redis_url: str) -> None:
+def test_secret_is_never_in_stored_headers(
+    clean_redis: redis.Redis, tmp_path: Path, redis_url: str
+) -> None:
     """The stored event keeps no signature and no secret, only what the worker and ops need."""
     settings = Settings.from_env(base_env(tmp_path, redis_url, RECEIVER_SINK="log:"))
     with ServiceThread(settings) as service:
         body = event_body()
         headers = signed_headers(body, event_id="msg_fields")
-        assert 202 == httpx.post(f"{service.url}/webhooks/rivya", content=body, headers=headers).status_code
+        assert (
+            httpx.post(f"{service.url}/webhooks/rivya", content=body, headers=headers).status_code
+            == 202
+        )
     stored = clean_redis.hgetall(all_shards(1)[0].event("rivya|msg_fields"))
     flat = b" ".join(list(stored) + list(stored.values()))
     assert headers["webhook-signature"].encode() not in flat

@@ -21,7 +21,7 @@ URL_SIGNATURE = "LEAKSIG9f8e7d6c5b4a"
 FORWARD_SECRET = "whsec_" + base64.b64encode(b"forward-secret-LEAK-0123456789ab").decode()
 
 # A third-party sink that fails with a message full of secrets, as a buggy plugin might.
-LEAKY_SINK = f'''
+LEAKY_SINK = f"""
 class LeakySink:
     def __init__(self, url, settings):
         self.url = url
@@ -34,7 +34,7 @@ class LeakySink:
         return None
     async def aclose(self):
         return None
-'''
+"""
 
 
 def install_leaky_sink(directory: Path) -> Path:
@@ -57,45 +57,59 @@ def test_no_secret_in_any_output(tmp_path: Path) -> None:
 
         redis.Redis(port=server.port).config_set("requirepass", REDIS_PASSWORD)
         env = base_env(
-            tmp_path, server_url,
+            tmp_path,
+            server_url,
             RECEIVER_SINK=f"leaky://user:{REDIS_PASSWORD}@sink.example/x?token={URL_SIGNATURE}",
             RECEIVER_FORWARD_SECRET=FORWARD_SECRET,
-            RECEIVER_RETRY_BASE="50ms", RECEIVER_MAX_ATTEMPTS="2",
+            RECEIVER_RETRY_BASE="50ms",
+            RECEIVER_MAX_ATTEMPTS="2",
             RECEIVER_LOG_LEVEL="debug",
             PYTHONPATH=str(plugin_dir),
         )
         service = ServiceProcess(env, tmp_path / "serve.log")
         with service, httpx.Client(base_url=service.url, timeout=10) as client:
             gen = generation(
-                result={"primary_url": f"https://cdn.example/r.png?X-Amz-Signature={URL_SIGNATURE}",
-                        "urls": []},
+                result={
+                    "primary_url": f"https://cdn.example/r.png?X-Amz-Signature={URL_SIGNATURE}",
+                    "urls": [],
+                },
                 client_request_id=API_KEY,
             )
             body = orjson.dumps(envelope(gen))
             good = signed_headers(body)
-            assert 202 == client.post("/webhooks/rivya", content=body, headers=good).status_code
+            assert client.post("/webhooks/rivya", content=body, headers=good).status_code == 202
             bad = {**good, "webhook-id": "msg_bad", "authorization": f"Bearer {API_KEY}"}
-            assert 401 == client.post("/webhooks/rivya", content=body, headers=bad).status_code
+            assert client.post("/webhooks/rivya", content=body, headers=bad).status_code == 401
             stale = signed_headers(body, timestamp=int(time.time()) - 10_000)
-            assert 401 == client.post("/webhooks/rivya", content=body, headers=stale).status_code
+            assert client.post("/webhooks/rivya", content=body, headers=stale).status_code == 401
             wrong_key = sign_standard(FORWARD_SECRET, "msg_x", int(time.time()), body)
-            assert 401 == client.post(
-                "/webhooks/rivya", content=body,
-                headers={**good, "webhook-id": "msg_x", "webhook-signature": wrong_key},
-            ).status_code
+            assert (
+                client.post(
+                    "/webhooks/rivya",
+                    content=body,
+                    headers={**good, "webhook-id": "msg_x", "webhook-signature": wrong_key},
+                ).status_code
+                == 401
+            )
             deadline = time.monotonic() + 15
             while "gave up" not in service.output() and time.monotonic() < deadline:
                 time.sleep(0.1)
     output = service.output()
-    assert "sink_failed" in output and "Traceback" in output, "the forced error must be logged"
+    assert "sink_failed" in output, "the forced error must be logged"
+    assert "Traceback" in output, "with its traceback"
     assert "gave up after 2 attempts" in output
     secrets = [
-        TEST_SECRET, TEST_SECRET.removeprefix("whsec_"), FORWARD_SECRET, REDIS_PASSWORD,
-        API_KEY, URL_SIGNATURE, good["webhook-signature"].removeprefix("v1,"),
+        TEST_SECRET,
+        TEST_SECRET.removeprefix("whsec_"),
+        FORWARD_SECRET,
+        REDIS_PASSWORD,
+        API_KEY,
+        URL_SIGNATURE,
+        good["webhook-signature"].removeprefix("v1,"),
         wrong_key.removeprefix("v1,"),
     ]
     leaked = [secret for secret in secrets if secret in output]
-    assert [] == leaked
+    assert leaked == []
     for line in output.splitlines():
         parsed = orjson.loads(line)  # every line of stdout is JSON
         assert {"event", "level", "timestamp"} <= set(parsed)

@@ -15,14 +15,24 @@ class TestRedactText:
     @pytest.mark.parametrize(
         ("text", "secret"),
         [
-            pytest.param("key whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw= end", "MfKQ9r8GKY", id="whsec"),
+            pytest.param(
+                "key whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw= end", "MfKQ9r8GKY", id="whsec"
+            ),
             pytest.param("api rvya_sk_live_abc123XYZ", "abc123XYZ", id="api-key"),
             pytest.param("Authorization: Bearer eyJhbGciOi.J9.x", "eyJhbGciOi", id="bearer"),
             pytest.param("bearer abc.def", "abc.def", id="bearer-lower"),
-            pytest.param("get https://cdn.example/a.png?X-Amz-Signature=deadbeef&x=1 ok", "deadbeef", id="signed-url"),
+            pytest.param(
+                "get https://cdn.example/a.png?X-Amz-Signature=deadbeef&x=1 ok",
+                "deadbeef",
+                id="signed-url",
+            ),
             pytest.param("redis://user:hunter2@redis:6379/0", "hunter2", id="url-password"),
             pytest.param("postgresql://app:pa55@db/x", "pa55", id="dsn-password"),
-            pytest.param("sig v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4= x", "K5oZfzN95Z9UVu1E", id="v1-signature"),
+            pytest.param(
+                "sig v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4= x",
+                "K5oZfzN95Z9UVu1E",
+                id="v1-signature",
+            ),
             pytest.param("t=1,v1=" + "ab" * 32, "ab" * 32, id="stripe-signature"),
         ],
     )
@@ -34,17 +44,31 @@ class TestRedactText:
 
     def test_plain_text_is_untouched(self) -> None:
         """Ordinary text passes through unchanged (and cheaply)."""
-        assert "event applied for task_123 in 4 ms" == redact_text("event applied for task_123 in 4 ms")
+        assert (
+            redact_text("event applied for task_123 in 4 ms")
+            == "event applied for task_123 in 4 ms"
+        )
 
     def test_url_without_query_keeps_path(self) -> None:
         """A URL without a query string stays readable."""
-        assert "https://media.example/result.png" == redact_text("https://media.example/result.png")
+        assert redact_text("https://media.example/result.png") == "https://media.example/result.png"
 
 
 class TestRedactProcessor:
     @pytest.mark.parametrize(
-        "key", ["secret", "webhook_secret", "token", "password", "Authorization", "signature",
-                "api_key", "apiKey", "cookie", "set-cookie"],
+        "key",
+        [
+            "secret",
+            "webhook_secret",
+            "token",
+            "password",
+            "Authorization",
+            "signature",
+            "api_key",
+            "apiKey",
+            "cookie",
+            "set-cookie",
+        ],
     )
     def test_secret_keys_are_masked(self, key: str) -> None:
         """Keys that look secret are masked whatever their value."""
@@ -52,8 +76,11 @@ class TestRedactProcessor:
 
     def test_nested_values_are_redacted(self) -> None:
         """Mappings and lists are walked; bytes are never printed."""
-        event = {"headers": {"x-signature": "v", "ok": "fine"},
-                 "urls": ["https://x.example/a?sig=1"], "raw": b"body bytes"}
+        event = {
+            "headers": {"x-signature": "v", "ok": "fine"},
+            "urls": ["https://x.example/a?sig=1"],
+            "raw": b"body bytes",
+        }
         assert {
             "headers": {"x-signature": REDACTED, "ok": "fine"},
             "urls": [f"https://x.example/a?{REDACTED}"],
@@ -86,7 +113,7 @@ class TestConfiguredOutput:
             structlog.get_logger().exception("boom")
         line = orjson.loads(capsys.readouterr().out.strip())
         assert "topsecret" not in line["exception"]
-        assert ("boom", "error") == (line["event"], line["level"])
+        assert (line["event"], line["level"]) == ("boom", "error")
 
     def test_stdlib_logging_is_json_and_redacted(self, capsys: pytest.CaptureFixture[str]) -> None:
         """Third-party stdlib log records come out as redacted JSON lines too."""
@@ -102,4 +129,5 @@ class TestConfiguredOutput:
         structlog.get_logger().info("quiet")
         structlog.get_logger().warning("loud")
         out = capsys.readouterr().out
-        assert "quiet" not in out and "loud" in out
+        assert "quiet" not in out
+        assert "loud" in out

@@ -15,7 +15,7 @@ import redis
 
 from receiver.keys import CONSUMER_GROUP, all_shards, member_of
 from receiver.settings import Settings
-from receiver.signing import Verifier, Scheme
+from receiver.signing import Scheme, Verifier
 from receiver.worker import backoff_delay
 from tests.conftest import TEST_SECRET
 from tests.factories import base_env, event_body, signed_headers
@@ -40,43 +40,73 @@ def deliver(service: ServiceThread, body: bytes, event_id: str) -> int:
 
 
 def worker_settings(tmp_path: Path, redis_url: str, sink: str, **extra: str) -> Settings:
-    return Settings.from_env(base_env(
-        tmp_path, redis_url, RECEIVER_SINK=sink, RECEIVER_FORWARD_SECRET=TEST_SECRET,
-        RECEIVER_RETRY_BASE="20ms", RECEIVER_RETRY_MAX="100ms", RECEIVER_SINK_TIMEOUT="2s",
-        **extra,
-    ))
+    return Settings.from_env(
+        base_env(
+            tmp_path,
+            redis_url,
+            RECEIVER_SINK=sink,
+            RECEIVER_FORWARD_SECRET=TEST_SECRET,
+            RECEIVER_RETRY_BASE="20ms",
+            RECEIVER_RETRY_MAX="100ms",
+            RECEIVER_SINK_TIMEOUT="2s",
+            **extra,
+        )
+    )
 
 
 class TestApply:
-    def test_event_is_applied_to_sqlite(self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis) -> None:
+    def test_event_is_applied_to_sqlite(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+    ) -> None:
         """A delivered event ends applied, its record written, its queue entry gone."""
         settings = worker_settings(tmp_path, redis_url, f"sqlite:///{tmp_path}/records.db")
         with ServiceThread(settings, run_worker=True) as service:
-            assert 202 == deliver(service, event_body(task_id="task_w1"), "msg_w1")
+            assert deliver(service, event_body(task_id="task_w1"), "msg_w1") == 202
             wait_until(lambda: state_of(clean_redis, "msg_w1").get(b"state") == b"applied")
-        row = sqlite3.connect(tmp_path / "records.db").execute(
-            "SELECT status, last_event_id FROM generations WHERE record_key = 'task_w1'"
-        ).fetchone()
-        assert ("succeeded", "msg_w1") == row
+        row = (
+            sqlite3.connect(tmp_path / "records.db")
+            .execute("SELECT status, last_event_id FROM generations WHERE record_key = 'task_w1'")
+            .fetchone()
+        )
+        assert row == ("succeeded", "msg_w1")
         shard = all_shards(1)[0]
-        assert (0, 0) == (clean_redis.xlen(shard.stream), clean_redis.xpending(shard.stream, CONSUMER_GROUP)["pending"])
+        assert (
+            clean_redis.xlen(shard.stream),
+            clean_redis.xpending(shard.stream, CONSUMER_GROUP)["pending"],
+        ) == (0, 0)
 
-    def test_older_event_ends_stale(self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis) -> None:
-        """An event older than the record is recorded stale, and the record keeps the newer state."""
+    def test_older_event_ends_stale(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+    ) -> None:
+        """An event older than the record ends stale; the record keeps the newer state."""
         settings = worker_settings(tmp_path, redis_url, f"sqlite:///{tmp_path}/records.db")
         with ServiceThread(settings, run_worker=True) as service:
-            deliver(service, event_body(task_id="task_o", status="succeeded", updated_at="2026-05-10T00:02:00Z"), "msg_new")
+            deliver(
+                service,
+                event_body(task_id="task_o", status="succeeded", updated_at="2026-05-10T00:02:00Z"),
+                "msg_new",
+            )
             wait_until(lambda: state_of(clean_redis, "msg_new").get(b"state") == b"applied")
-            deliver(service, event_body(task_id="task_o", status="processing", updated_at="2026-05-10T00:01:00Z"), "msg_old")
+            deliver(
+                service,
+                event_body(
+                    task_id="task_o", status="processing", updated_at="2026-05-10T00:01:00Z"
+                ),
+                "msg_old",
+            )
             wait_until(lambda: state_of(clean_redis, "msg_old").get(b"state") == b"stale")
-        row = sqlite3.connect(tmp_path / "records.db").execute(
-            "SELECT status, last_event_id FROM generations WHERE record_key = 'task_o'"
-        ).fetchone()
-        assert ("succeeded", "msg_new") == row
+        row = (
+            sqlite3.connect(tmp_path / "records.db")
+            .execute("SELECT status, last_event_id FROM generations WHERE record_key = 'task_o'")
+            .fetchone()
+        )
+        assert row == ("succeeded", "msg_new")
 
 
 class TestRetries:
-    def test_outage_is_retried_then_applied(self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis) -> None:
+    def test_outage_is_retried_then_applied(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+    ) -> None:
         """Transient failures (503, 429, 500) retry with backoff until the sink recovers."""
         with Downstream(503, 429, 500, 200) as downstream:
             settings = worker_settings(tmp_path, redis_url, downstream.url)
@@ -84,17 +114,28 @@ class TestRetries:
                 deliver(service, event_body(task_id="task_r"), "msg_retry")
                 wait_until(lambda: state_of(clean_redis, "msg_retry").get(b"state") == b"applied")
         stored = state_of(clean_redis, "msg_retry")
-        assert (b"applied", b"4") == (stored[b"state"], stored[b"attempts"])
+        assert (stored[b"state"], stored[b"attempts"]) == (b"applied", b"4")
         ids = {headers["webhook-id"] for headers, _ in downstream.requests}
         assert {"msg_retry"} == ids, "every retry carries the same webhook-id"
         verifier = Verifier(Scheme.STANDARD, [TEST_SECRET])
         headers, body = downstream.requests[-1]
         verifier.verify(headers, body, time.time())
-        assert "task_r" == orjson.loads(body)["record_key"]
-        history = [orjson.loads(item) for item in clean_redis.lrange(all_shards(1)[0].history("rivya|msg_retry"), 0, -1)]
-        assert ["pending", "pending", "pending", "pending", "applied"] == [h["state"] for h in history]
+        assert orjson.loads(body)["record_key"] == "task_r"
+        history = [
+            orjson.loads(item)
+            for item in clean_redis.lrange(all_shards(1)[0].history("rivya|msg_retry"), 0, -1)
+        ]
+        assert [h["state"] for h in history] == [
+            "pending",
+            "pending",
+            "pending",
+            "pending",
+            "applied",
+        ]
 
-    def test_permanent_failure_is_dead_at_once(self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis) -> None:
+    def test_permanent_failure_is_dead_at_once(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+    ) -> None:
         """A 4xx from the sink is permanent: dead after one attempt, with the reason kept."""
         with Downstream(422) as downstream:
             settings = worker_settings(tmp_path, redis_url, downstream.url)
@@ -102,26 +143,32 @@ class TestRetries:
                 deliver(service, event_body(), "msg_perm")
                 wait_until(lambda: state_of(clean_redis, "msg_perm").get(b"state") == b"dead")
         stored = state_of(clean_redis, "msg_perm")
-        assert b"1" == stored[b"attempts"]
+        assert stored[b"attempts"] == b"1"
         assert b"422" in stored[b"last_error"]
-        assert 1 == len(downstream.requests)
+        assert len(downstream.requests) == 1
         assert clean_redis.zscore(all_shards(1)[0].dead, "rivya|msg_perm") is not None
 
-    def test_exhausted_retries_are_dead(self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis) -> None:
+    def test_exhausted_retries_are_dead(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+    ) -> None:
         """When every attempt fails transiently the event is dead after max attempts."""
         with Downstream(503) as downstream:
-            settings = worker_settings(tmp_path, redis_url, downstream.url, RECEIVER_MAX_ATTEMPTS="3")
+            settings = worker_settings(
+                tmp_path, redis_url, downstream.url, RECEIVER_MAX_ATTEMPTS="3"
+            )
             with ServiceThread(settings, run_worker=True) as service:
                 deliver(service, event_body(), "msg_exhaust")
                 wait_until(lambda: state_of(clean_redis, "msg_exhaust").get(b"state") == b"dead")
         stored = state_of(clean_redis, "msg_exhaust")
-        assert (b"3", 3) == (stored[b"attempts"], len(downstream.requests))
+        assert (stored[b"attempts"], len(downstream.requests)) == (b"3", 3)
         assert stored[b"last_error"].startswith(b"gave up after 3 attempts")
 
 
 class TestBackoff:
     @pytest.mark.parametrize(("attempt", "ceiling"), [(1, 1.0), (2, 2.0), (3, 4.0), (10, 60.0)])
-    def test_delay_is_exponential_with_jitter_and_capped(self, attempt: int, ceiling: float) -> None:
+    def test_delay_is_exponential_with_jitter_and_capped(
+        self, attempt: int, ceiling: float
+    ) -> None:
         """Delays double per attempt, are jittered into [ceiling/2, ceiling], and are capped."""
         delays = [backoff_delay(attempt, 1.0, 60.0) for _ in range(200)]
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
@@ -129,19 +176,25 @@ class TestBackoff:
 
 
 class TestReclaim:
-    async def test_entry_of_dead_consumer_is_reclaimed(self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis) -> None:
-        """An entry read by a consumer that died is applied by another after the visibility timeout."""
+    async def test_entry_of_dead_consumer_is_reclaimed(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+    ) -> None:
+        """An entry read by a consumer that died is applied by another after the timeout."""
         from receiver.runtime import Runtime
         from receiver.worker import Worker
 
-        settings = worker_settings(tmp_path, redis_url, f"sqlite:///{tmp_path}/records.db",
-                                   RECEIVER_VISIBILITY_TIMEOUT="300ms")
+        settings = worker_settings(
+            tmp_path,
+            redis_url,
+            f"sqlite:///{tmp_path}/records.db",
+            RECEIVER_VISIBILITY_TIMEOUT="300ms",
+        )
         runtime = await Runtime.open(settings, with_sink=True)
         try:
             with ServiceThread(settings) as service:  # ingest only
                 deliver(service, event_body(task_id="task_claim"), "msg_claim")
             taken = await runtime.store.read("crashed-consumer", 10, 100)
-            assert ["rivya|msg_claim"] == [entry.member for entry in taken]  # and never finished
+            assert [entry.member for entry in taken] == ["rivya|msg_claim"]  # and never finished
             assert runtime.sink is not None
             worker = Worker(runtime, runtime.sink, name="survivor")
             task = asyncio.create_task(worker.run())
@@ -153,4 +206,4 @@ class TestReclaim:
             await task
         finally:
             await runtime.aclose()
-        assert b"applied" == state_of(clean_redis, "msg_claim")[b"state"]
+        assert state_of(clean_redis, "msg_claim")[b"state"] == b"applied"

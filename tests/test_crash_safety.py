@@ -1,0 +1,225 @@
+"""Crash safety and scale-out with real processes: SIGKILL mid-burst, several workers."""
+
+from __future__ import annotations
+
+import random
+import re
+import signal
+import sqlite3
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import redis
+
+from receiver.keys import all_shards, member_of
+from tests.factories import base_env, envelope, generation, signed_headers
+from tests.servers import ServiceProcess
+
+pytestmark = pytest.mark.slow
+STATUSES = [("queued", "00:00:10"), ("processing", "00:00:20"), ("succeeded", "00:01:00")]
+
+
+def task_events(tasks: int) -> list[tuple[str, bytes, str]]:
+    """Three events per task (queued, processing, succeeded), shuffled across tasks."""
+    events = []
+    for n in range(tasks):
+        for status, clock in STATUSES:
+            gen = generation(
+                task_id=f"task_{n:04d}", status=status, updated_at=f"2026-05-10T{clock}.000Z"
+            )
+            event_id = f"msg_{n:04d}_{status}"
+            events.append(
+                (event_id, orjson.dumps(envelope(gen, event_id=f"evt_{event_id}")), status)
+            )
+    random.Random(7).shuffle(events)
+    return events
+
+
+class PersistentSender:
+    """Sends each event until it gets a 2xx, like Rivya's retrying delivery system."""
+
+    def __init__(self, url_of: callable) -> None:  # type: ignore[valid-type]
+        self.url_of = url_of
+        self.acknowledged: set[str] = set()
+        self.lock = threading.Lock()
+
+    def send(self, event: tuple[str, bytes, str]) -> None:
+        event_id, body, _ = event
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.post(
+                    self.url_of(),
+                    content=body,
+                    headers=signed_headers(body, event_id=event_id),
+                    timeout=5,
+                )
+                if response.status_code in (200, 202):
+                    with self.lock:
+                        self.acknowledged.add(event_id)
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"{event_id} never acknowledged")
+
+
+def wait_for_final_states(
+    client: redis.Redis, event_ids: set[str], timeout: float = 90
+) -> dict[str, bytes]:
+    shard = all_shards(1)[0]
+    deadline = time.monotonic() + timeout
+    while True:
+        with client.pipeline(transaction=False) as pipe:
+            for event_id in sorted(event_ids):
+                pipe.hget(shard.event(member_of("rivya", event_id)), "state")
+            states = dict(zip(sorted(event_ids), pipe.execute(), strict=True))
+        if all(state in (b"applied", b"stale") for state in states.values()):
+            return states
+        if time.monotonic() > deadline:
+            stuck = Counter(states.values())
+            raise AssertionError(f"events not final after {timeout}s: {stuck}")
+        time.sleep(0.2)
+
+
+def test_sigkill_during_burst_loses_nothing(
+    tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+) -> None:
+    """SIGKILL twice mid-burst: every acknowledged event is applied, every record is final."""
+    env = base_env(
+        tmp_path, redis_url, RECEIVER_VISIBILITY_TIMEOUT="1s", RECEIVER_LOG_LEVEL="warning"
+    )
+    service = ServiceProcess(env, tmp_path / "serve.log").start()
+    sender = PersistentSender(lambda: f"{service.url}/webhooks/rivya")
+    events = task_events(100)  # 300 distinct events
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(sender.send, event) for event in events]
+        for kill_at in (len(events) // 3, 2 * len(events) // 3):
+            while len(sender.acknowledged) < kill_at:
+                time.sleep(0.01)
+            service.kill()
+            service = ServiceProcess(env, tmp_path / "serve.log", port=service.port).start()
+        for future in futures:
+            future.result()
+    try:
+        states = wait_for_final_states(clean_redis, sender.acknowledged)
+    finally:
+        service.stop()
+    assert len(sender.acknowledged) == len(events)
+    assert set(states.values()) <= {b"applied", b"stale"}
+    rows = (
+        sqlite3.connect(tmp_path / "records.db")
+        .execute("SELECT record_key, status, last_event_id FROM generations ORDER BY record_key")
+        .fetchall()
+    )
+    assert [(f"task_{n:04d}", "succeeded", f"msg_{n:04d}_succeeded") for n in range(100)] == rows
+    assert all(states[f"msg_{n:04d}_succeeded"] == b"applied" for n in range(100))
+
+
+def test_two_worker_processes_apply_each_event_once(
+    tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+) -> None:
+    """serve --no-worker plus two worker processes: every event applied exactly once."""
+    env = base_env(tmp_path, redis_url, RECEIVER_LOG_LEVEL="info")
+    ingest = ServiceProcess(env, tmp_path / "serve.log", "serve", "--no-worker").start()
+    workers = [
+        ServiceProcess(env, tmp_path / f"worker{n}.log", "worker").start(wait=False)
+        for n in range(2)
+    ]
+    try:
+        time.sleep(1.5)  # both workers connected and blocking on the queue
+        events = [
+            (f"msg_w_{n}", orjson.dumps(envelope(generation(task_id=f"task_w_{n}"))), "succeeded")
+            for n in range(200)
+        ]
+        sender = PersistentSender(lambda: f"{ingest.url}/webhooks/rivya")
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(sender.send, events))
+        states = wait_for_final_states(clean_redis, {event_id for event_id, _, _ in events})
+    finally:
+        for process in (*workers, ingest):
+            process.stop()
+    assert {b"applied"} == set(states.values())
+    processed = Counter()
+    per_worker = []
+    for worker in workers:
+        ids = re.findall(
+            r'"event_id":"(msg_w_\d+)"[^\n]*"event":"event_processed"', worker.output()
+        )
+        per_worker.append(len(ids))
+        processed.update(ids)
+    assert {event_id: 1 for event_id, _, _ in events} == dict(processed)
+    assert all(count > 0 for count in per_worker), f"one worker did nothing: {per_worker}"
+    count = (
+        sqlite3.connect(tmp_path / "records.db")
+        .execute("SELECT count(*) FROM generations")
+        .fetchone()
+    )
+    assert count == (200,)
+
+
+def test_sigterm_drains_and_keeps_every_acknowledged_event(
+    tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+) -> None:
+    """SIGTERM mid-burst: readiness 503 while draining, 2xx events stored, exit 0 in time."""
+    env = base_env(
+        tmp_path,
+        redis_url,
+        RECEIVER_SHUTDOWN_DRAIN="1s",
+        RECEIVER_SHUTDOWN_TIMEOUT="5s",
+        RECEIVER_LOG_LEVEL="warning",
+    )
+    service = ServiceProcess(env, tmp_path / "serve.log").start()
+    acknowledged: list[str] = []
+    readiness: list[int] = []
+    stop_sending = threading.Event()
+
+    def burst(worker: int) -> None:
+        with httpx.Client(base_url=service.url, timeout=5) as client:
+            n = 0
+            while not stop_sending.is_set():
+                n += 1
+                event_id = f"msg_term_{worker}_{n}"
+                body = orjson.dumps(envelope(generation()))
+                try:
+                    response = client.post(
+                        "/webhooks/rivya",
+                        content=body,
+                        headers=signed_headers(body, event_id=event_id),
+                    )
+                except httpx.HTTPError:
+                    continue
+                if response.status_code in (200, 202):
+                    acknowledged.append(event_id)
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(burst, n) for n in range(4)]
+        time.sleep(1.0)
+        signalled = time.monotonic()
+        service.signal(signal.SIGTERM)
+        with httpx.Client(base_url=service.url, timeout=2) as probe:
+            while time.monotonic() - signalled < 0.8:
+                try:
+                    readiness.append(probe.get("/readyz").status_code)
+                except httpx.HTTPError:
+                    break
+                time.sleep(0.05)
+        code = service.wait(10)
+        elapsed = time.monotonic() - signalled
+        stop_sending.set()
+        for future in futures:
+            future.result()
+    assert 503 in readiness, f"readiness never reported draining: {readiness}"
+    assert (code, elapsed < 1 + 5 + 3) == (0, True)
+    assert len(acknowledged) > 10
+    shard = all_shards(1)[0]
+    with clean_redis.pipeline(transaction=False) as pipe:
+        for event_id in acknowledged:
+            pipe.exists(shard.event(member_of("rivya", event_id)))
+        assert all(pipe.execute())

@@ -1,0 +1,161 @@
+"""The Redis event store: one command per new event, atomic scripts, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import redis
+
+from receiver.keys import CONSUMER_GROUP, all_shards, keys_for, member_of, shard_of
+from receiver.models import EventState
+from receiver.store import AcceptResult, EventStore, IncomingEvent, now_ms
+from tests.factories import base_env, event_body, signed_headers
+from tests.redis_proc import RedisProcess
+from tests.servers import ServiceThread
+
+
+def incoming(
+    event_id: str, body: bytes = b"{}", state: EventState = EventState.PENDING
+) -> IncomingEvent:
+    return IncomingEvent(
+        source="rivya",
+        event_id=event_id,
+        body=body,
+        body_sha256=str(hash(body)),
+        encrypted=False,
+        received_ms=now_ms(),
+        signed_ts=int(time.time()),
+        event_type="generation.succeeded",
+        record_key="task_1",
+        state=state,
+    )
+
+
+def client_commands(port: int, action: Callable[[], None]) -> list[str]:
+    """Commands clients sent while ``action`` ran, read with MONITOR (script internals excluded)."""
+    seen: list[str] = []
+    ready = threading.Event()
+
+    def watch() -> None:
+        with redis.Redis(port=port).monitor() as monitor:
+            ready.set()
+            while True:
+                command = monitor.next_command()
+                if command["command"] == "ECHO STOP-MONITOR":
+                    return
+                if command.get("client_type") != "lua":
+                    seen.append(command["command"].split()[0].upper())
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    ready.wait(5)
+    time.sleep(0.1)
+    action()
+    redis.Redis(port=port).echo("STOP-MONITOR")
+    thread.join(5)
+    # Connection set-up (HELLO, CLIENT) and our own STOP-MONITOR echo are not per-event work.
+    return [name for name in seen if name not in ("ECHO", "HELLO", "CLIENT")]
+
+
+def test_ingest_issues_one_redis_command_per_new_event(tmp_path: Path) -> None:
+    """A new event costs exactly one Redis command (EVALSHA) on the ingest path."""
+    from receiver.settings import Settings
+
+    with RedisProcess(tmp_path / "redis") as server:
+        settings = Settings.from_env(base_env(tmp_path, server.url, RECEIVER_SINK="log:"))
+        with ServiceThread(settings) as service, httpx.Client(base_url=service.url) as client:
+
+            def send_five() -> None:
+                for n in range(5):
+                    body = event_body()
+                    headers = signed_headers(body, event_id=f"msg_{n}")
+                    assert (
+                        client.post("/webhooks/rivya", content=body, headers=headers).status_code
+                        == 202
+                    )
+
+            commands = client_commands(server.port, send_five)
+    assert commands == ["EVALSHA"] * 5
+
+
+class TestAcceptScript:
+    async def test_new_duplicate_conflict(self, redis_client: redis.Redis) -> None:
+        """The script answers new, then duplicate for the same body, conflict for another."""
+        store = EventStore(redis_client, retention_seconds=60)
+        await store.prepare()
+        assert await store.accept(incoming("e1", b"a")) == AcceptResult.NEW
+        assert await store.accept(incoming("e1", b"a")) == AcceptResult.DUPLICATE
+        assert await store.accept(incoming("e1", b"b")) == AcceptResult.CONFLICT
+        shard = all_shards(1)[0]
+        assert await redis_client.xlen(shard.stream) == 1
+
+    async def test_retention_expires_event_and_dedup(self, redis_client: redis.Redis) -> None:
+        """After the retention period the event, its history and its dedup entry are gone."""
+        store = EventStore(redis_client, retention_seconds=1)
+        await store.prepare()
+        await store.accept(incoming("e_exp"))
+        member = member_of("rivya", "e_exp")
+        shard = all_shards(1)[0]
+        assert 0 < await redis_client.pttl(shard.event(member)) <= 1000
+        assert 0 < await redis_client.pttl(shard.history(member)) <= 1000
+        await asyncio.sleep(1.2)
+        assert await redis_client.exists(shard.event(member), shard.history(member)) == 0
+        assert await store.accept(incoming("e_exp")) == AcceptResult.NEW
+        # the index and the stream are trimmed by the next accept past the retention window
+        assert [member.encode()] == await redis_client.zrange(shard.index, 0, -1)
+
+    async def test_requeue_resets_and_queues(self, redis_client: redis.Redis) -> None:
+        """A replay puts a dead event back on the queue as pending with a fresh budget."""
+        store = EventStore(redis_client, retention_seconds=60)
+        await store.prepare()
+        await store.accept(incoming("e_dead", state=EventState.DEAD))
+        shard = all_shards(1)[0]
+        member = member_of("rivya", "e_dead")
+        assert await redis_client.xlen(shard.stream) == 0
+        assert await store.requeue(member, by="replay:test")
+        stored = await store.load(member)
+        assert stored is not None
+        assert (stored.state, stored.attempts) == (EventState.PENDING, 0)
+        assert (
+            await redis_client.xlen(shard.stream),
+            await redis_client.zscore(shard.dead, member),
+        ) == (1, None)
+        assert not await store.requeue(member_of("rivya", "never-stored"), by="replay:test")
+
+    async def test_retry_then_promote(self, redis_client: redis.Redis) -> None:
+        """A scheduled retry leaves the stream and comes back once due."""
+        store = EventStore(redis_client, retention_seconds=60)
+        await store.prepare()
+        await store.accept(incoming("e_retry"))
+        [entry] = await store.read("c1", 10, 10)
+        await store.schedule_retry(entry, 1, "transient: boom", 0.05)
+        shard = all_shards(1)[0]
+        pending = await redis_client.xpending(shard.stream, CONSUMER_GROUP)
+        assert (await redis_client.xlen(shard.stream), pending["pending"]) == (0, 0)
+        assert await store.promote_due() == 0
+        await asyncio.sleep(0.06)
+        assert await store.promote_due() == 1
+        [again] = await store.read("c1", 10, 10)
+        assert again.member == "rivya|e_retry"
+
+
+def test_keys_of_one_event_share_a_cluster_slot() -> None:
+    """Every key the accept script touches carries the same hash tag."""
+    for shards in (1, 16):
+        member = member_of("rivya", "msg_123")
+        keys = keys_for(member, shards)
+        names = [
+            keys.event(member),
+            keys.history(member),
+            keys.stream,
+            keys.index,
+            keys.dead,
+            keys.retry,
+        ]
+        tags = {name[name.index("{") : name.index("}") + 1] for name in names}
+        assert {f"{{q{shard_of(member, shards)}}}"} == tags
