@@ -145,8 +145,9 @@ class Downstream:
     It answers with ``statuses`` in turn (the last one repeats) and records what it got.
     """
 
-    def __init__(self, *statuses: int) -> None:
+    def __init__(self, *statuses: int, first_delay: float = 0.0) -> None:
         self.statuses = list(statuses) or [200]
+        self.first_delay = first_delay
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.port = free_port()
         config = uvicorn.Config(
@@ -180,6 +181,8 @@ class Downstream:
             min(len(self.requests) - 1, len(self.statuses) - 1) if scope["method"] == "POST" else -1
         )
         status = self.statuses[max(index, 0)] if scope["method"] == "POST" else 200
+        if scope["method"] == "POST" and len(self.requests) == 1 and self.first_delay:
+            await asyncio.sleep(self.first_delay)  # a slow downstream holds the first event
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 

@@ -366,3 +366,21 @@ def test_sign_helper_matches_headers() -> None:
     """The factory signs with the same function the service verifies against."""
     headers = signed_headers(b"{}", event_id="msg_1", timestamp=1)
     assert headers["webhook-signature"] == sign_standard(TEST_SECRET, "msg_1", 1, b"{}")
+
+
+def test_readiness_names_a_failing_sink(
+    tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+) -> None:
+    """/readyz is 503 and names the sink when the sink does not answer."""
+    from tests.conftest import free_port
+
+    settings = settings_for(
+        tmp_path, redis_url, RECEIVER_SINK=f"http://127.0.0.1:{free_port()}/gone",
+        RECEIVER_FORWARD_SECRET=TEST_SECRET,
+    )  # fmt: skip
+    with ServiceThread(settings) as service:
+        response = httpx.get(f"{service.url}/readyz")
+    assert (503, {"error": "not_ready", "failed": ["sink"]}) == (
+        response.status_code,
+        response.json(),
+    )

@@ -223,3 +223,54 @@ def test_sigterm_drains_and_keeps_every_acknowledged_event(
         for event_id in acknowledged:
             pipe.exists(shard.event(member_of("rivya", event_id)))
         assert all(pipe.execute())
+
+
+def test_sigterm_releases_the_event_in_hand(
+    tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+) -> None:
+    """A worker stopped while its sink call hangs hands the event back; another applies it."""
+    from tests.servers import Downstream
+
+    shard = all_shards(1)[0]
+    with Downstream(200, first_delay=30) as downstream:
+        env = base_env(
+            tmp_path, redis_url, RECEIVER_SINK=downstream.url,
+            RECEIVER_FORWARD_SECRET=signed_secret(), RECEIVER_SHUTDOWN_TIMEOUT="1s",
+            RECEIVER_SINK_TIMEOUT="60s", RECEIVER_LOG_LEVEL="info",
+        )  # fmt: skip
+        with ServiceProcess(env, tmp_path / "serve.log", "serve", "--no-worker") as ingest:
+            worker = ServiceProcess(env, tmp_path / "worker.log", "worker").start(wait=False)
+            body = orjson.dumps(envelope(generation(task_id="task_release")))
+            headers = signed_headers(body, event_id="msg_release")
+            assert (
+                202
+                == httpx.post(
+                    f"{ingest.url}/webhooks/rivya", content=body, headers=headers
+                ).status_code
+            )
+            deadline = time.monotonic() + 15
+            while not downstream.requests and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert downstream.requests, "the worker never called the sink"
+            started = time.monotonic()
+            worker.signal(signal.SIGTERM)
+            code = worker.wait(10)
+            stopped_in = time.monotonic() - started
+            pending = clean_redis.xpending(shard.stream, "workers")["pending"]
+            queued = clean_redis.xlen(shard.stream)
+            state = clean_redis.hget(shard.event("rivya|msg_release"), "state")
+            second = ServiceProcess(env, tmp_path / "worker2.log", "worker").start(wait=False)
+            try:
+                final = wait_for_final_states(clean_redis, {"msg_release"}, timeout=20)
+            finally:
+                second.stop()
+    assert (0, True) == (code, stopped_in < 5)
+    assert (0, 1, b"pending") == (pending, queued, state), "released back to the queue"
+    assert {"msg_release": b"applied"} == final
+    assert "event_released" in worker.output()
+
+
+def signed_secret() -> str:
+    from tests.conftest import TEST_SECRET
+
+    return TEST_SECRET
