@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import prometheus_client
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -149,7 +149,7 @@ class WebhookEndpoint:
         context.update(event_id=event.event_id, type=event.event_type, record_key=event.record_key)
         try:
             result = await runtime.store.accept(event)
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             context["cause"] = type(exc).__name__
             raise StorageUnavailable from exc
         if result is AcceptResult.NEW:

@@ -6,6 +6,7 @@ queue/index bookkeeping happen together or not at all. Key names come from ``key
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,8 +18,13 @@ import orjson
 from redis.exceptions import ResponseError
 
 from receiver.batching import AutoPipeline, Script
+from receiver.redis_client import is_cluster
 from receiver.keys import CONSUMER_GROUP, ShardKeys, all_shards, keys_for, member_of
 from receiver.models import EventState
+
+
+# How often an idle worker polls the shards of a Redis Cluster (no cross-slot BLOCK there).
+CLUSTER_POLL_MS = 50
 
 
 class AcceptResult(IntEnum):
@@ -111,6 +117,20 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _entries(streams: Mapping[str, ShardKeys], response: Any) -> list[QueueEntry]:
+    """Queue entries from an XREADGROUP answer: ``[[stream, [(id, fields), ...]], ...]``."""
+    return [
+        QueueEntry(streams[_text(stream)], _text(entry_id), fields[b"m"].decode())
+        for stream, stream_entries in response or []
+        for entry_id, fields in stream_entries
+        if fields  # a deleted entry still pending shows up with no fields
+    ]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _load_lua(name: str) -> str:
     return resources.files("receiver").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
@@ -123,6 +143,7 @@ class EventStore:
         self.retention_ms = retention_seconds * 1000
         self.shards = shards
         self.pipeline = AutoPipeline(client)
+        self._next_shard = 0
         self._scripts = {
             name: Script(self.pipeline, client, _load_lua(name))
             for name in ("accept", "finish", "retry", "promote", "requeue", "release")
@@ -182,17 +203,29 @@ class EventStore:
     # -- worker ---------------------------------------------------------------------------
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[QueueEntry]:
-        """New entries for this consumer across all shards (blocks up to ``block_ms``)."""
-        shards = {shard.stream: shard for shard in all_shards(self.shards)}
-        response = await self.client.xreadgroup(
-            CONSUMER_GROUP, consumer, dict.fromkeys(shards, ">"), count=count, block=block_ms
-        )
-        return [
-            QueueEntry(shards[stream.decode()], entry_id.decode(), fields[b"m"].decode())
-            for stream, entries in response or []
-            for entry_id, fields in entries
-            if fields  # a deleted entry still pending shows up with no fields
-        ]
+        """New entries for this consumer across all shards (waits up to ``block_ms``)."""
+        if not is_cluster(self.client):
+            streams = {shard.stream: shard for shard in all_shards(self.shards)}
+            response = await self.client.xreadgroup(
+                CONSUMER_GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
+            )
+            return _entries(streams, response)
+        # On a cluster the shards live in different slots and one XREADGROUP may not span
+        # them: poll the shards in turn without blocking (starting one further each call,
+        # so none starves), and pause briefly when all are empty.
+        shards = all_shards(self.shards)
+        self._next_shard = (self._next_shard + 1) % len(shards)
+        entries: list[QueueEntry] = []
+        for shard in shards[self._next_shard :] + shards[: self._next_shard]:
+            response = await self.client.xreadgroup(
+                CONSUMER_GROUP, consumer, {shard.stream: ">"}, count=count - len(entries)
+            )
+            entries += _entries({shard.stream: shard}, response)
+            if len(entries) >= count:
+                break
+        if not entries:
+            await asyncio.sleep(min(block_ms, CLUSTER_POLL_MS) / 1000)
+        return entries
 
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[QueueEntry]:
         """Entries another consumer took and did not finish within the visibility timeout."""

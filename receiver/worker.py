@@ -18,7 +18,7 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from receiver import metrics
 from receiver.bodies import BodyDecryptError
@@ -72,7 +72,7 @@ class Worker:
                     free += 1
                 try:
                     entries = await self.store.read(self.name, free, READ_BLOCK_MS)
-                except (RedisError, OSError) as exc:
+                except (RedisError, RedisClusterException, OSError) as exc:
                     entries = []
                     log.warning("queue_read_failed", error=type(exc).__name__)
                     await asyncio.sleep(1)

@@ -54,3 +54,60 @@ class RedisProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class RedisClusterProcesses:
+    """A real three-primary Redis Cluster on free ports (no replicas), for cluster tests."""
+
+    def __init__(self, directory: Path, nodes: int = 3) -> None:
+        self.nodes = [RedisProcess(directory / f"node{n}") for n in range(nodes)]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def start(self) -> RedisClusterProcesses:
+        for node in self.nodes:
+            node.directory.mkdir(parents=True, exist_ok=True)
+            node.process = subprocess.Popen(
+                [redis_server_binary(), "--port", str(node.port), "--bind", "127.0.0.1",
+                 "--dir", str(node.directory), "--save", "", "--appendonly", "no",
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--cluster-node-timeout", "2000"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        for node in self.nodes:
+            wait_for_port(node.port)
+        cli = Path(redis_server_binary()).with_name("redis-cli")
+        subprocess.run(
+            [str(cli), "--cluster", "create",
+             *(f"127.0.0.1:{node.port}" for node in self.nodes),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        self._wait_until_ok()
+        return self
+
+    def _wait_until_ok(self) -> None:
+        import time
+
+        import redis
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            info = redis.Redis(port=self.nodes[0].port).cluster("info")
+            state = info.get("cluster_state") if isinstance(info, dict) else None
+            if state in ("ok", b"ok"):
+                return
+            time.sleep(0.1)
+        raise TimeoutError("Redis Cluster did not reach cluster_state:ok")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisClusterProcesses:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
