@@ -18,10 +18,9 @@ import orjson
 from redis.exceptions import ResponseError
 
 from receiver.batching import AutoPipeline, Script
-from receiver.redis_client import is_cluster
 from receiver.keys import CONSUMER_GROUP, ShardKeys, all_shards, keys_for, member_of
 from receiver.models import EventState
-
+from receiver.redis_client import is_cluster
 
 # How often an idle worker polls the shards of a Redis Cluster (no cross-slot BLOCK there).
 CLUSTER_POLL_MS = 50
@@ -291,7 +290,9 @@ class EventStore:
         """Queue every retry that is due; returns how many were moved."""
         moved = 0
         for shard in all_shards(self.shards):
-            moved += int(await self._scripts["promote"]((shard.stream, shard.retry), (now_ms(), limit)))
+            moved += int(
+                await self._scripts["promote"]((shard.stream, shard.retry), (now_ms(), limit))
+            )
         return moved
 
     async def requeue(self, member: str, by: str) -> bool:
