@@ -133,5 +133,12 @@ def entrypoint() -> None:  # pragma: no cover - console script shim
     main(prog_name="receiver")
 
 
+# Operator commands live in cli_ops, which imports the helpers above (hence at the bottom).
+from receiver.cli_ops import COMMANDS  # noqa: E402
+
+for _command in COMMANDS:
+    main.add_command(_command)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
