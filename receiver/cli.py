@@ -8,50 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import secrets
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any, NoReturn, TypeVar
 
 import click
 
-from receiver.errors import ConfigError
-from receiver.logs import configure_logging, get_logger
-from receiver.settings import Settings
+from receiver.cli_ops import COMMANDS
+from receiver.cli_support import fail, load_settings, run_async
+from receiver.logs import get_logger
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-T = TypeVar("T")
 log = get_logger("receiver.cli")
-
-
-def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    click.echo(f"receiver: {message}", err=True)
-    raise SystemExit(code)
-
-
-def load_settings() -> Settings:
-    """Settings from the environment, configured logging; one line and exit 1 on error."""
-    try:
-        settings = Settings.from_env(os.environ)
-    except ConfigError as exc:
-        fail(f"configuration error: {exc}")
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
-
-
-def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine on uvloop when available; ConfigError becomes one line and exit 1."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvicorn[standard] installs it
-        uvloop = None  # type: ignore[assignment]
-    try:
-        if uvloop is not None:
-            return uvloop.run(factory())
-        return asyncio.run(factory())
-    except ConfigError as exc:
-        fail(f"configuration error: {exc}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -132,9 +98,6 @@ def gen_secret() -> None:
 def entrypoint() -> None:  # pragma: no cover - console script shim
     main(prog_name="receiver")
 
-
-# Operator commands live in cli_ops, which imports the helpers above (hence at the bottom).
-from receiver.cli_ops import COMMANDS  # noqa: E402
 
 for _command in COMMANDS:
     main.add_command(_command)

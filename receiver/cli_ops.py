@@ -19,7 +19,14 @@ from redis.exceptions import RedisError
 
 from receiver import ops
 from receiver.bodies import BodyDecryptError
-from receiver.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, fail, load_settings, run_async
+from receiver.cli_support import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    fail,
+    load_settings,
+    run_async,
+)
 from receiver.keys import all_shards, member_of
 from receiver.logs import redact_text, redact_value
 from receiver.models import EventState
