@@ -57,9 +57,19 @@ def serve(host: str, port: int, no_worker: bool) -> None:
 
 
 @main.command()
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
-              help="Serve Prometheus metrics of this worker on this port.")
-def worker(metrics_port: int | None) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics of this worker on this port.",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface for --metrics-port (0.0.0.0 to let Prometheus scrape a pod).",
+)
+def worker(metrics_port: int | None, metrics_host: str) -> None:
     """Run a worker alone (several may run side by side)."""
     settings = load_settings()
 
@@ -74,7 +84,7 @@ def worker(metrics_port: int | None) -> None:
         if metrics_port is not None:
             import prometheus_client
 
-            prometheus_client.start_http_server(metrics_port, addr="127.0.0.1")
+            prometheus_client.start_http_server(metrics_port, addr=metrics_host)
         consumer = Worker(runtime, runtime.sink)
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
