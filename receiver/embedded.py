@@ -27,6 +27,7 @@ from receiver.errors import ConfigError
 MAX_SOCKET_PATH = 107
 START_TIMEOUT_SECONDS = 15.0
 STOP_TIMEOUT_SECONDS = 15.0
+COMPACT_HASH_VALUE_BYTES = 4096
 
 
 def redis_server_binary() -> str:
@@ -108,6 +109,9 @@ class EmbeddedRedis:
             "--appendfsync", "always",
             "--save", "",
             "--maxmemory-policy", "noeviction",
+            # Event hashes hold the body (~0.5-2 KB): keeping them in the compact encoding
+            # instead of a hash table cuts memory per stored event by ~40% (bench/memory.py).
+            "--hash-max-ziplist-value", str(COMPACT_HASH_VALUE_BYTES),
             "--logfile", str(log_path),
             "--daemonize", "no",
         ]  # fmt: skip
@@ -128,9 +132,7 @@ class EmbeddedRedis:
             if self.process.poll() is not None:
                 break
             time.sleep(0.02)
-        raise ConfigError(
-            f"RECEIVER_DATA_DIR: the embedded Redis did not start; see {log_path}"
-        )
+        raise ConfigError(f"RECEIVER_DATA_DIR: the embedded Redis did not start; see {log_path}")
 
     def _is_orphan(self) -> bool:
         try:

@@ -20,10 +20,10 @@ redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('ZADD', KEYS[4], now, ARGV[4])
 -- Retention for the indexes and the queue (the hashes expire by themselves).
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - ttl)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - ttl)
 if ARGV[5] == 'pending' then
   redis.call('XADD', KEYS[3], 'MINID', '~', tostring(now - ttl), '*', 'm', ARGV[4])
 else
   redis.call('ZADD', KEYS[5], now, ARGV[4])
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - ttl)
 end
 return 1
