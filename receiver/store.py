@@ -130,7 +130,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _load_lua(name: str) -> str:
+def load_lua(name: str) -> str:
     return resources.files("receiver").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
@@ -144,7 +144,7 @@ class EventStore:
         self.pipeline = AutoPipeline(client)
         self._next_shard = 0
         self._scripts = {
-            name: Script(self.pipeline, client, _load_lua(name))
+            name: Script(self.pipeline, client, load_lua(name))
             for name in ("accept", "finish", "retry", "promote", "requeue", "release")
         }
 

@@ -1,0 +1,187 @@
+"""``config check`` and ``sink init``: show the settings, probe Redis and the sink.
+
+Settings print with secrets masked; probes answer within a short timeout and report the
+Redis settings durability depends on (SPEC §7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from receiver.embedded import EmbeddedRedis
+from receiver.errors import ConfigError
+from receiver.logs import redact_text
+from receiver.redis_client import create_client
+from receiver.settings import Settings, mask_url
+from receiver.signing import Scheme
+from receiver.sinks.base import open_sink
+
+CHECK_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One dependency probed by ``config check``; ``detail`` reads ``ok (...)`` or why not."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(slots=True)
+class ConfigReport:
+    settings: list[tuple[str, str]]
+    checks: list[Check] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+
+def describe_settings(settings: Settings) -> list[tuple[str, str]]:
+    """The settings as (name, value) lines; secrets only as their masked repr."""
+    lines: list[tuple[str, str]] = []
+    for name, source in sorted(settings.sources.items()):
+        lines.append(
+            (
+                f"source {name}",
+                f"scheme={source.scheme.value} keys={list(source.keys)!r} "
+                f"tolerance={source.tolerance_seconds}s"
+                + (f" header={source.signature_header}" if source.scheme is Scheme.STRIPE else ""),
+            )
+        )
+    redis_text = (
+        mask_url(settings.redis_url.reveal())
+        if settings.redis_url is not None
+        else f"embedded ({settings.data_dir / 'redis'})"
+    )
+    lines += [
+        ("redis", redis_text),
+        ("sink", mask_url(settings.sink_url.reveal())),
+        ("data dir", str(settings.data_dir)),
+        ("retention", f"{settings.retention_seconds}s"),
+        (
+            "encryption",
+            f"{len(settings.encryption_keys)} key(s) {list(settings.encryption_keys)!r}"
+            if settings.encryption_keys
+            else "off (bodies stored in plaintext)",
+        ),
+        ("forward secret", repr(settings.forward_secret) if settings.forward_secret else "not set"),
+        ("max body", f"{settings.max_body_bytes} bytes"),
+        ("max attempts", str(settings.max_attempts)),
+        ("visibility timeout", f"{settings.visibility_timeout_seconds}s"),
+        ("workers", f"concurrency={settings.worker_concurrency} shards={settings.queue_shards}"),
+        ("logs", f"{settings.log_format} {settings.log_level}"),
+    ]
+    return lines
+
+
+def _failure(exc: BaseException) -> str:
+    message = redact_text(str(exc))[:200]
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+async def check_config(
+    settings: Settings, wait_seconds: float = CHECK_TIMEOUT_SECONDS
+) -> ConfigReport:
+    """Probe Redis and the sink and read the Redis settings durability depends on."""
+    report = ConfigReport(describe_settings(settings))
+    await _check_redis(settings, wait_seconds, report)
+    await _check_sink(settings, wait_seconds, report)
+    return report
+
+
+async def _check_redis(settings: Settings, wait_seconds: float, report: ConfigReport) -> None:
+    embedded: EmbeddedRedis | None = None
+    try:
+        if settings.redis_url is not None:
+            url = settings.redis_url.reveal()
+        else:
+            embedded = EmbeddedRedis.for_data_dir(settings.data_dir)
+            url = await asyncio.to_thread(embedded.ensure_running)
+    except ConfigError as exc:
+        report.checks.append(Check("redis", False, f"cannot start the embedded Redis ({exc})"))
+        return
+    # One attempt with a short timeout: a check should answer fast, not retry like start-up.
+    client = create_client(url, timeout=wait_seconds)
+    try:
+        started = time.perf_counter()
+        await asyncio.wait_for(client.ping(), wait_seconds)
+        elapsed = (time.perf_counter() - started) * 1000
+        report.checks.append(Check("redis", True, f"ok ({mask_url(url)}, {elapsed:.1f} ms)"))
+        await _check_durability(client, report)
+    except (RedisError, OSError, TimeoutError) as exc:
+        report.checks.append(Check("redis", False, f"unreachable ({_failure(exc)})"))
+    finally:
+        await client.aclose()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+async def _config_value(client: Any, name: str) -> str | None:
+    """``CONFIG GET name``; None when CONFIG is disabled or renamed (managed Redis)."""
+    try:
+        reply = await client.config_get(name)
+    except ResponseError:
+        return None
+    if isinstance(reply, dict):
+        value = reply.get(name)
+        if isinstance(value, dict):  # a cluster client answers per node
+            value = next(iter(value.values()), None)
+        if isinstance(value, bytes):
+            return value.decode()
+        return value if isinstance(value, str) else None
+    return None
+
+
+async def _check_durability(client: Any, report: ConfigReport) -> None:
+    policy = await _config_value(client, "maxmemory-policy")
+    appendonly = await _config_value(client, "appendonly")
+    if policy is None and appendonly is None:
+        report.warnings.append(
+            "redis: CONFIG GET is not allowed; check by hand that maxmemory-policy is "
+            "noeviction and appendonly is yes"
+        )
+        return
+    if policy is not None and policy != "noeviction":
+        report.warnings.append(
+            f"redis maxmemory-policy is {policy}, not noeviction: under memory pressure Redis "
+            "may evict stored events and dedup keys (lost events, duplicates applied again)"
+        )
+    if appendonly is not None and appendonly != "yes":
+        report.warnings.append(
+            "redis appendonly is no: a Redis restart loses events acknowledged since the last "
+            "snapshot, and their dedup keys with them"
+        )
+
+
+async def _check_sink(settings: Settings, wait_seconds: float, report: ConfigReport) -> None:
+    label = mask_url(settings.sink_url.reveal())
+    try:
+        sink = open_sink(settings)
+    except ConfigError as exc:
+        report.checks.append(Check("sink", False, f"misconfigured ({exc})"))
+        return
+    try:
+        await asyncio.wait_for(sink.ping(), wait_seconds)
+        report.checks.append(Check("sink", True, f"ok ({label})"))
+    except Exception as exc:  # a third-party sink's ping may raise anything: it failed
+        report.checks.append(Check("sink", False, f"unreachable ({label}: {_failure(exc)})"))
+    finally:
+        await sink.aclose()
+
+
+async def init_sink(settings: Settings) -> str:
+    """Create what the sink needs (tables); returns the masked sink URL."""
+    sink = open_sink(settings)
+    try:
+        await sink.setup()
+    finally:
+        await sink.aclose()
+    return mask_url(settings.sink_url.reveal())
