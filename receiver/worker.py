@@ -58,6 +58,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._slots = asyncio.Semaphore(self.settings.worker_concurrency)
         self._tasks: dict[asyncio.Task[None], QueueEntry] = {}
+        self._reading_stopped = asyncio.Event()
 
     async def run(self) -> None:
         """Read and process until ``stop()``; Redis outages are waited out, not fatal."""
@@ -77,13 +78,29 @@ class Worker:
                     log.warning("queue_read_failed", error=type(exc).__name__)
                     await asyncio.sleep(1)
                 for entry in entries:
-                    self._spawn(entry)
+                    await self._spawn_or_release(entry)
                 for _ in range(free - len(entries)):
                     self._slots.release()
         finally:
+            self._reading_stopped.set()
             maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await maintenance
+
+    async def _spawn_or_release(self, entry: QueueEntry) -> None:
+        """Process an entry we hold a slot for; after ``stop()`` hand it back instead."""
+        if not self._stopping.is_set():
+            self._spawn(entry)
+            return
+        self._slots.release()
+        await self._release(entry)
+
+    async def _release(self, entry: QueueEntry) -> None:
+        try:
+            await self.store.release(entry)
+            log.info("event_released", event_id=entry.member, reason="shutdown")
+        except (RedisError, RedisClusterException, OSError):
+            pass  # still pending: reclaimed after the visibility timeout
 
     def _spawn(self, entry: QueueEntry) -> None:
         task = asyncio.create_task(self._process_entry(entry))
@@ -95,19 +112,26 @@ class Worker:
         self._slots.release()
 
     async def stop(self, timeout: float) -> None:
-        """Stop reading; let events in hand finish, release the rest back to the queue."""
+        """Stop reading; let events in hand finish within ``timeout``, hand back the rest.
+
+        Order matters: first the reader stops (entries it still receives are handed back),
+        so the set of events in hand can no longer grow; then those finish or are
+        cancelled and released, so another worker takes them at once.
+        """
+        deadline = time.monotonic() + timeout
         self._stopping.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._reading_stopped.wait(), timeout)
         if self._tasks:
-            _, unfinished = await asyncio.wait(list(self._tasks), timeout=timeout)
+            remaining = max(0.0, deadline - time.monotonic())
+            _, unfinished = await asyncio.wait(list(self._tasks), timeout=remaining)
             for task in unfinished:
                 entry = self._tasks.get(task)
                 task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
                 if entry is not None:
-                    try:
-                        await self.store.release(entry)
-                        log.warning("event_released", event_id=entry.member, reason="shutdown")
-                    except (RedisError, OSError):
-                        pass  # still pending: reclaimed after the visibility timeout
+                    await self._release(entry)
         log.info("worker_stopped", consumer=self.name)
 
     async def _maintain(self) -> None:
@@ -122,7 +146,7 @@ class Worker:
                     for entry in await self.store.reclaim(self.name, visibility_ms, 100):
                         log.info("event_reclaimed", member=entry.member)
                         await self._slots.acquire()
-                        self._spawn(entry)
+                        await self._spawn_or_release(entry)
             except (RedisError, OSError) as exc:
                 log.warning("maintenance_failed", error=type(exc).__name__)
             try:
