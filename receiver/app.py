@@ -239,6 +239,11 @@ class ReceiverApp:
         return JSONResponse({"error": code}, status_code=exc.status_code, headers=exc.headers)
 
     async def healthz(self, _request: Request) -> Response:
+        # Liveness fails when the in-process worker died: a restart is the cure, and
+        # without it the service would keep acknowledging events nobody applies.
+        task = self._worker_task
+        if task is not None and task.done() and not self.draining:
+            return JSONResponse({"error": "worker_stopped"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, _request: Request) -> Response:
@@ -252,13 +257,21 @@ class ReceiverApp:
         return JSONResponse({"status": "ready"})
 
     async def metrics(self, _request: Request) -> Response:
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            stats = await asyncio.wait_for(self.runtime.store.queue_stats(), READINESS_TIMEOUT_SECONDS)
+        """Prometheus text: process counters plus Redis-backed gauges read at scrape time."""
+        failed = await check_dependencies(self.runtime)
+        metrics.READY.set(0 if failed or self.draining else 1)
+        with contextlib.suppress(RedisError, RedisClusterException, OSError, TimeoutError):
+            stats = await asyncio.wait_for(
+                self.runtime.store.queue_stats(), READINESS_TIMEOUT_SECONDS
+            )
             metrics.QUEUE_BACKLOG.set(stats["backlog"])
             metrics.QUEUE_PENDING.set(stats["pending"])
             metrics.QUEUE_RETRYING.set(stats["retrying"])
             metrics.DEAD_LETTERS.set(stats["dead"])
-        return Response(prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
+        body = prometheus_client.generate_latest() + prometheus_client.generate_latest(
+            metrics.SERVICE_REGISTRY
+        )
+        return Response(body, media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
 
 async def check_dependencies(runtime: Runtime) -> list[str]:

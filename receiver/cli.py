@@ -91,7 +91,16 @@ def worker(metrics_port: int | None, metrics_host: str) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop_requested.set)
         task = asyncio.create_task(consumer.run())
-        await stop_requested.wait()
+        stop_waiter = asyncio.create_task(stop_requested.wait())
+        await asyncio.wait({task, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            # The worker loop only ends on stop(): anything else is a bug. Exit non-zero so
+            # the supervisor restarts the process instead of leaving it idle.
+            stop_waiter.cancel()
+            error = task.exception()
+            log.error("worker_crashed", error=type(error).__name__ if error else "returned")
+            await runtime.aclose()
+            fail("the worker stopped unexpectedly; see the log")
         await consumer.stop(settings.shutdown_timeout_seconds)
         await task
         await runtime.aclose()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REQUESTS = Counter(
     "receiver_requests_total",
@@ -46,12 +46,27 @@ EVENT_LATENCY = Histogram(
     "Time from receiving an event to its outcome (applied, stale or dead).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
 )
+# Gauges read from Redis when ``/metrics`` of ``serve`` is scraped. They live in their own
+# registry so a worker's metrics port (the default registry) does not export them as 0.
+SERVICE_REGISTRY = CollectorRegistry()
 QUEUE_BACKLOG = Gauge(
-    "receiver_queue_backlog", "Queue entries not yet acknowledged (waiting or in progress)."
+    "receiver_queue_backlog",
+    "Queue entries not yet acknowledged (waiting or in progress).",
+    registry=SERVICE_REGISTRY,
 )
 QUEUE_PENDING = Gauge(
-    "receiver_queue_pending", "Queue entries delivered to a worker and not yet acknowledged."
+    "receiver_queue_pending",
+    "Queue entries delivered to a worker and not yet acknowledged.",
+    registry=SERVICE_REGISTRY,
 )
-QUEUE_RETRYING = Gauge("receiver_queue_retrying", "Events waiting for a retry after a failure.")
-DEAD_LETTERS = Gauge("receiver_dead_letters", "Stored events in state dead (replayable).")
-READY = Gauge("receiver_ready", "1 when Redis and the sink answer, else 0.")
+QUEUE_RETRYING = Gauge(
+    "receiver_queue_retrying",
+    "Events waiting for a retry after a failure.",
+    registry=SERVICE_REGISTRY,
+)
+DEAD_LETTERS = Gauge(
+    "receiver_dead_letters", "Stored events in state dead (replayable).", registry=SERVICE_REGISTRY
+)
+READY = Gauge(
+    "receiver_ready", "1 when Redis and the sink answer, else 0.", registry=SERVICE_REGISTRY
+)

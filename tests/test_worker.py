@@ -207,3 +207,23 @@ class TestReclaim:
         finally:
             await runtime.aclose()
         assert state_of(clean_redis, "msg_claim")[b"state"] == b"applied"
+
+
+class TestLiveness:
+    async def test_healthz_fails_when_the_in_process_worker_is_gone(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+    ) -> None:
+        """Liveness turns 503 once serve's worker has stopped, so the process gets restarted."""
+        from receiver.app import create_app
+
+        settings = worker_settings(tmp_path, redis_url, "log:")
+        app = create_app(settings, run_worker=True)
+        transport = httpx.ASGITransport(app=app)
+        async with app._starlette.router.lifespan_context(app._starlette):
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                alive = (await client.get("/healthz")).status_code
+                assert app.worker is not None
+                await app.worker.stop(1)
+                await asyncio.sleep(0.1)
+                dead = await client.get("/healthz")
+        assert (200, 503, {"error": "worker_stopped"}) == (alive, dead.status_code, dead.json())
