@@ -219,11 +219,13 @@ class TestLiveness:
         settings = worker_settings(tmp_path, redis_url, "log:")
         app = create_app(settings, run_worker=True)
         transport = httpx.ASGITransport(app=app)
-        async with app._starlette.router.lifespan_context(app._starlette):
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                alive = (await client.get("/healthz")).status_code
-                assert app.worker is not None
-                await app.worker.stop(1)
-                await asyncio.sleep(0.1)
-                dead = await client.get("/healthz")
+        async with (
+            app._starlette.router.lifespan_context(app._starlette),
+            httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+        ):
+            alive = (await client.get("/healthz")).status_code
+            assert app.worker is not None
+            await app.worker.stop(1)
+            await asyncio.sleep(0.1)
+            dead = await client.get("/healthz")
         assert (200, 503, {"error": "worker_stopped"}) == (alive, dead.status_code, dead.json())
