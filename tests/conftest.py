@@ -78,12 +78,15 @@ def postgres_dsn() -> Iterator[str]:
     if "RECEIVER_TEST_POSTGRES_DSN" in os.environ:
         pytest.fail(f"PostgreSQL not reachable at {POSTGRES_DSN} (RECEIVER_TEST_POSTGRES_DSN)")
     import tempfile
+    import warnings
 
-    import pgserver  # ships real PostgreSQL binaries: a hermetic server for this session
+    with warnings.catch_warnings():
+        # pgserver's platformdirs warns about XDG_RUNTIME_DIR on headless machines.
+        warnings.simplefilter("ignore")
+        import pgserver  # ships real PostgreSQL binaries: a hermetic server for this session
 
-    server = pgserver.get_server(
-        tempfile.mkdtemp(prefix="rcv-pg-", dir="/tmp"), cleanup_mode="stop"
-    )
+        data_dir = tempfile.mkdtemp(prefix="rcv-pg-", dir="/tmp")
+        server = pgserver.get_server(data_dir, cleanup_mode="stop")
     yield server.get_uri()
     server.cleanup()
 

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -131,7 +131,9 @@ class TestFailures:
         self, postgres_dsn: str, tmp_path: Path
     ) -> None:
         """A refused login is reported without echoing the DSN password."""
-        url = postgres_dsn.replace("postgres@", "no_such_user:hunter2-pass@", 1)
+        parts = urlsplit(postgres_dsn)  # TCP or unix-socket DSN alike
+        host = parts.netloc.rsplit("@", 1)[-1]
+        url = urlunsplit(parts._replace(netloc=f"no_such_user:hunter2-pass@{host}"))
         sink = PostgresSink(url, sink_settings(tmp_path, url, RECEIVER_SINK_TIMEOUT="1s"))
         with pytest.raises(TransientSinkError) as caught:
             await sink.ping()
