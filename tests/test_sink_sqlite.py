@@ -195,3 +195,29 @@ class TestUrls:
         assert path.name == "records.db"
         stored = read_row(path, record.record_key)
         assert stored == record.to_json()
+
+
+class TestGroupCommit:
+    async def test_concurrent_applies_share_transactions(self, tmp_path: Path) -> None:
+        """Records applied concurrently are committed in groups, each still guarded."""
+        url = f"sqlite:///{tmp_path}/records.db"
+        sink = SqliteSink(url, sink_settings(tmp_path, url))
+        await sink.setup()
+        commits: list[str] = []
+
+        def trace() -> None:
+            assert sink._connection is not None
+            sink._connection.set_trace_callback(
+                lambda sql: commits.append(sql) if sql == "COMMIT" else None
+            )
+
+        await sink._run(trace)
+        key = new_key()
+        newer = make_record(key, "succeeded", seconds=300)
+        older = make_record(key, "processing", seconds=60)
+        others = [make_record(new_key(), "succeeded") for _ in range(100)]
+        outcomes = await asyncio.gather(*(sink.apply(r) for r in [newer, older, *others]))
+        await sink.aclose()
+        assert [ApplyOutcome.APPLIED, ApplyOutcome.STALE] + [ApplyOutcome.APPLIED] * 100 == outcomes
+        assert 1 <= len(commits) < 20, f"{len(commits)} commits for 102 records"
+        assert "succeeded" == read_row(tmp_path / "records.db", key)["status"]  # type: ignore[index]

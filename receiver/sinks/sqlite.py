@@ -3,6 +3,12 @@
 Several processes may share the file, so it runs in WAL mode with a busy timeout
 (PITFALLS "Processing"). The stdlib driver blocks, so every call runs on one dedicated
 thread per sink, which also owns the sink's only connection.
+
+Group commit: records applied while a transaction is in progress wait and are written
+together in the next one, each upsert still guarded on its own (inside a savepoint, so a
+bad record fails alone). Every caller is answered only after its COMMIT, so durability is
+unchanged, but one fsync now covers many records (bench/: the worker kept up with 1,000
+events/s only with this).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ if TYPE_CHECKING:
     from receiver.settings import Settings
 
 T = TypeVar("T")
+# Records written in one transaction at most; more wait for the next one.
+MAX_GROUP = 256
 
 COLUMNS = (
     "record_key",
@@ -119,9 +127,31 @@ class SqliteSink:
         self._busy_timeout = settings.sink_timeout_seconds
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-sink")
         self._connection: sqlite3.Connection | None = None
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future[ApplyOutcome]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def apply(self, record: Record) -> ApplyOutcome:
-        return await self._run(self._apply, row_values(record))
+        future: asyncio.Future[ApplyOutcome] = asyncio.get_running_loop().create_future()
+        self._waiting.append((row_values(record), future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_groups())
+        return await future
+
+    async def _write_groups(self) -> None:
+        """Write waiting records in groups until none wait; answer each caller."""
+        while self._waiting:
+            group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+            try:
+                results = await self._run(self._apply_group, [values for values, _ in group])
+            except (TransientSinkError, PermanentSinkError) as exc:
+                results = [exc] * len(group)
+            for (_, future), result in zip(group, results, strict=True):
+                if future.done():  # the caller gave up (timeout, shutdown)
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
     async def ping(self) -> None:
         await self._run(lambda: self._connect().execute("SELECT 1").fetchone())
@@ -136,13 +166,16 @@ class SqliteSink:
     async def _run(self, call: Callable[..., T], *args: Any) -> T:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
-        except sqlite3.OperationalError as exc:
+        except (sqlite3.Error, OSError) as exc:
+            raise self._sink_error(exc) from exc
+
+    def _sink_error(self, exc: BaseException) -> TransientSinkError | PermanentSinkError:
+        if isinstance(exc, sqlite3.OperationalError):
             # Locked, busy, I/O or a file that cannot be opened: the file may be fine later.
-            raise TransientSinkError(f"sqlite sink {self._label}: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise PermanentSinkError(f"sqlite sink {self._label}: {exc}") from exc
-        except OSError as exc:
-            raise TransientSinkError(f"sqlite sink {self._label}: {exc.strerror}") from exc
+            return TransientSinkError(f"sqlite sink {self._label}: {exc}")
+        if isinstance(exc, OSError):
+            return TransientSinkError(f"sqlite sink {self._label}: {exc.strerror}")
+        return PermanentSinkError(f"sqlite sink {self._label}: {exc}")
 
     # Everything below runs on the sink's own thread.
 
@@ -163,25 +196,38 @@ class SqliteSink:
         self._connection = connection
         return connection
 
-    def _apply(self, values: dict[str, Any]) -> ApplyOutcome:
+    def _apply_group(
+        self, rows: list[dict[str, Any]]
+    ) -> list[ApplyOutcome | TransientSinkError | PermanentSinkError]:
         connection = self._connect()
         # IMMEDIATE takes the write lock up front (waiting up to the busy timeout), and
-        # keeps the follow-up read consistent with what the upsert compared against.
+        # keeps each follow-up read consistent with what its upsert compared against.
         connection.execute("BEGIN IMMEDIATE")
+        results: list[ApplyOutcome | TransientSinkError | PermanentSinkError] = []
         try:
-            if connection.execute(UPSERT, values).rowcount:
-                outcome = ApplyOutcome.APPLIED
-            else:
-                stored = connection.execute(STORED_EVENT, (values["record_key"],)).fetchone()
-                # The event already stored, delivered again after a crash: a harmless no-op.
-                same_event = stored is not None and stored[0] == values["last_event_id"]
-                outcome = ApplyOutcome.APPLIED if same_event else ApplyOutcome.STALE
+            for values in rows:
+                connection.execute("SAVEPOINT record")
+                try:
+                    results.append(self._apply_one(connection, values))
+                except sqlite3.Error as exc:  # this record fails alone
+                    connection.execute("ROLLBACK TO record")
+                    results.append(self._sink_error(exc))
+                connection.execute("RELEASE record")
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
-        return outcome
+        return results
+
+    @staticmethod
+    def _apply_one(connection: sqlite3.Connection, values: dict[str, Any]) -> ApplyOutcome:
+        if connection.execute(UPSERT, values).rowcount:
+            return ApplyOutcome.APPLIED
+        stored = connection.execute(STORED_EVENT, (values["record_key"],)).fetchone()
+        # The event already stored, delivered again after a crash: a harmless no-op.
+        same_event = stored is not None and stored[0] == values["last_event_id"]
+        return ApplyOutcome.APPLIED if same_event else ApplyOutcome.STALE
 
     def _close(self) -> None:
         if self._connection is not None:
