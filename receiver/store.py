@@ -168,22 +168,26 @@ class EventStore:
         """Deduplicate, store and enqueue in one Redis command (one round trip)."""
         member = event.member
         keys = self.keys(member)
-        fields: list[Any] = [
-            "source", event.source,
-            "event_id", event.event_id,
-            "type", event.event_type,
-            "record_key", event.record_key,
-            "state", event.state.value,
-            "attempts", 0,
-            "last_error", event.last_error,
-            "received_ms", event.received_ms,
-            "updated_ms", event.received_ms,
-            "signed_ts", event.signed_ts,
-            "body_sha256", event.body_sha256,
-            "body", event.body,
-            "encrypted", "1" if event.encrypted else "0",
-            "content_type", event.content_type,
-        ]  # fmt: skip
+        # Metadata travels as one JSON argument that the script decodes: redis-py packs
+        # arguments in pure Python, and 16 arguments instead of 42 saved ~20 µs of CPU per
+        # request (timeit of pack_command). Values are strings so Lua keeps them exact.
+        metadata = orjson.dumps(
+            {
+                "source": event.source,
+                "event_id": event.event_id,
+                "type": event.event_type,
+                "record_key": event.record_key,
+                "state": event.state.value,
+                "attempts": "0",
+                "last_error": event.last_error,
+                "received_ms": str(event.received_ms),
+                "updated_ms": str(event.received_ms),
+                "signed_ts": str(event.signed_ts),
+                "body_sha256": event.body_sha256,
+                "encrypted": "1" if event.encrypted else "0",
+                "content_type": event.content_type,
+            }
+        )
         note = {"error": event.last_error} if event.last_error else {}
         result = await self._scripts["accept"](
             (keys.event(member), keys.history(member), keys.stream, keys.index, keys.dead),
@@ -194,7 +198,8 @@ class EventStore:
                 member,
                 event.state.value,
                 history_entry(event.state.value, "ingest", **note),
-                *fields,
+                metadata,
+                event.body,
             ),
         )
         return AcceptResult(int(result))

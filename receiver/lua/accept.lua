@@ -4,7 +4,7 @@
 --
 -- KEYS: 1 event hash, 2 history list, 3 stream, 4 index zset, 5 dead zset
 -- ARGV: 1 body_sha256, 2 now_ms, 3 ttl_ms, 4 member, 5 state, 6 history entry,
---       7.. field/value pairs for the event hash
+--       7 JSON object of string fields for the event hash, 8 body (raw or sealed bytes)
 -- Returns 1 new, 0 duplicate (same body), 2 conflict (same id, different body).
 local stored_sha = redis.call('HGET', KEYS[1], 'body_sha256')
 if stored_sha then
@@ -13,7 +13,12 @@ if stored_sha then
 end
 local now = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+local fields = {'body', ARGV[8]}
+for name, value in pairs(cjson.decode(ARGV[7])) do
+  fields[#fields + 1] = name
+  fields[#fields + 1] = value
+end
+redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('RPUSH', KEYS[2], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ttl)
