@@ -35,6 +35,7 @@ pytest: $(BIN)/receiver
 
 ## bench: ingest and apply throughput/latency against the bare-ASGI floor (see bench/)
 bench: $(BIN)/receiver
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/run.py
 
 clean:
