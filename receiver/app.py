@@ -76,7 +76,10 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
 
 
 async def _send_json(
-    send: Send, status: int, payload: dict[str, Any], extra: list[tuple[bytes, bytes]] = ()  # type: ignore[assignment]
+    send: Send,
+    status: int,
+    payload: dict[str, Any],
+    extra: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
 ) -> None:
     body = orjson.dumps(payload)
     headers = [
@@ -102,7 +105,9 @@ class WebhookEndpoint:
         status, payload, extra = 500, {"error": "internal_error"}, []
         outcome = "error"
         try:
-            status, payload, outcome = await self._handle(scope, receive, source, received_ms, context)
+            status, payload, outcome = await self._handle(
+                scope, receive, source, received_ms, context
+            )
         except DeliveryRejected as exc:
             status, payload, outcome = exc.status, {"error": exc.code}, "rejected"
             context["error"] = exc.code
@@ -121,11 +126,17 @@ class WebhookEndpoint:
         if outcome != "disconnected":
             await _send_json(send, status, payload, extra)
         duration = time.perf_counter() - started
-        metrics.REQUESTS.labels(source if source in self._app.settings.sources else "unknown", outcome).inc()
+        metrics.REQUESTS.labels(
+            source if source in self._app.settings.sources else "unknown", outcome
+        ).inc()
         metrics.REQUEST_DURATION.observe(duration)
         level = "warning" if outcome in ("unavailable", "error") else "info"
         getattr(log, level)(
-            "webhook", outcome=outcome, status=status, duration_ms=round(duration * 1000, 3), **context
+            "webhook",
+            outcome=outcome,
+            status=status,
+            duration_ms=round(duration * 1000, 3),
+            **context,
         )
 
     async def _handle(
@@ -137,7 +148,9 @@ class WebhookEndpoint:
             raise UnknownSource if "/" not in source else NotFound
         if scope["method"] != "POST":
             raise MethodNotAllowed
-        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
+        }
         limit = self._app.settings.max_body_bytes
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
@@ -160,8 +173,12 @@ class WebhookEndpoint:
         metrics.DUPLICATES.labels(source).inc()
         if result is AcceptResult.CONFLICT:
             metrics.CONFLICTS.labels(source).inc()
-            log.warning("event_id_conflict", source=source, event_id=event.event_id,
-                        detail="same event id, different body: the first copy stands")
+            log.warning(
+                "event_id_conflict",
+                source=source,
+                event_id=event.event_id,
+                detail="same event id, different body: the first copy stands",
+            )
             return 200, {"status": "duplicate", "event_id": event.event_id}, "conflict"
         return 200, {"status": "duplicate", "event_id": event.event_id}, "duplicate"
 
@@ -219,8 +236,12 @@ class ReceiverApp:
             assert self._runtime.sink is not None
             self.worker = Worker(self._runtime, self._runtime.sink)
             self._worker_task = asyncio.create_task(self.worker.run(), name="worker")
-        log.info("started", worker=self.run_worker, embedded_redis=self.settings.embedded_redis,
-                 sources=sorted(self.settings.sources))
+        log.info(
+            "started",
+            worker=self.run_worker,
+            embedded_redis=self.settings.embedded_redis,
+            sources=sorted(self.settings.sources),
+        )
         try:
             yield
         finally:

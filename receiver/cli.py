@@ -32,7 +32,7 @@ def main() -> None:
 @click.option("--no-worker", is_flag=True, help="Only receive; run workers with `receiver worker`.")
 def serve(host: str, port: int, no_worker: bool) -> None:
     """Run the HTTP service (and a worker, unless --no-worker)."""
-    settings = load_settings()
+    settings = load_settings(service=True)
 
     async def run() -> None:
         from receiver.app import create_app
@@ -71,7 +71,7 @@ def serve(host: str, port: int, no_worker: bool) -> None:
 )
 def worker(metrics_port: int | None, metrics_host: str) -> None:
     """Run a worker alone (several may run side by side)."""
-    settings = load_settings()
+    settings = load_settings(service=True)
 
     async def run() -> None:
         import signal

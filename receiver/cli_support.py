@@ -26,13 +26,17 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     raise SystemExit(code)
 
 
-def load_settings() -> Settings:
-    """Settings from the environment, configured logging; one line and exit 1 on error."""
+def load_settings(*, service: bool = False) -> Settings:
+    """Settings from the environment, configured logging; one line and exit 1 on error.
+
+    ``service`` (serve, worker) logs to stdout; every other command logs to stderr so its
+    own output stays clean for scripts.
+    """
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:
         fail(f"configuration error: {exc}")
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, to_stderr=not service)
     return settings
 
 

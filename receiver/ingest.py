@@ -36,7 +36,11 @@ def build_event(
         event_type = event_type_of(document)
         if event_id is None:  # stripe scheme: the id is in the signed body
             body_id = document.get("id")
-            event_id = body_id if isinstance(body_id, str) and EVENT_ID_PATTERN.fullmatch(body_id) else None
+            event_id = (
+                body_id
+                if isinstance(body_id, str) and EVENT_ID_PATTERN.fullmatch(body_id)
+                else None
+            )
         mapped = map_event(
             document, event_id or "", datetime.fromtimestamp(received_ms / 1000, UTC)
         )

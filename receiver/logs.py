@@ -111,11 +111,14 @@ def _drop_color_message(_logger: Any, _method: str, event_dict: EventDict) -> Ev
     return event_dict
 
 
-class _BytesStdout:
-    """Write rendered lines to stdout as bytes; tests may swap ``sys.stdout``."""
+class _LineWriter:
+    """Write rendered lines as bytes to stdout (or stderr); tests may swap ``sys.stdout``."""
+
+    def __init__(self, to_stderr: bool) -> None:
+        self._to_stderr = to_stderr
 
     def msg(self, message: bytes | str) -> None:
-        stream = sys.stdout
+        stream = sys.stderr if self._to_stderr else sys.stdout
         if isinstance(message, bytes):
             buffer = getattr(stream, "buffer", None)
             if buffer is not None:
@@ -129,21 +132,23 @@ class _BytesStdout:
     log = debug = info = warning = error = critical = exception = msg
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Configure structlog and stdlib logging once for this process."""
+def configure_logging(level: str = "info", fmt: str = "json", *, to_stderr: bool = False) -> None:
+    """Configure structlog and stdlib logging once for this process.
+
+    Services log to stdout; CLI commands pass ``to_stderr`` so their log lines (an audit
+    line, a library warning) never mix with the output a script parses.
+    """
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
-    renderer: Processor
-    if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
-    else:
-        renderer = _render_json
+    renderer: Processor = (
+        structlog.dev.ConsoleRenderer(colors=False) if fmt == "console" else _render_json
+    )
     structlog.configure(
         processors=[*_shared_processors(), redact, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=lambda *_: _BytesStdout(),
+        logger_factory=lambda *_: _LineWriter(to_stderr),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(sys.stderr if to_stderr else sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=_shared_processors(),

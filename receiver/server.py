@@ -50,7 +50,9 @@ class GracefulServer(uvicorn.Server):
             self._captured_signals[:] = [s for s in self._captured_signals if s != sig]
 
 
-def uvicorn_config(app: ReceiverApp, host: str, port: int, shutdown_timeout: float) -> uvicorn.Config:
+def uvicorn_config(
+    app: ReceiverApp, host: str, port: int, shutdown_timeout: float
+) -> uvicorn.Config:
     """uvloop and httptools when installed (``uvicorn[standard]``), else the pure-Python ones."""
     fast_loop = importlib.util.find_spec("uvloop") is not None
     fast_http = importlib.util.find_spec("httptools") is not None

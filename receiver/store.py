@@ -255,8 +255,13 @@ class EventStore:
         return StoredEvent.from_hash(member, fields) if fields else None
 
     async def finish(
-        self, entry: QueueEntry | None, member: str, state: EventState, attempts: int,
-        last_error: str = "", by: str = "worker",
+        self,
+        entry: QueueEntry | None,
+        member: str,
+        state: EventState,
+        attempts: int,
+        last_error: str = "",
+        by: str = "worker",
     ) -> None:
         """Record an outcome and acknowledge the entry, atomically."""
         keys = self.keys(member)
@@ -289,8 +294,13 @@ class EventStore:
                 attempts,
                 last_error,
                 now,
-                history_entry("pending", "worker", attempts=attempts, error=last_error,
-                              retry_in_s=round(delay_seconds, 3)),
+                history_entry(
+                    "pending",
+                    "worker",
+                    attempts=attempts,
+                    error=last_error,
+                    retry_in_s=round(delay_seconds, 3),
+                ),
                 member,
                 now + int(delay_seconds * 1000),
             ),

@@ -111,17 +111,17 @@ class Worker:
         self._tasks.pop(task, None)
         self._slots.release()
 
-    async def stop(self, timeout: float) -> None:
-        """Stop reading; let events in hand finish within ``timeout``, hand back the rest.
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop reading; let events in hand finish within ``grace_seconds``, hand back the rest.
 
         Order matters: first the reader stops (entries it still receives are handed back),
         so the set of events in hand can no longer grow; then those finish or are
         cancelled and released, so another worker takes them at once.
         """
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + grace_seconds
         self._stopping.set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._reading_stopped.wait(), timeout)
+            await asyncio.wait_for(self._reading_stopped.wait(), grace_seconds)
         if self._tasks:
             remaining = max(0.0, deadline - time.monotonic())
             _, unfinished = await asyncio.wait(list(self._tasks), timeout=remaining)
@@ -141,18 +141,18 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 await self.store.promote_due()
-                if time.monotonic() - last_reclaim >= min(self.settings.visibility_timeout_seconds / 2, 15):
+                if time.monotonic() - last_reclaim >= min(
+                    self.settings.visibility_timeout_seconds / 2, 15
+                ):
                     last_reclaim = time.monotonic()
                     for entry in await self.store.reclaim(self.name, visibility_ms, 100):
                         log.info("event_reclaimed", member=entry.member)
                         await self._slots.acquire()
                         await self._spawn_or_release(entry)
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 log.warning("maintenance_failed", error=type(exc).__name__)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), MAINTENANCE_INTERVAL_SECONDS)
-            except TimeoutError:
-                pass
 
     async def _process_entry(self, entry: QueueEntry) -> None:
         try:
@@ -163,7 +163,9 @@ class Worker:
             await self.process(entry, event)
         except (RedisError, OSError) as exc:
             # The entry stays pending and is reclaimed after the visibility timeout.
-            log.warning("event_processing_interrupted", member=entry.member, error=type(exc).__name__)
+            log.warning(
+                "event_processing_interrupted", member=entry.member, error=type(exc).__name__
+            )
 
     async def process(self, entry: QueueEntry | None, event: StoredEvent) -> EventState:
         """Apply one stored event and record its outcome; returns the new state."""
@@ -211,12 +213,16 @@ class Worker:
         except PermanentSinkError as exc:
             return EventState.DEAD, _error_text("permanent", exc)
         except (TransientSinkError, TimeoutError) as exc:
-            return await self._retry_or_give_up(event, attempt, entry, _error_text("transient", exc))
+            return await self._retry_or_give_up(
+                event, attempt, entry, _error_text("transient", exc)
+            )
         except Exception as exc:
             # An unexpected sink bug: logged with its (redacted) traceback and retried like a
             # transient failure, so a fix and a restart can still apply the event.
             log.exception("sink_failed", event_id=event.event_id, record_key=event.record_key)
-            return await self._retry_or_give_up(event, attempt, entry, _error_text("unexpected", exc))
+            return await self._retry_or_give_up(
+                event, attempt, entry, _error_text("unexpected", exc)
+            )
         finally:
             metrics.APPLY_DURATION.observe(time.perf_counter() - apply_started)
         return (EventState.APPLIED if outcome is ApplyOutcome.APPLIED else EventState.STALE), ""
@@ -226,11 +232,18 @@ class Worker:
     ) -> tuple[EventState | None, str]:
         if attempt >= self.settings.max_attempts or entry is None:
             return EventState.DEAD, f"gave up after {attempt} attempts: {error}"
-        delay = backoff_delay(attempt, self.settings.retry_base_seconds, self.settings.retry_max_seconds)
+        delay = backoff_delay(
+            attempt, self.settings.retry_base_seconds, self.settings.retry_max_seconds
+        )
         await self.store.schedule_retry(entry, attempt, error, delay)
         metrics.APPLY_RETRIES.inc()
-        log.warning("event_retry_scheduled", event_id=event.event_id, attempts=attempt,
-                    retry_in_s=round(delay, 3), error=error)
+        log.warning(
+            "event_retry_scheduled",
+            event_id=event.event_id,
+            attempts=attempt,
+            retry_in_s=round(delay, 3),
+            error=error,
+        )
         return None, error
 
 

@@ -782,3 +782,12 @@ class TestEncryption:
         """Re-encrypting everything asks first; without a terminal it needs --yes."""
         env = services.env(RECEIVER_ENCRYPTION_KEYS=NEW_KEY)
         assert cli(env, "events", "reencrypt").returncode == 2
+
+
+def test_cli_logs_go_to_stderr(seeded: Seeded, service: Service) -> None:
+    """A command's log lines (the replay audit) go to stderr; stdout holds only its output."""
+    env = {**service.env, "RECEIVER_LOG_LEVEL": "info"}
+    result = cli(env, "replay", seeded.ids["dead"], "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "replay_audited" in result.stderr
+    assert "replay_audited" not in result.stdout
