@@ -7,34 +7,41 @@ export RECEIVER_DATA_DIR ?= $(DATA_DIR)
 
 .PHONY: run test lint typecheck pytest services bench clean
 
-$(BIN)/receiver: pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+
+# The service alone, then the test tools on top; each stamp reinstalls when pyproject changes.
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
 	touch $@
 
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed-run
+
 ## run: the service with its embedded defaults (embedded Redis, SQLite sink, dev secret)
-run: $(BIN)/receiver
+run: $(VENV)/.installed-run
 	@. scripts/dev-secret.sh && exec $(BIN)/receiver serve
 
 ## test: lint, type-check and the whole test suite against real Redis and PostgreSQL
-test: $(BIN)/receiver services lint typecheck pytest
+test: $(VENV)/.installed-test services lint typecheck pytest
 
 services:
 	@scripts/ensure-services.sh
 
-lint: $(BIN)/receiver
+lint: $(VENV)/.installed-test
 	$(BIN)/ruff check receiver tests bench
-	$(BIN)/ruff format --check receiver
+	$(BIN)/ruff format --check receiver tests bench
 
-typecheck: $(BIN)/receiver
+typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
-pytest: $(BIN)/receiver
+pytest: $(VENV)/.installed-test
 	$(BIN)/pytest
 
 ## bench: ingest and apply throughput/latency against the bare-ASGI floor (see bench/)
-bench: $(BIN)/receiver
+bench: $(VENV)/.installed-test
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/run.py
 
