@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -44,6 +44,7 @@ from receiver.worker import Worker
 
 WEBHOOK_PREFIX = "/webhooks/"
 READINESS_TIMEOUT_SECONDS = 2.0
+MAX_LOGGED_SOURCE = 64
 log = get_logger("receiver.http")
 
 
@@ -79,7 +80,7 @@ async def _send_json(
     send: Send,
     status: int,
     payload: dict[str, Any],
-    extra: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
+    extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     body = orjson.dumps(payload)
     headers = [
@@ -101,8 +102,10 @@ class WebhookEndpoint:
         started = time.perf_counter()
         received_ms = now_ms()
         source = scope["path"][len(WEBHOOK_PREFIX) :]
-        context: dict[str, Any] = {"source": source}
-        status, payload, extra = 500, {"error": "internal_error"}, []
+        # The path is the sender's text: bounded before it reaches a log line.
+        context: dict[str, Any] = {"source": source[:MAX_LOGGED_SOURCE]}
+        status, payload = 500, {"error": "internal_error"}
+        extra: Sequence[tuple[bytes, bytes]] = ()
         outcome = "error"
         try:
             status, payload, outcome = await self._handle(
@@ -113,9 +116,9 @@ class WebhookEndpoint:
             context["error"] = exc.code
             if isinstance(exc, StorageUnavailable):
                 outcome = "unavailable"
-                extra = [(b"retry-after", str(exc.retry_after_seconds).encode())]
+                extra = ((b"retry-after", str(exc.retry_after_seconds).encode()),)
             elif isinstance(exc, MethodNotAllowed):
-                extra = [(b"allow", b"POST")]
+                extra = ((b"allow", b"POST"),)
             elif exc.status == 401 or exc.code == "missing_signature_header":
                 metrics.VERIFICATION_FAILURES.labels(exc.code).inc()
         except ClientDisconnected:
