@@ -16,9 +16,9 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from receiver.errors import PermanentSinkError, TransientSinkError
-from receiver.models import TERMINAL_RANK, ApplyOutcome, Record
+from receiver.models import ApplyOutcome, Record
 from receiver.settings import mask_url
-from receiver.sinks.sqlite import COLUMNS
+from receiver.sinks.rows import flat_row, guarded_upsert
 
 if TYPE_CHECKING:
     from receiver.settings import Settings
@@ -49,16 +49,7 @@ CREATE TABLE IF NOT EXISTS generations (
 
 # The ordering guard (SPEC §4) in one statement. ON CONFLICT locks the existing row even
 # when the WHERE is false, so the follow-up read in the same transaction sees that row.
-UPSERT = f"""
-INSERT INTO generations ({", ".join(COLUMNS)})
-VALUES ({", ".join(f"%({name})s" for name in COLUMNS)})
-ON CONFLICT (record_key) DO UPDATE SET
-    {", ".join(f"{name} = EXCLUDED.{name}" for name in COLUMNS[1:])}
-WHERE NOT (generations.status_rank = {TERMINAL_RANK} AND EXCLUDED.status_rank < {TERMINAL_RANK})
-  AND (EXCLUDED.source_updated_at > generations.source_updated_at
-       OR (EXCLUDED.source_updated_at = generations.source_updated_at
-           AND EXCLUDED.status_rank > generations.status_rank))
-"""  # noqa: S608 - only our own column names are interpolated
+UPSERT = guarded_upsert(lambda name: f"%({name})s")
 
 STORED_EVENT = "SELECT last_event_id FROM generations WHERE record_key = %s"
 
@@ -66,19 +57,9 @@ STORED_EVENT = "SELECT last_event_id FROM generations WHERE record_key = %s"
 def row_values(record: Record) -> dict[str, Any]:
     """The record as query parameters: native times, a JSON array for the URL list."""
     return {
-        "record_key": record.record_key,
-        "client_request_id": record.client_request_id,
-        "status": record.status,
-        "status_rank": record.status_rank,
-        "model": record.model,
-        "primary_url": record.primary_url,
+        **flat_row(record),
         "result_urls": Jsonb(list(record.result_urls)),
-        "error_code": record.error_code,
-        "error_message": record.error_message,
-        "reserved_credits": record.reserved_credits,
-        "final_credits": record.final_credits,
         "source_updated_at": record.source_updated_at,
-        "last_event_id": record.last_event_id,
         "applied_at": record.applied_at,
     }
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import orjson
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.exceptions import (
@@ -25,8 +24,9 @@ from redis.exceptions import (
 from redis.retry import Retry
 
 from receiver.errors import ConfigError, PermanentSinkError, TransientSinkError
-from receiver.models import TERMINAL_RANK, ApplyOutcome, Record, format_time
+from receiver.models import TERMINAL_RANK, ApplyOutcome, Record
 from receiver.settings import mask_url
+from receiver.sinks.rows import flat_row
 
 if TYPE_CHECKING:
     from receiver.settings import Settings
@@ -73,22 +73,7 @@ def hash_key(record_key: str) -> str:
 
 def hash_fields(record: Record) -> dict[str, str]:
     """The record as hash fields; None values are left out, credits keep full precision."""
-    values: dict[str, str | float | int | None] = {
-        "record_key": record.record_key,
-        "client_request_id": record.client_request_id,
-        "status": record.status,
-        "status_rank": record.status_rank,
-        "model": record.model,
-        "primary_url": record.primary_url,
-        "result_urls": orjson.dumps(list(record.result_urls)).decode(),
-        "error_code": record.error_code,
-        "error_message": record.error_message,
-        "reserved_credits": record.reserved_credits,
-        "final_credits": record.final_credits,
-        "source_updated_at": format_time(record.source_updated_at),
-        "last_event_id": record.last_event_id,
-        "applied_at": format_time(record.applied_at),
-    }
+    values = flat_row(record)
     return {
         name: repr(v) if isinstance(v, float) else str(v)
         for name, v in values.items()

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-import orjson
-
 from receiver.errors import ConfigError, PermanentSinkError, TransientSinkError
-from receiver.models import TERMINAL_RANK, ApplyOutcome, Record, format_time
+from receiver.models import ApplyOutcome, Record
 from receiver.settings import mask_url
+from receiver.sinks.rows import flat_row, guarded_upsert
 
 if TYPE_CHECKING:
     from receiver.settings import Settings
@@ -33,23 +32,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 # Records written in one transaction at most; more wait for the next one.
 MAX_GROUP = 256
-
-COLUMNS = (
-    "record_key",
-    "client_request_id",
-    "status",
-    "status_rank",
-    "model",
-    "primary_url",
-    "result_urls",
-    "error_code",
-    "error_message",
-    "reserved_credits",
-    "final_credits",
-    "source_updated_at",
-    "last_event_id",
-    "applied_at",
-)
 
 CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS generations (
@@ -70,18 +52,8 @@ CREATE TABLE IF NOT EXISTS generations (
 )
 """
 
-# The ordering guard (SPEC §4) as one statement, so no other writer can slip in between a
-# read and a write. Times compare as text because format_time is fixed width UTC.
-UPSERT = f"""
-INSERT INTO generations ({", ".join(COLUMNS)})
-VALUES ({", ".join(":" + name for name in COLUMNS)})
-ON CONFLICT (record_key) DO UPDATE SET
-    {", ".join(f"{name} = excluded.{name}" for name in COLUMNS[1:])}
-WHERE NOT (generations.status_rank = {TERMINAL_RANK} AND excluded.status_rank < {TERMINAL_RANK})
-  AND (excluded.source_updated_at > generations.source_updated_at
-       OR (excluded.source_updated_at = generations.source_updated_at
-           AND excluded.status_rank > generations.status_rank))
-"""  # noqa: S608 - only our own column names are interpolated
+# Times compare as text in SQLite because format_time is fixed-width UTC.
+UPSERT = guarded_upsert(lambda name: f":{name}")
 
 STORED_EVENT = "SELECT last_event_id FROM generations WHERE record_key = ?"
 
@@ -95,26 +67,6 @@ def database_path(url: str) -> str:
             f"got {mask_url(url)!r}"
         )
     return parts.path[1:]
-
-
-def row_values(record: Record) -> dict[str, Any]:
-    """The record as column values: JSON text for the URL list, ISO 8601 text for times."""
-    return {
-        "record_key": record.record_key,
-        "client_request_id": record.client_request_id,
-        "status": record.status,
-        "status_rank": record.status_rank,
-        "model": record.model,
-        "primary_url": record.primary_url,
-        "result_urls": orjson.dumps(list(record.result_urls)).decode(),
-        "error_code": record.error_code,
-        "error_message": record.error_message,
-        "reserved_credits": record.reserved_credits,
-        "final_credits": record.final_credits,
-        "source_updated_at": format_time(record.source_updated_at),
-        "last_event_id": record.last_event_id,
-        "applied_at": format_time(record.applied_at),
-    }
 
 
 class SqliteSink:
@@ -132,7 +84,7 @@ class SqliteSink:
 
     async def apply(self, record: Record) -> ApplyOutcome:
         future: asyncio.Future[ApplyOutcome] = asyncio.get_running_loop().create_future()
-        self._waiting.append((row_values(record), future))
+        self._waiting.append((flat_row(record), future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_groups())
         return await future

@@ -1,0 +1,70 @@
+"""The record as a flat row, and the guarded upsert, shared by the SQL and Redis sinks.
+
+One column per normalized-record field (SPEC §5, §9) plus ``status_rank``, which lets the
+ordering guard compare statuses inside the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from receiver.models import TERMINAL_RANK, Record, format_time
+
+COLUMNS = (
+    "record_key",
+    "client_request_id",
+    "status",
+    "status_rank",
+    "model",
+    "primary_url",
+    "result_urls",
+    "error_code",
+    "error_message",
+    "reserved_credits",
+    "final_credits",
+    "source_updated_at",
+    "last_event_id",
+    "applied_at",
+)
+
+
+def flat_row(record: Record) -> dict[str, Any]:
+    """Column values with the URL list as JSON text and times as fixed-width ISO 8601."""
+    return {
+        "record_key": record.record_key,
+        "client_request_id": record.client_request_id,
+        "status": record.status,
+        "status_rank": record.status_rank,
+        "model": record.model,
+        "primary_url": record.primary_url,
+        "result_urls": orjson.dumps(list(record.result_urls)).decode(),
+        "error_code": record.error_code,
+        "error_message": record.error_message,
+        "reserved_credits": record.reserved_credits,
+        "final_credits": record.final_credits,
+        "source_updated_at": format_time(record.source_updated_at),
+        "last_event_id": record.last_event_id,
+        "applied_at": format_time(record.applied_at),
+    }
+
+
+def guarded_upsert(placeholder: Callable[[str], str]) -> str:
+    """The ordering guard (SPEC §4) as one ``INSERT … ON CONFLICT … WHERE`` statement.
+
+    A row changes only for a newer event (``source_updated_at``, then ``status_rank``) and
+    a terminal status never goes back to a non-terminal one. ``placeholder`` spells a
+    named parameter in the driver's style (``:name`` for sqlite3, ``%(name)s`` for psycopg).
+    """
+    return f"""
+INSERT INTO generations ({", ".join(COLUMNS)})
+VALUES ({", ".join(placeholder(name) for name in COLUMNS)})
+ON CONFLICT (record_key) DO UPDATE SET
+    {", ".join(f"{name} = excluded.{name}" for name in COLUMNS[1:])}
+WHERE NOT (generations.status_rank = {TERMINAL_RANK} AND excluded.status_rank < {TERMINAL_RANK})
+  AND (excluded.source_updated_at > generations.source_updated_at
+       OR (excluded.source_updated_at = generations.source_updated_at
+           AND excluded.status_rank > generations.status_rank))
+"""  # noqa: S608 - only our own column names are interpolated
