@@ -41,7 +41,11 @@ class RedisProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.port)
+        try:
+            wait_for_port(self.port)
+        except TimeoutError:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -56,17 +60,42 @@ class RedisProcess:
         self.stop()
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is valid and free too."""
+    import socket
+
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 class RedisClusterProcesses:
     """A real three-primary Redis Cluster on free ports (no replicas), for cluster tests."""
 
     def __init__(self, directory: Path, nodes: int = 3) -> None:
         self.nodes = [RedisProcess(directory / f"node{n}") for n in range(nodes)]
+        for node in self.nodes:
+            node.port = cluster_port()
 
     @property
     def url(self) -> str:
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
 
     def start(self) -> RedisClusterProcesses:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # no node outlives a failed start
+            raise
+
+    def _start(self) -> RedisClusterProcesses:
         for node in self.nodes:
             node.directory.mkdir(parents=True, exist_ok=True)
             node.process = subprocess.Popen(
