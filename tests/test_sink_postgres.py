@@ -147,3 +147,19 @@ class TestFailures:
             await backend.sink.apply(record)
         # The pool is still usable after the failed transaction.
         assert await backend.sink.apply(make_record(new_key(), "queued")) is ApplyOutcome.APPLIED
+
+    async def test_bad_record_fails_alone_in_a_group(self, backend: Backend) -> None:
+        """Records applied together share a transaction, yet a bad one fails on its own."""
+        good = [make_record(new_key(), "succeeded") for _ in range(5)]
+        bad = make_record(new_key(), "failed", error_message="bad\x00byte")
+        outcomes = await asyncio.gather(
+            *(backend.sink.apply(record) for record in [*good[:2], bad, *good[2:]]),
+            return_exceptions=True,
+        )
+        assert [ApplyOutcome.APPLIED] * 2 == outcomes[:2]
+        assert isinstance(outcomes[2], PermanentSinkError)
+        assert [ApplyOutcome.APPLIED] * 3 == outcomes[3:]
+        for record in good:
+            stored = await backend.read(record.record_key)
+            assert stored is not None
+            assert record.last_event_id == stored["last_event_id"]

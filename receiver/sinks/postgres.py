@@ -2,6 +2,12 @@
 
 psycopg 3 async with a bounded pool that opens on first use, so building the sink does no
 I/O. The table is created on first use and by ``setup()`` (``receiver sink init``).
+
+Group commit, as in the SQLite sink: records applied while a group is being written wait
+and go together in the next transaction, one guarded statement each, sent in pipeline
+mode; every caller is answered after its COMMIT. A group that fails is retried record by
+record, so one bad record fails alone (bench/: a transaction per record kept one worker
+CPU-bound at ~0.7 ms per event).
 """
 
 from __future__ import annotations
@@ -51,7 +57,15 @@ CREATE TABLE IF NOT EXISTS generations (
 # when the WHERE is false, so the follow-up read in the same transaction sees that row.
 UPSERT = guarded_upsert(lambda name: f"%({name})s")
 
-STORED_EVENT = "SELECT last_event_id FROM generations WHERE record_key = %s"
+# One statement per record: the guarded upsert, and the last_event_id the row held before
+# it (a data-modifying CTE's effects are invisible to the outer query), which tells a
+# redelivery of the stored event from a stale one when nothing changed.
+APPLY = f"""
+WITH applied AS ({UPSERT} RETURNING 1)
+SELECT EXISTS (SELECT 1 FROM applied),
+       (SELECT last_event_id FROM generations WHERE record_key = %(record_key)s)
+"""  # noqa: S608 - only our own statement is interpolated
+MAX_GROUP = 256
 
 
 def row_values(record: Record) -> dict[str, Any]:
@@ -76,26 +90,67 @@ class PostgresSink:
         self._pool: AsyncConnectionPool | None = None
         self._table_ready = False
         self._lock = asyncio.Lock()
+        self._waiting: list[tuple[Record, asyncio.Future[ApplyOutcome]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def apply(self, record: Record) -> ApplyOutcome:
-        values = row_values(record)
+        future: asyncio.Future[ApplyOutcome] = asyncio.get_running_loop().create_future()
+        self._waiting.append((record, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_groups())
+        return await future
+
+    async def _write_groups(self) -> None:
+        """Write waiting records in groups until none wait; answer each caller."""
+        while self._waiting:
+            group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+            records = [record for record, _ in group]
+            results: list[ApplyOutcome | TransientSinkError | PermanentSinkError]
+            try:
+                results = list(await self._apply_group(records))
+            except psycopg.Error as exc:
+                if len(records) == 1:
+                    results = [self._sink_error(exc)]
+                else:  # find the culprit: each record alone, in its own transaction
+                    results = [await self._apply_alone(record) for record in records]
+            for (_, future), result in zip(group, results, strict=True):
+                if future.done():  # the caller gave up (timeout, shutdown)
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    async def _apply_alone(
+        self, record: Record
+    ) -> ApplyOutcome | TransientSinkError | PermanentSinkError:
         try:
-            pool = await self._ready_pool()
-            async with (
-                pool.connection(timeout=self._timeout) as connection,
-                connection.transaction(),
-            ):
-                cursor = await connection.execute(UPSERT, values)
-                if cursor.rowcount:
-                    return ApplyOutcome.APPLIED
-                cursor = await connection.execute(STORED_EVENT, (record.record_key,))
-                stored = await cursor.fetchone()
+            [outcome] = await self._apply_group([record])
         except psycopg.Error as exc:
-            raise self._sink_error(exc) from exc
-        # The event already stored, delivered again after a crash: a harmless no-op.
-        if stored is not None and stored[0] == record.last_event_id:
-            return ApplyOutcome.APPLIED
-        return ApplyOutcome.STALE
+            return self._sink_error(exc)
+        return outcome
+
+    async def _apply_group(self, records: list[Record]) -> list[ApplyOutcome]:
+        """Apply records in one transaction; raises psycopg.Error if any statement fails."""
+        pool = await self._ready_pool()
+        async with (
+            pool.connection(timeout=self._timeout) as connection,
+            connection.transaction(),
+        ):
+            async with connection.pipeline():
+                cursors = [
+                    await connection.execute(APPLY, row_values(record)) for record in records
+                ]
+            rows = [await cursor.fetchone() for cursor in cursors]
+        outcomes = []
+        for record, row in zip(records, rows, strict=True):
+            assert row is not None  # the statement always yields one row
+            changed, previous_event = row
+            # Unchanged but holding this very event: a redelivery after a crash, a no-op.
+            same_event = previous_event == record.last_event_id
+            applied = changed or same_event
+            outcomes.append(ApplyOutcome.APPLIED if applied else ApplyOutcome.STALE)
+        return outcomes
 
     async def ping(self) -> None:
         try:
