@@ -114,10 +114,6 @@ def gen_secret() -> None:
     click.echo("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
 
 
-def entrypoint() -> None:  # pragma: no cover - console script shim
-    main(prog_name="receiver")
-
-
 for _command in COMMANDS:
     main.add_command(_command)
 

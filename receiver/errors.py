@@ -60,12 +60,6 @@ class TimestampOutOfTolerance(DeliveryRejected):
     status, code = 401, "timestamp_out_of_tolerance"
 
 
-class MissingEventId(DeliveryRejected):
-    """Stripe scheme: the signed body has no usable ``id`` to deduplicate by."""
-
-    status, code = 400, "missing_event_id"
-
-
 class StorageUnavailable(DeliveryRejected):
     """Redis did not answer: nothing was acknowledged, the sender must retry."""
 

@@ -24,11 +24,6 @@ def member_of(source: str, event_id: str) -> str:
     return f"{source}{MEMBER_SEPARATOR}{event_id}"
 
 
-def split_member(member: str) -> tuple[str, str]:
-    source, _, event_id = member.partition(MEMBER_SEPARATOR)
-    return source, event_id
-
-
 def shard_of(member: str, shards: int) -> int:
     return zlib.crc32(member.encode()) % shards if shards > 1 else 0
 

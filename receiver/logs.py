@@ -12,7 +12,7 @@ import functools
 import logging
 import re
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -177,7 +177,3 @@ def _render_text_json(_logger: Any, _method: str, event_dict: EventDict) -> str:
 
 def get_logger(name: str | None = None) -> Any:
     return structlog.get_logger(name)
-
-
-def bind_context(values: MutableMapping[str, Any]) -> None:
-    structlog.contextvars.bind_contextvars(**values)

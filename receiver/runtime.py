@@ -7,15 +7,15 @@ clients). ``serve``, ``worker`` and the CLI all start from ``Runtime.open``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from receiver.bodies import BodyCipher
 from receiver.embedded import EmbeddedRedis
 from receiver.errors import ConfigError
+from receiver.logs import get_logger
 from receiver.redis_client import create_client
 from receiver.settings import Settings, mask_url
 from receiver.signing import Verifier
@@ -23,6 +23,7 @@ from receiver.sinks.base import Sink, open_sink
 from receiver.store import EventStore
 
 CONNECT_ATTEMPTS = 5
+log = get_logger("receiver.runtime")
 
 
 @dataclass
@@ -81,8 +82,10 @@ class Runtime:
     async def aclose(self) -> None:
         """Close in dependency order: sink, store, client, then the embedded Redis."""
         if self.sink is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self.sink.aclose()
+            except Exception:  # a third-party sink failing to close must not keep Redis up
+                log.exception("sink_close_failed")
         await self.store.aclose()
         await self.client.aclose()
         if self.embedded is not None:
@@ -96,7 +99,7 @@ async def _prepare_with_retries(store: EventStore, url: str) -> None:
             await store.client.ping()
             await store.prepare()
             return
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             if attempt == CONNECT_ATTEMPTS:
                 raise ConfigError(
                     f"RECEIVER_REDIS_URL: cannot reach Redis at {mask_url(url)}: "
