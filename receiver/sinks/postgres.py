@@ -21,9 +21,10 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from receiver.errors import PermanentSinkError, TransientSinkError
+from receiver.errors import PermanentSinkError, SinkError, TransientSinkError
 from receiver.models import ApplyOutcome, Record
 from receiver.settings import mask_url
+from receiver.sinks.grouping import GroupCommit
 from receiver.sinks.rows import flat_row, guarded_upsert
 
 if TYPE_CHECKING:
@@ -65,7 +66,6 @@ WITH applied AS ({UPSERT} RETURNING 1)
 SELECT EXISTS (SELECT 1 FROM applied),
        (SELECT last_event_id FROM generations WHERE record_key = %(record_key)s)
 """  # noqa: S608 - only our own statement is interpolated
-MAX_GROUP = 256
 
 
 def row_values(record: Record) -> dict[str, Any]:
@@ -90,36 +90,19 @@ class PostgresSink:
         self._pool: AsyncConnectionPool | None = None
         self._table_ready = False
         self._lock = asyncio.Lock()
-        self._waiting: list[tuple[Record, asyncio.Future[ApplyOutcome]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._groups = GroupCommit[Record](self._write_group)
 
     async def apply(self, record: Record) -> ApplyOutcome:
-        future: asyncio.Future[ApplyOutcome] = asyncio.get_running_loop().create_future()
-        self._waiting.append((record, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_groups())
-        return await future
+        return await self._groups.apply(record)
 
-    async def _write_groups(self) -> None:
-        """Write waiting records in groups until none wait; answer each caller."""
-        while self._waiting:
-            group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
-            records = [record for record, _ in group]
-            results: list[ApplyOutcome | TransientSinkError | PermanentSinkError]
-            try:
-                results = list(await self._apply_group(records))
-            except psycopg.Error as exc:
-                if len(records) == 1:
-                    results = [self._sink_error(exc)]
-                else:  # find the culprit: each record alone, in its own transaction
-                    results = [await self._apply_alone(record) for record in records]
-            for (_, future), result in zip(group, results, strict=True):
-                if future.done():  # the caller gave up (timeout, shutdown)
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+    async def _write_group(self, records: list[Record]) -> list[ApplyOutcome | SinkError]:
+        try:
+            return list(await self._apply_group(records))
+        except psycopg.Error as exc:
+            if len(records) == 1:
+                return [self._sink_error(exc)]
+            # Find the culprit: each record alone, in its own transaction.
+            return [await self._apply_alone(record) for record in records]
 
     async def _apply_alone(
         self, record: Record

@@ -21,17 +21,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from receiver.errors import ConfigError, PermanentSinkError, TransientSinkError
+from receiver.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
 from receiver.models import ApplyOutcome, Record
 from receiver.settings import mask_url
+from receiver.sinks.grouping import GroupCommit
 from receiver.sinks.rows import flat_row, guarded_upsert
 
 if TYPE_CHECKING:
     from receiver.settings import Settings
 
 T = TypeVar("T")
-# Records written in one transaction at most; more wait for the next one.
-MAX_GROUP = 256
 
 CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS generations (
@@ -79,31 +78,13 @@ class SqliteSink:
         self._busy_timeout = settings.sink_timeout_seconds
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-sink")
         self._connection: sqlite3.Connection | None = None
-        self._waiting: list[tuple[dict[str, Any], asyncio.Future[ApplyOutcome]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._groups = GroupCommit[dict[str, Any]](self._write_group)
 
     async def apply(self, record: Record) -> ApplyOutcome:
-        future: asyncio.Future[ApplyOutcome] = asyncio.get_running_loop().create_future()
-        self._waiting.append((flat_row(record), future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_groups())
-        return await future
+        return await self._groups.apply(flat_row(record))
 
-    async def _write_groups(self) -> None:
-        """Write waiting records in groups until none wait; answer each caller."""
-        while self._waiting:
-            group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
-            try:
-                results = await self._run(self._apply_group, [values for values, _ in group])
-            except (TransientSinkError, PermanentSinkError) as exc:
-                results = [exc] * len(group)
-            for (_, future), result in zip(group, results, strict=True):
-                if future.done():  # the caller gave up (timeout, shutdown)
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+    async def _write_group(self, rows: list[dict[str, Any]]) -> list[ApplyOutcome | SinkError]:
+        return list(await self._run(self._apply_group, rows))
 
     async def ping(self) -> None:
         await self._run(lambda: self._connect().execute("SELECT 1").fetchone())

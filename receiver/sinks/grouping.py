@@ -1,0 +1,52 @@
+"""Group commit for sinks: records applied while one group is written form the next group.
+
+A sink hands ``GroupCommit`` a function that writes a whole group in one transaction and
+answers with one outcome (or sink error) per record; each caller of ``apply`` waits for
+its own answer, which only comes after the group's commit. Under load one fsync and one
+round of transaction overhead then cover many records; alone, a record is a group of one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from receiver.errors import SinkError
+from receiver.models import ApplyOutcome
+
+T = TypeVar("T")
+GroupWriter = Callable[[list[T]], Awaitable[list[ApplyOutcome | SinkError]]]
+# Records written in one transaction at most; more wait for the next one.
+MAX_GROUP = 256
+
+
+class GroupCommit(Generic[T]):
+    """Queue records and write them in groups, one writer task at a time."""
+
+    def __init__(self, write_group: GroupWriter[T]) -> None:
+        self._write_group = write_group
+        self._waiting: list[tuple[T, asyncio.Future[ApplyOutcome]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def apply(self, item: T) -> ApplyOutcome:
+        future: asyncio.Future[ApplyOutcome] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_groups())
+        return await future
+
+    async def _write_groups(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+            try:
+                results = await self._write_group([item for item, _ in group])
+            except SinkError as exc:  # the group failed as a whole
+                results = [exc] * len(group)
+            for (_, future), result in zip(group, results, strict=True):
+                if future.done():  # the caller gave up (timeout, shutdown)
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
