@@ -24,6 +24,10 @@ def member_of(source: str, event_id: str) -> str:
     return f"{source}{MEMBER_SEPARATOR}{event_id}"
 
 
+def source_of(member: str) -> str:
+    return member.partition(MEMBER_SEPARATOR)[0]
+
+
 def shard_of(member: str, shards: int) -> int:
     return zlib.crc32(member.encode()) % shards if shards > 1 else 0
 

@@ -105,6 +105,8 @@ class QueueEntry:
     shard: ShardKeys
     entry_id: str
     member: str
+    # How often the queue has handed this entry out (1 unless reclaimed).
+    deliveries: int = 1
 
 
 def history_entry(state: str, by: str, **extra: Any) -> bytes:
@@ -239,10 +241,22 @@ class EventStore:
                 shard.stream, CONSUMER_GROUP, consumer, min_idle_ms, "0-0", count=count
             )
             for entry_id, fields in response[1]:
-                if fields:
-                    claimed.append(QueueEntry(shard, entry_id.decode(), fields[b"m"].decode()))
-                else:  # trimmed away by retention: nothing left to do
+                if not fields:  # trimmed away by retention: nothing left to do
                     await self.client.xack(shard.stream, CONSUMER_GROUP, entry_id)
+                    continue
+                # The delivery count tells a poison event (one that kills its worker every
+                # time) from an unlucky one; the worker gives up on it past a limit.
+                [pending] = await self.client.xpending_range(
+                    shard.stream, CONSUMER_GROUP, min=entry_id, max=entry_id, count=1
+                )
+                claimed.append(
+                    QueueEntry(
+                        shard,
+                        entry_id.decode(),
+                        fields[b"m"].decode(),
+                        deliveries=int(pending["times_delivered"]),
+                    )
+                )
         return claimed
 
     async def load(self, member: str) -> StoredEvent | None:

@@ -23,6 +23,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from receiver import metrics
 from receiver.bodies import BodyDecryptError
 from receiver.errors import PermanentSinkError, TransientSinkError
+from receiver.keys import source_of
 from receiver.logs import get_logger, redact_text
 from receiver.models import ApplyOutcome, EventState
 from receiver.rivya import UnmappableEvent, map_event, parse_body
@@ -146,6 +147,9 @@ class Worker:
                 ):
                     last_reclaim = time.monotonic()
                     for entry in await self.store.reclaim(self.name, visibility_ms, 100):
+                        if entry.deliveries > self.settings.max_attempts:
+                            await self._abandon(entry)
+                            continue
                         log.info("event_reclaimed", member=entry.member)
                         await self._slots.acquire()
                         await self._spawn_or_release(entry)
@@ -153,6 +157,17 @@ class Worker:
                 log.warning("maintenance_failed", error=type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), MAINTENANCE_INTERVAL_SECONDS)
+
+    async def _abandon(self, entry: QueueEntry) -> None:
+        """Dead-letter an entry that workers took and never finished, time after time.
+
+        Most likely it kills or hangs its worker (a poison event); reclaiming it forever
+        would take a worker down again every visibility timeout. It stays replayable.
+        """
+        error = f"abandoned: taken {entry.deliveries} times and never finished (crash or hang)"
+        await self.store.finish(entry, entry.member, EventState.DEAD, entry.deliveries, error)
+        metrics.EVENTS_PROCESSED.labels(source_of(entry.member), "dead").inc()
+        log.error("event_abandoned", member=entry.member, deliveries=entry.deliveries)
 
     async def _process_entry(self, entry: QueueEntry) -> None:
         try:

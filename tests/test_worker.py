@@ -229,3 +229,41 @@ class TestLiveness:
             await asyncio.sleep(0.1)
             dead = await client.get("/healthz")
         assert (200, 503, {"error": "worker_stopped"}) == (alive, dead.status_code, dead.json())
+
+
+class TestPoisonEvents:
+    async def test_entry_abandoned_too_often_is_dead(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+    ) -> None:
+        """An entry workers keep taking and never finishing ends dead instead of looping."""
+        from receiver.runtime import Runtime
+        from receiver.worker import Worker
+
+        settings = worker_settings(
+            tmp_path, redis_url, "log:", RECEIVER_VISIBILITY_TIMEOUT="200ms",
+            RECEIVER_MAX_ATTEMPTS="2",
+        )  # fmt: skip
+        runtime = await Runtime.open(settings, with_sink=True)
+        try:
+            with ServiceThread(settings) as service:  # ingest only
+                deliver(service, event_body(task_id="task_poison"), "msg_poison")
+            await runtime.store.read("crashed-1", 10, 100)
+            for crashed in ("crashed-2", "crashed-3"):  # each "worker" died holding it
+                [claimed] = await runtime.store.reclaim(crashed, 0, 10)
+            assert 3 == claimed.deliveries
+            assert runtime.sink is not None
+            worker = Worker(runtime, runtime.sink, name="survivor")
+            task = asyncio.create_task(worker.run())
+            for _ in range(100):
+                if state_of(clean_redis, "msg_poison").get(b"state") == b"dead":
+                    break
+                await asyncio.sleep(0.05)
+            await worker.stop(5)
+            await task
+        finally:
+            await runtime.aclose()
+        stored = state_of(clean_redis, "msg_poison")
+        assert b"dead" == stored[b"state"]
+        assert stored[b"last_error"].startswith(b"abandoned: taken 4 times")
+        shard = all_shards(1)[0]
+        assert 0 == clean_redis.xpending(shard.stream, CONSUMER_GROUP)["pending"]
