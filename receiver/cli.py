@@ -47,10 +47,9 @@ def serve(host: str, port: int, no_worker: bool) -> None:
             log.info("embedded_redis", socket=str(runtime.embedded.socket_path))
         try:
             await server.serve()
-        finally:
-            if not server.started:  # the lifespan never ran: close what we opened
-                await runtime.aclose()
-        if not server.started:
+        except SystemExit:
+            # uvicorn exits 3 when it cannot start (a port in use); SPEC §7 says 1.
+            await runtime.aclose()
             fail(f"could not listen on {host}:{port}")
 
     run_async(run)

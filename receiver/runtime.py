@@ -36,6 +36,7 @@ class Runtime:
     sink: Sink | None = None
     verifiers: dict[str, Verifier] = field(default_factory=dict)
     draining: bool = False
+    closed: bool = False
 
     @classmethod
     async def open(
@@ -80,7 +81,10 @@ class Runtime:
         return runtime
 
     async def aclose(self) -> None:
-        """Close in dependency order: sink, store, client, then the embedded Redis."""
+        """Close in dependency order: sink, store, client, then the embedded Redis. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
         if self.sink is not None:
             try:
                 await self.sink.aclose()
