@@ -7,6 +7,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -52,6 +53,21 @@ def worker_settings(tmp_path: Path, redis_url: str, sink: str, **extra: str) -> 
             **extra,
         )
     )
+
+
+async def run_worker_until(runtime: Any, client: redis.Redis, event_id: str, state: bytes) -> None:
+    """Run one in-process worker until ``event_id`` reaches ``state`` (or 5 s pass)."""
+    from receiver.worker import Worker
+
+    assert runtime.sink is not None
+    worker = Worker(runtime, runtime.sink, name="survivor")
+    task = asyncio.create_task(worker.run())
+    for _ in range(100):  # polling Redis: the state changes in another component
+        if state_of(client, event_id).get(b"state") == state:
+            break
+        await asyncio.sleep(0.05)
+    await worker.stop(5)
+    await task
 
 
 class TestApply:
@@ -181,7 +197,6 @@ class TestReclaim:
     ) -> None:
         """An entry read by a consumer that died is applied by another after the timeout."""
         from receiver.runtime import Runtime
-        from receiver.worker import Worker
 
         settings = worker_settings(
             tmp_path,
@@ -195,15 +210,7 @@ class TestReclaim:
                 deliver(service, event_body(task_id="task_claim"), "msg_claim")
             taken = await runtime.store.read("crashed-consumer", 10, 100)
             assert [entry.member for entry in taken] == ["rivya|msg_claim"]  # and never finished
-            assert runtime.sink is not None
-            worker = Worker(runtime, runtime.sink, name="survivor")
-            task = asyncio.create_task(worker.run())
-            for _ in range(100):
-                if state_of(clean_redis, "msg_claim").get(b"state") == b"applied":
-                    break
-                await asyncio.sleep(0.05)
-            await worker.stop(5)
-            await task
+            await run_worker_until(runtime, clean_redis, "msg_claim", b"applied")
         finally:
             await runtime.aclose()
         assert state_of(clean_redis, "msg_claim")[b"state"] == b"applied"
@@ -237,7 +244,6 @@ class TestPoisonEvents:
     ) -> None:
         """An entry workers keep taking and never finishing ends dead instead of looping."""
         from receiver.runtime import Runtime
-        from receiver.worker import Worker
 
         settings = worker_settings(
             tmp_path, redis_url, "log:", RECEIVER_VISIBILITY_TIMEOUT="200ms",
@@ -251,15 +257,7 @@ class TestPoisonEvents:
             for crashed in ("crashed-2", "crashed-3"):  # each "worker" died holding it
                 [claimed] = await runtime.store.reclaim(crashed, 0, 10)
             assert 3 == claimed.deliveries
-            assert runtime.sink is not None
-            worker = Worker(runtime, runtime.sink, name="survivor")
-            task = asyncio.create_task(worker.run())
-            for _ in range(100):
-                if state_of(clean_redis, "msg_poison").get(b"state") == b"dead":
-                    break
-                await asyncio.sleep(0.05)
-            await worker.stop(5)
-            await task
+            await run_worker_until(runtime, clean_redis, "msg_poison", b"dead")
         finally:
             await runtime.aclose()
         stored = state_of(clean_redis, "msg_poison")
