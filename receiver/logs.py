@@ -8,10 +8,14 @@ masked too (PITFALLS: Logs).
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import functools
 import logging
 import re
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,12 +39,26 @@ _SECRET_VALUE = re.compile(
 )
 # The query string of any URL: signed file URLs carry their credentials there.
 _URL_QUERY = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#\"'<>]*)\?[^\s#\"'<>]*")
-_QUICK_CHECK = re.compile(r"whsec_|rvya_sk_|bearer|://|v1a?[,=]", re.IGNORECASE)
+
+
+def _may_hold_secret(text: str) -> bool:
+    # PERF: most strings on a line (ids, types, names) hold none of the markers that the
+    # patterns above need; plain substring tests answer that in ~0.4 µs against ~2 µs for
+    # one case-insensitive regex search. Only ``bearer`` is matched case-insensitively.
+    return (
+        "://" in text
+        or "whsec_" in text
+        or "rvya_sk_" in text
+        or "v1," in text
+        or "v1=" in text
+        or "v1a," in text
+        or "bearer" in text.lower()
+    )
 
 
 def redact_text(text: str) -> str:
     """Mask secret-looking values and URL query strings in free text."""
-    if not _QUICK_CHECK.search(text):
+    if not _may_hold_secret(text):
         return text
     text = _URL_QUERY.sub(r"\1?" + REDACTED, text)
     return _SECRET_VALUE.sub(REDACTED, text)
@@ -99,10 +117,33 @@ def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_timestamp,
         structlog.processors.format_exc_info,
         _drop_color_message,
     ]
+
+
+class _SecondCache:
+    """The formatted UTC second, recomputed only when the second changes."""
+
+    second = -1
+    text = ""
+
+
+def add_timestamp(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    """``timestamp``: ISO 8601 UTC with microseconds, e.g. ``2026-11-25T22:40:54.598036Z``.
+
+    The same text as structlog's ``TimeStamper(fmt="iso", utc=True)`` at a third of the
+    cost: the date and time of day are formatted once per second, not once per line.
+    """
+    now = time.time()
+    second = int(now)
+    if second != _SecondCache.second:
+        _SecondCache.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _SecondCache.second = second
+    micros = min(int((now - second) * 1_000_000), 999_999)
+    event_dict["timestamp"] = f"{_SecondCache.text}.{micros:06d}Z"
+    return event_dict
 
 
 def _drop_color_message(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
@@ -112,24 +153,65 @@ def _drop_color_message(_logger: Any, _method: str, event_dict: EventDict) -> Ev
 
 
 class _LineWriter:
-    """Write rendered lines as bytes to stdout (or stderr); tests may swap ``sys.stdout``."""
+    """Write rendered lines as bytes to stdout (or stderr); tests may swap ``sys.stdout``.
+
+    Inside a running event loop, lines are collected and written with one ``write`` and
+    one flush at the end of the loop iteration: under load a service logs one line per
+    request, and a system call per line cost ~15 µs of the request's CPU. A line waits at
+    most one iteration (never for I/O), and the buffer is flushed at exit. Outside a loop
+    (start-up, the CLI's synchronous code) a line is written at once.
+    """
 
     def __init__(self, to_stderr: bool) -> None:
         self._to_stderr = to_stderr
+        self._pending: list[bytes] = []
+        atexit.register(self.flush)
 
     def msg(self, message: bytes | str) -> None:
+        if isinstance(message, str):
+            message = (message if message.endswith("\n") else message + "\n").encode()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._pending.append(message)
+            self.flush()
+            return
+        if not self._pending:
+            loop.call_soon(self.flush)
+        self._pending.append(message)
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        data, self._pending = b"".join(self._pending), []
         stream = sys.stderr if self._to_stderr else sys.stdout
-        if isinstance(message, bytes):
-            buffer = getattr(stream, "buffer", None)
-            if buffer is not None:
-                buffer.write(message)
+        buffer = getattr(stream, "buffer", None)
+        # A closed or broken stdout cannot be reported anywhere, least of all in a log line;
+        # raising here would only fail the request that happened to log.
+        with contextlib.suppress(OSError, ValueError):
+            if buffer is None:
+                stream.write(data.decode())
+            else:
+                stream.flush()  # text written to the stream directly goes first
+                buffer.write(data)
                 buffer.flush()
-                return
-            message = message.decode()
-        stream.write(message if message.endswith("\n") else message + "\n")
-        stream.flush()
+            stream.flush()
 
     log = debug = info = warning = error = critical = exception = msg
+
+
+class _WriterHandler(logging.Handler):
+    """Stdlib records through the same writer, so every line keeps its order."""
+
+    def __init__(self, writer: _LineWriter) -> None:
+        super().__init__()
+        self._writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._writer.msg(self.format(record))
+        except Exception:
+            self.handleError(record)
 
 
 def configure_logging(level: str = "info", fmt: str = "json", *, to_stderr: bool = False) -> None:
@@ -139,16 +221,17 @@ def configure_logging(level: str = "info", fmt: str = "json", *, to_stderr: bool
     line, a library warning) never mix with the output a script parses.
     """
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
+    writer = _LineWriter(to_stderr)
     renderer: Processor = (
         structlog.dev.ConsoleRenderer(colors=False) if fmt == "console" else _render_json
     )
     structlog.configure(
         processors=[*_shared_processors(), redact, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=lambda *_: _LineWriter(to_stderr),
+        logger_factory=lambda *_: writer,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr if to_stderr else sys.stdout)
+    handler = _WriterHandler(writer)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=_shared_processors(),

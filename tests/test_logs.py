@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import logging
+import re
+import subprocess
+import sys
+import time
 
 import orjson
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from receiver.logs import REDACTED, configure_logging, redact, redact_text, redact_value
+from receiver.logs import (
+    _SECRET_VALUE,
+    _URL_QUERY,
+    REDACTED,
+    _may_hold_secret,
+    add_timestamp,
+    configure_logging,
+    redact,
+    redact_text,
+    redact_value,
+)
+
+# Text built from the pieces the redaction patterns look for, in any case and order.
+_FRAGMENTS = st.sampled_from(
+    [
+        *("whsec_", "rvya_sk_", "bearer ", "BeArEr ", "://", "v1,", "v1a,", "v1=", "V1,", "?"),
+        *("@", ":", "/", " ", "=", "_", "abc", "K5oZfzN95Z9UVu1EsfQmfVNQ", "deadbeef" * 5),
+    ]
+)
 
 
 class TestRedactText:
@@ -48,6 +74,13 @@ class TestRedactText:
             redact_text("event applied for task_123 in 4 ms")
             == "event applied for task_123 in 4 ms"
         )
+
+    @settings(max_examples=1000)
+    @given(st.lists(_FRAGMENTS | st.text(max_size=4), max_size=8).map("".join))
+    def test_cheap_precheck_never_skips_a_match(self, text: str) -> None:
+        """The substring pre-check lets through every text a redaction pattern would change."""
+        if _SECRET_VALUE.search(text) or _URL_QUERY.search(text):
+            assert _may_hold_secret(text)
 
     def test_url_without_query_keeps_path(self) -> None:
         """A URL without a query string stays readable."""
@@ -97,6 +130,24 @@ class TestRedactProcessor:
         assert "rvya_sk_live_1" not in str(redact_value(Leaky()))
 
 
+class TestTimestamp:
+    def test_iso_utc_with_microseconds_and_current(self) -> None:
+        """The same text as structlog's ISO UTC stamper, for the current time."""
+        before = datetime.datetime.now(tz=datetime.UTC)
+        stamp = add_timestamp(None, "info", {})["timestamp"]
+        after = datetime.datetime.now(tz=datetime.UTC)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+        parsed = datetime.datetime.fromisoformat(stamp)
+        assert before - datetime.timedelta(microseconds=1) <= parsed <= after
+
+    def test_seconds_advance(self) -> None:
+        """The cached second is replaced when the clock moves on."""
+        first = add_timestamp(None, "info", {})["timestamp"]
+        time.sleep(1.01)
+        second = add_timestamp(None, "info", {})["timestamp"]
+        assert first[:19] != second[:19]
+
+
 class TestConfiguredOutput:
     @pytest.fixture(autouse=True)
     def _reset(self) -> None:
@@ -131,3 +182,31 @@ class TestConfiguredOutput:
         out = capsys.readouterr().out
         assert "quiet" not in out
         assert "loud" in out
+
+    async def test_lines_in_a_loop_keep_their_order(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """structlog and stdlib lines of one loop iteration come out together, in order."""
+        configure_logging("info", "json")
+        structlog.get_logger().info("first")
+        logging.getLogger("somelib").warning("second")
+        structlog.get_logger().info("third")
+        await asyncio.sleep(0)
+        events = [orjson.loads(line)["event"] for line in capsys.readouterr().out.splitlines()]
+        assert events == ["first", "second", "third"]
+
+    def test_buffered_lines_are_written_at_exit(self) -> None:
+        """A line logged in the loop's last iteration still reaches stdout."""
+        # The loop stops in the iteration that logged, so only the exit hook can write it.
+        code = (
+            "import asyncio, structlog\n"
+            "from receiver.logs import configure_logging\n"
+            "configure_logging('info', 'json')\n"
+            "loop = asyncio.new_event_loop()\n"
+            "loop.call_soon(lambda: (structlog.get_logger().info('last words'), loop.stop()))\n"
+            "loop.run_forever()\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        )
+        assert orjson.loads(result.stdout)["event"] == "last words"
