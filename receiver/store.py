@@ -146,7 +146,7 @@ class EventStore:
         self.pipeline = AutoPipeline(client)
         self._next_shard = 0
         self._scripts = {
-            name: Script(self.pipeline, client, load_lua(name))
+            name: Script(self.pipeline, load_lua(name))
             for name in ("accept", "finish", "retry", "promote", "requeue", "release")
         }
 
