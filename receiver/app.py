@@ -129,8 +129,8 @@ class WebhookEndpoint:
         if outcome != "disconnected":
             await _send_json(send, status, payload, extra)
         duration = time.perf_counter() - started
-        metrics.REQUESTS.labels(
-            source if source in self._app.settings.sources else "unknown", outcome
+        metrics.child(
+            metrics.REQUESTS, source if source in self._app.settings.sources else "unknown", outcome
         ).inc()
         metrics.REQUEST_DURATION.observe(duration)
         level = "warning" if outcome in ("unavailable", "error") else "info"
@@ -173,7 +173,7 @@ class WebhookEndpoint:
                 context["reason"] = event.last_error
                 return 202, {"status": "accepted", "event_id": event.event_id}, "dead"
             return 202, {"status": "accepted", "event_id": event.event_id}, "accepted"
-        metrics.DUPLICATES.labels(source).inc()
+        metrics.child(metrics.DUPLICATES, source).inc()
         if result is AcceptResult.CONFLICT:
             metrics.CONFLICTS.labels(source).inc()
             log.warning(

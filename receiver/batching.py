@@ -23,13 +23,13 @@ import asyncio
 import collections
 import contextlib
 import hashlib
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import hiredis
+from redis._parsers import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from receiver.redis_client import is_cluster
@@ -37,6 +37,7 @@ from receiver.redis_client import is_cluster
 # A pipeline this long is already amortized; longer ones only add latency to the first caller.
 MAX_BATCH = 256
 DEFAULT_TIMEOUT_SECONDS = 5.0
+READ_SIZE = 65536
 
 Batch = list[tuple[Sequence[Any], asyncio.Future[Any]]]
 
@@ -64,8 +65,10 @@ class AutoPipeline:
         self._scheduled = False
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            send = self._channel.send if self._channel is not None else self._send_clustered
-            task = asyncio.get_running_loop().create_task(send(batch))
+            if self._channel is not None:
+                self._channel.send(batch)
+                continue
+            task = asyncio.get_running_loop().create_task(self._send_clustered(batch))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
@@ -101,73 +104,100 @@ class AutoPipeline:
 class SharedConnection:
     """One connection to a single Redis server, written in batches, read by one task.
 
-    Replies come back in the order the commands were written, so the futures of the
-    commands in flight wait in one FIFO queue; the reader pops one per reply.
+    redis-py opens the connection (TLS, AUTH, SELECT and the rest of the handshake) and
+    takes it back when it fails; while held here, batches are written to its stream at
+    once (no task or lock per batch) and one task feeds everything the server sends to a
+    hiredis reader. Replies come back in the order the commands were written, so the
+    futures of the commands in flight wait in one FIFO queue; the reader pops one per reply.
     """
 
     def __init__(self, pool: Any) -> None:
         # The connection comes from the client's pool, so closing the client closes it too.
         self._pool = pool
-        self._timeout = pool.connection_kwargs.get("socket_timeout") or DEFAULT_TIMEOUT_SECONDS
+        kwargs = pool.connection_kwargs
+        self._timeout = kwargs.get("socket_timeout") or DEFAULT_TIMEOUT_SECONDS
+        self._encoding = kwargs.get("encoding", "utf-8") if kwargs.get("decode_responses") else None
+        self._encoding_errors = kwargs.get("encoding_errors", "strict")
         self._connection: Any = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._connecting: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        # Batches written, waiting for their replies; batches waiting for a connection.
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._unsent: list[tuple[bytes, list[asyncio.Future[Any]]]] = []
         self._last_progress = 0.0
-        # Held while connecting and writing: batches go out whole and in order.
-        self._write_lock = asyncio.Lock()
 
-    async def send(self, batch: Batch) -> None:
+    def send(self, batch: Batch) -> None:
+        """Write ``batch`` now, or as soon as the connection is open."""
         futures = [future for _, future in batch]
-        data = b"".join([hiredis.pack_command(tuple(args)) for args, _ in batch])
         try:
-            async with self._write_lock:
-                connection = await self._connected()
-                loop = asyncio.get_running_loop()
-                if not self._waiting:
-                    self._last_progress = loop.time()
-                self._waiting.extend(futures)
-                await connection.send_packed_command(data, check_health=False)
-        except BaseException as exc:
-            # Unsent commands fail; any already on the wire fail with the connection.
+            data = b"".join([hiredis.pack_command(tuple(args)) for args, _ in batch])
+        except (TypeError, ValueError) as exc:  # an argument Redis cannot take: a bug
             _fail(futures, exc)
-            self._drop(exc)
+            return
+        if self._writer is not None:
+            self._write(data, futures)
+            return
+        self._unsent.append((data, futures))
+        if self._connecting is None:
+            self._connecting = asyncio.get_running_loop().create_task(self._connect())
+
+    def _write(self, data: bytes, futures: list[asyncio.Future[Any]]) -> None:
+        assert self._writer is not None
+        if not self._waiting:
+            self._last_progress = asyncio.get_running_loop().time()
+        self._waiting.extend(futures)
+        # A write to a connection the server closed fails later, in the reader, with the rest.
+        self._writer.write(data)
+
+    async def _connect(self) -> None:
+        try:
+            connection = await self._pool.get_connection()
+        except BaseException as exc:
+            unsent, self._unsent = self._unsent, []
+            for _, futures in unsent:
+                _fail(futures, exc)
             if not isinstance(exc, Exception):
                 raise
-
-    async def _connected(self) -> Any:
-        """The open connection, connecting first if needed (call with ``_write_lock`` held)."""
-        if self._connection is None:
-            connection = await self._pool.get_connection()
-            # While held here it writes and reads without redis-py's per-call timeouts (a
-            # task or a timeout context each); ``_watch`` applies the socket timeout to the
-            # connection as a whole. The pool gets it back with its timeout restored.
-            connection.socket_timeout = None
-            self._connection = connection
-            self._reader = asyncio.get_running_loop().create_task(self._read(connection))
-            self._schedule_watch()
-        return self._connection
-
-    async def _read(self, connection: Any) -> None:
+            return
+        finally:
+            self._connecting = None
+        # redis-py's own stream pair, past the handshake; nothing else reads or writes it
+        # while the connection is held here (tests/test_batching.py guards this contract).
+        self._connection = connection
+        self._writer = connection._writer
         loop = asyncio.get_running_loop()
+        self._reader = loop.create_task(self._read(connection, connection._reader))
+        self._watchdog = loop.call_later(self._timeout / 4, self._watch)
+        unsent, self._unsent = self._unsent, []
+        for data, futures in unsent:
+            self._write(data, futures)
+
+    async def _read(self, connection: Any, stream: asyncio.StreamReader) -> None:
+        loop = asyncio.get_running_loop()
+        reader = hiredis.Reader(
+            protocolError=InvalidResponse,
+            replyError=BaseParser.parse_error,  # NOSCRIPT -> NoScriptError, as redis-py does
+            encoding=self._encoding,
+            errors=self._encoding_errors,
+        )
+        waiting = self._waiting
         try:
             while True:
-                try:
-                    reply = await connection.read_response(
-                        timeout=math.inf, disconnect_on_error=False
-                    )
-                except ResponseError as exc:  # an error reply belongs to one command
-                    reply = exc
+                data = await stream.read(READ_SIZE)
+                if not data:
+                    raise RedisConnectionError("Connection closed by server.")
                 self._last_progress = loop.time()
-                _resolve(self._waiting.popleft(), reply)
+                reader.feed(data)
+                while (reply := reader.gets()) is not False:
+                    _resolve(waiting.popleft(), reply)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except RedisError as exc:
             self._drop(exc, connection)
-
-    def _schedule_watch(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._watchdog = loop.call_later(self._timeout / 4, self._watch)
+        except Exception as exc:  # OSError, or a reply nobody asked for (IndexError)
+            self._drop(RedisConnectionError(f"Redis connection failed: {exc!r}"), connection)
 
     def _watch(self) -> None:
         """Fail everything in flight when the server has not answered for the timeout."""
@@ -177,7 +207,7 @@ class SharedConnection:
         if self._waiting and idle > self._timeout:
             self._drop(RedisTimeoutError(f"no reply from Redis in {self._timeout:g} s"))
             return
-        self._schedule_watch()
+        self._watchdog = asyncio.get_running_loop().call_later(self._timeout / 4, self._watch)
 
     def _drop(self, exc: BaseException, connection: Any = None) -> None:
         """Close the connection (if it is still ``connection``) and fail what waits on it."""
@@ -185,7 +215,7 @@ class SharedConnection:
             return
         if connection is not None and connection is not self._connection:
             return
-        dropped, self._connection = self._connection, None
+        dropped, self._connection, self._writer = self._connection, None, None
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
         self._reader = None
@@ -198,13 +228,18 @@ class SharedConnection:
         task.add_done_callback(_ignore_result)
 
     async def _release(self, connection: Any) -> None:
-        connection.socket_timeout = self._pool.connection_kwargs.get("socket_timeout")
         try:
             await connection.disconnect(nowait=True)
         finally:
             await self._pool.release(connection)
 
     async def aclose(self) -> None:
+        """Let the commands in flight finish (up to the timeout), then give the connection back."""
+        if self._connecting is not None:
+            with contextlib.suppress(Exception):
+                await self._connecting
+        if self._waiting:
+            await asyncio.wait(list(self._waiting), timeout=self._timeout)
         connection = self._connection
         if connection is None:
             return

@@ -31,9 +31,9 @@ def build_event(
     body_sha256 = hashlib.sha256(body).hexdigest()
     event_id = verified.event_id
     state, last_error, event_type, record_key = EventState.PENDING, "", "unknown", ""
+    document = None
     try:
         document = parse_body(body)
-        event_type = event_type_of(document)
         if event_id is None:  # stripe scheme: the id is in the signed body
             body_id = document.get("id")
             event_id = (
@@ -48,6 +48,8 @@ def build_event(
     except UnmappableEvent as exc:
         # Authentic but unusable: store it as dead so ops can fix the mapping and replay.
         state, last_error = EventState.DEAD, f"unmappable: {exc.reason}"
+        if document is not None:
+            event_type = event_type_of(document)
     if event_id is None:
         # A signed body without an id still deserves dedup: its content names it.
         event_id = f"sha256-{body_sha256[:40]}"

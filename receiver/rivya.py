@@ -77,6 +77,10 @@ def event_type_of(document: dict[str, Any]) -> str:
         generation: dict[str, Any] | None = find_generation(document)
     except UnmappableEvent:
         generation = None
+    return _event_type(document, generation)
+
+
+def _event_type(document: dict[str, Any], generation: dict[str, Any] | None) -> str:
     declared = document.get("type")
     if generation is not document and isinstance(declared, str) and declared:
         return declared[:100]
@@ -146,4 +150,4 @@ def map_event(document: dict[str, Any], event_id: str, received_at: datetime) ->
         reserved_credits=_number(generation.get("reserved_credits")),
         final_credits=_number(generation.get("final_credits")),
     )
-    return MappedEvent(event_type=event_type_of(document), record=record)
+    return MappedEvent(event_type=_event_type(document, generation), record=record)

@@ -77,24 +77,24 @@ class StoredEvent:
 
     @classmethod
     def from_hash(cls, member: str, fields: Mapping[bytes, bytes]) -> StoredEvent:
-        def text(name: str) -> str:
-            return fields.get(name.encode(), b"").decode()
+        def text(name: bytes) -> str:
+            return fields.get(name, b"").decode()
 
         return cls(
             member=member,
-            source=text("source"),
-            event_id=text("event_id"),
-            event_type=text("type"),
-            record_key=text("record_key"),
-            state=EventState(text("state") or "pending"),
-            attempts=int(text("attempts") or 0),
-            last_error=text("last_error"),
-            received_ms=int(text("received_ms") or 0),
-            signed_ts=int(text("signed_ts") or 0),
+            source=text(b"source"),
+            event_id=text(b"event_id"),
+            event_type=text(b"type"),
+            record_key=text(b"record_key"),
+            state=EventState(text(b"state") or "pending"),
+            attempts=int(text(b"attempts") or 0),
+            last_error=text(b"last_error"),
+            received_ms=int(text(b"received_ms") or 0),
+            signed_ts=int(text(b"signed_ts") or 0),
             body=fields.get(b"body", b""),
-            encrypted=text("encrypted") == "1",
-            body_sha256=text("body_sha256"),
-            content_type=text("content_type"),
+            encrypted=text(b"encrypted") == "1",
+            body_sha256=text(b"body_sha256"),
+            content_type=text(b"content_type"),
         )
 
 

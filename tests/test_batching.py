@@ -142,3 +142,15 @@ async def test_aclose_returns_the_connection_to_the_pool(redis_url: str) -> None
         assert (in_use, len(client.connection_pool._in_use_connections)) == (1, 0)
     finally:
         await client.aclose()
+
+
+async def test_replies_follow_the_clients_decoding(redis_url: str) -> None:
+    """A client created with decode_responses gets text back, as from its own commands."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    pipeline = AutoPipeline(client)
+    try:
+        reply = await pipeline.execute("ECHO", "héllo")
+    finally:
+        await pipeline.aclose()
+        await client.aclose()
+    assert reply == "héllo"

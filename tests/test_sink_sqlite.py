@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from receiver.errors import ConfigError, TransientSinkError
+from receiver.errors import ConfigError, PermanentSinkError, TransientSinkError
 from receiver.models import ApplyOutcome
 from receiver.sinks.base import find_factory
 from receiver.sinks.sqlite import SqliteSink, database_path
@@ -112,6 +112,27 @@ class TestStorage:
             holder.close()
         assert await sink.apply(make_record(new_key(), "queued")) is ApplyOutcome.APPLIED
         await sink.aclose()
+
+    async def test_a_rejected_row_fails_alone_in_its_group(self, tmp_path: Path) -> None:
+        """A row the database refuses fails by itself; the rest of its group commits."""
+        path = tmp_path / "records.db"
+        url = f"sqlite:///{path}"
+        sink = SqliteSink(url, sink_settings(tmp_path, url))
+        await sink.setup()
+        with sqlite3.connect(path) as connection:
+            connection.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON generations"
+                " WHEN NEW.record_key = 'refused' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        connection.close()
+        keys = [new_key(), "refused", new_key()]
+        outcomes = await asyncio.gather(
+            *(sink.apply(make_record(key, "queued")) for key in keys), return_exceptions=True
+        )
+        await sink.aclose()
+        assert outcomes[0] is outcomes[2] is ApplyOutcome.APPLIED
+        assert isinstance(outcomes[1], PermanentSinkError)
+        assert [read_row(path, key) is not None for key in keys] == [True, False, True]
 
     async def test_writes_do_not_block_the_event_loop(self, tmp_path: Path) -> None:
         """While a write waits for a lock, the event loop keeps running other tasks."""

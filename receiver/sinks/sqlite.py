@@ -132,6 +132,17 @@ class SqliteSink:
     def _apply_group(
         self, rows: list[dict[str, Any]]
     ) -> list[ApplyOutcome | TransientSinkError | PermanentSinkError]:
+        # PERF: the whole group in one transaction with no per-row savepoints (two statements
+        # per row fewer). Should a row fail, the group is rolled back and written again with
+        # a savepoint around each row, so that row fails alone and the others still commit.
+        try:
+            return self._in_transaction(rows, isolate_rows=False)
+        except sqlite3.Error:
+            return self._in_transaction(rows, isolate_rows=True)
+
+    def _in_transaction(
+        self, rows: list[dict[str, Any]], *, isolate_rows: bool
+    ) -> list[ApplyOutcome | TransientSinkError | PermanentSinkError]:
         connection = self._connect()
         # IMMEDIATE takes the write lock up front (waiting up to the busy timeout), and
         # keeps each follow-up read consistent with what its upsert compared against.
@@ -139,6 +150,9 @@ class SqliteSink:
         results: list[ApplyOutcome | TransientSinkError | PermanentSinkError] = []
         try:
             for values in rows:
+                if not isolate_rows:
+                    results.append(self._apply_one(connection, values))
+                    continue
                 connection.execute("SAVEPOINT record")
                 try:
                     results.append(self._apply_one(connection, values))
