@@ -104,7 +104,10 @@ def redact(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
     for key, value in event_dict.items():
         if _is_secret_key(key):
             event_dict[key] = REDACTED
-        else:
+        elif type(value) is str:  # PERF: most values; left in place when nothing to mask
+            if _may_hold_secret(value):
+                event_dict[key] = redact_text(value)
+        elif type(value) not in _PLAIN_TYPES:
             event_dict[key] = redact_value(value)
     return event_dict
 
@@ -119,7 +122,6 @@ def _shared_processors() -> list[Processor]:
         structlog.processors.add_log_level,
         add_timestamp,
         structlog.processors.format_exc_info,
-        _drop_color_message,
     ]
 
 
@@ -147,7 +149,6 @@ def add_timestamp(_logger: Any, _method: str, event_dict: EventDict) -> EventDic
 
 
 def _drop_color_message(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
-    # uvicorn adds a duplicate of the message with ANSI colours.
     event_dict.pop("color_message", None)
     return event_dict
 
@@ -234,7 +235,8 @@ def configure_logging(level: str = "info", fmt: str = "json", *, to_stderr: bool
     handler = _WriterHandler(writer)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=_shared_processors(),
+            # uvicorn's records carry a duplicate message with ANSI colours.
+            foreign_pre_chain=[*_shared_processors(), _drop_color_message],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 redact,

@@ -99,6 +99,7 @@ class TestAcceptScript:
         store = EventStore(redis_client, retention_seconds=1)
         await store.prepare()
         await store.accept(incoming("e_exp"))
+        await store.accept(incoming("e_gone"))
         member = member_of("rivya", "e_exp")
         shard = all_shards(1)[0]
         assert 0 < await redis_client.pttl(shard.event(member)) <= 1000
@@ -106,7 +107,9 @@ class TestAcceptScript:
         await asyncio.sleep(1.2)
         assert await redis_client.exists(shard.event(member), shard.history(member)) == 0
         assert await store.accept(incoming("e_exp")) == AcceptResult.NEW
-        # the index and the stream are trimmed by the next accept past the retention window
+        assert len(await redis_client.zrange(shard.index, 0, -1)) == 2
+        # the worker's housekeeping trims index members past the retention window (e_gone)
+        await store.promote_due()
         assert [member.encode()] == await redis_client.zrange(shard.index, 0, -1)
 
     async def test_requeue_resets_and_queues(self, redis_client: redis.Redis) -> None:
@@ -142,6 +145,24 @@ class TestAcceptScript:
         assert await store.promote_due() == 1
         [again] = await store.read("c1", 10, 10)
         assert again.member == "rivya|e_retry"
+
+    async def test_finish_keeps_history_expiring_with_the_event(
+        self, redis_client: redis.Redis
+    ) -> None:
+        """The history list expires with its event, also when finish had to create it."""
+        store = EventStore(redis_client, retention_seconds=60)
+        await store.prepare()
+        shard = all_shards(1)[0]
+        for event_id, drop_history in (("e_kept", False), ("e_lost", True)):
+            await store.accept(incoming(event_id))
+            member = member_of("rivya", event_id)
+            if drop_history:
+                await redis_client.delete(shard.history(member))
+            [entry] = await store.read("c1", 10, 10)
+            await store.finish(entry, member, EventState.APPLIED, 1)
+            history_ttl = await redis_client.pttl(shard.history(member))
+            assert 0 < history_ttl <= await redis_client.pttl(shard.event(member)) + 5
+            assert (await store.history(member))[-1]["state"] == "applied"
 
 
 def test_keys_of_one_event_share_a_cluster_slot() -> None:

@@ -7,9 +7,11 @@
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], 'state', ARGV[3], 'attempts', ARGV[4], 'last_error', ARGV[5],
              'updated_ms', ARGV[6])
-  redis.call('RPUSH', KEYS[2], ARGV[7])
-  local ttl = redis.call('PTTL', KEYS[1])
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+  -- RPUSH keeps an existing list's expiry; only a list it had to create needs one.
+  if redis.call('RPUSH', KEYS[2], ARGV[7]) == 1 then
+    local ttl = redis.call('PTTL', KEYS[1])
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+  end
   if ARGV[3] == 'dead' then
     local received = redis.call('HGET', KEYS[1], 'received_ms') or ARGV[6]
     redis.call('ZADD', KEYS[4], received, ARGV[8])
