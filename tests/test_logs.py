@@ -210,3 +210,21 @@ class TestConfiguredOutput:
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
         )
         assert orjson.loads(result.stdout)["event"] == "last words"
+
+    def test_bound_context_levels_and_interpolation(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Bound context merges into each line; level names and %-interpolation as structlog's."""
+        configure_logging("debug", "json")
+        logger = structlog.get_logger("t").bind(source="rivya")
+        logger.debug("n=%d", 3, extra=1)
+        logger.warn("careful")
+        logger.critical("down", api_key="rvya_sk_live_x")
+        lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [(line["event"], line["level"]) for line in lines] == [
+            ("n=3", "debug"),
+            ("careful", "warning"),
+            ("down", "critical"),
+        ]
+        assert all(line["source"] == "rivya" for line in lines)
+        assert (lines[0]["extra"], lines[2]["api_key"]) == (1, REDACTED)
