@@ -15,6 +15,7 @@ import functools
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -166,6 +167,11 @@ class _LineWriter:
     def __init__(self, to_stderr: bool) -> None:
         self._to_stderr = to_stderr
         self._pending: list[bytes] = []
+        # The loop whose next iteration will flush. Lines may also come from other threads
+        # (a library logging from its own thread, a second loop in tests): the lock keeps
+        # every line, and a loop that finds lines pending for another loop schedules too.
+        self._flush_loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
         atexit.register(self.flush)
 
     def msg(self, message: bytes | str) -> None:
@@ -174,29 +180,35 @@ class _LineWriter:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._pending.append(message)
+            with self._lock:
+                self._pending.append(message)
             self.flush()
             return
-        if not self._pending:
-            loop.call_soon(self.flush)
-        self._pending.append(message)
+        with self._lock:
+            self._pending.append(message)
+            if self._flush_loop is loop:
+                return
+            self._flush_loop = loop
+        loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        if not self._pending:
-            return
-        data, self._pending = b"".join(self._pending), []
-        stream = sys.stderr if self._to_stderr else sys.stdout
-        buffer = getattr(stream, "buffer", None)
-        # A closed or broken stdout cannot be reported anywhere, least of all in a log line;
-        # raising here would only fail the request that happened to log.
-        with contextlib.suppress(OSError, ValueError):
-            if buffer is None:
-                stream.write(data.decode())
-            else:
-                stream.flush()  # text written to the stream directly goes first
-                buffer.write(data)
-                buffer.flush()
-            stream.flush()
+        # Under the lock: lines from several threads go out whole and in the order taken.
+        with self._lock:
+            if not self._pending:
+                return
+            data, self._pending, self._flush_loop = b"".join(self._pending), [], None
+            stream = sys.stderr if self._to_stderr else sys.stdout
+            buffer = getattr(stream, "buffer", None)
+            # A closed or broken stdout cannot be reported anywhere, least of all in a log
+            # line; raising here would only fail the request that happened to log.
+            with contextlib.suppress(OSError, ValueError):
+                if buffer is None:
+                    stream.write(data.decode())
+                else:
+                    stream.flush()  # text written to the stream directly goes first
+                    buffer.write(data)
+                    buffer.flush()
+                stream.flush()
 
     log = debug = info = warning = error = critical = exception = msg
 

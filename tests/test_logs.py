@@ -8,6 +8,7 @@ import logging
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import orjson
@@ -228,3 +229,34 @@ class TestConfiguredOutput:
         ]
         assert all(line["source"] == "rivya" for line in lines)
         assert (lines[0]["extra"], lines[2]["api_key"]) == (1, REDACTED)
+
+    async def test_lines_from_other_threads_are_all_written(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Lines logged from threads while the loop logs too: every one comes out whole."""
+        lines_each = 500
+        configure_logging("info", "json")
+        logger = structlog.get_logger()
+
+        def from_thread(n: int) -> None:
+            for k in range(lines_each):
+                logger.info("thread", n=n, k=k)
+
+        threads = [threading.Thread(target=from_thread, args=(n,)) for n in range(4)]
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show up
+        try:
+            for thread in threads:
+                thread.start()
+            for k in range(lines_each):
+                logger.info("loop", k=k)
+                await asyncio.sleep(0)
+            for thread in threads:
+                thread.join()
+        finally:
+            sys.setswitchinterval(interval)
+        await asyncio.sleep(0)
+        lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert len(lines) == 5 * lines_each
+        assert sum(line["event"] == "loop" for line in lines) == lines_each
+        assert [line["k"] for line in lines if line.get("n") == 2] == list(range(lines_each))
