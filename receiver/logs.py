@@ -118,9 +118,9 @@ def _render_json(_logger: Any, _method: str, event_dict: EventDict) -> bytes:
 
 
 def _shared_processors() -> list[Processor]:
+    # No add_log_level: the lean logger sets ``level`` itself; stdlib records get it below.
     return [
         structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
         add_timestamp,
         structlog.processors.format_exc_info,
     ]
@@ -226,6 +226,7 @@ class _LeanBoundLogger(structlog.BoundLoggerBase):
     def _emit(self, method: str, event: str, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
         event_dict: Any = {**self._context, **kw} if self._context else kw
         event_dict["event"] = event % args if args else event
+        event_dict["level"] = method  # what add_log_level does for stdlib records
         try:
             for processor in self._processors:
                 event_dict = processor(self._logger, method, event_dict)
@@ -303,7 +304,11 @@ def configure_logging(level: str = "info", fmt: str = "json", *, to_stderr: bool
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             # uvicorn's records carry a duplicate message with ANSI colours.
-            foreign_pre_chain=[*_shared_processors(), _drop_color_message],
+            foreign_pre_chain=[
+                structlog.processors.add_log_level,
+                *_shared_processors(),
+                _drop_color_message,
+            ],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 redact,
