@@ -164,10 +164,10 @@ class TestRejections:
 
     def test_error_body_echoes_nothing(self, http: httpx.Client) -> None:
         """A rejection never repeats the body, the signature or the secret."""
-        body = b'{"marker": "rvya_sk_live_echo"}'
+        body = b'{"marker": "rvya_sk_test_echo"}'
         headers = {**signed_headers(body), "webhook-signature": "v1,c2lnbmF0dXJlLWVjaG8="}
         text = http.post("/webhooks/rivya", content=body, headers=headers).text
-        for needle in ("rvya_sk_live_echo", "c2lnbmF0dXJlLWVjaG8=", TEST_SECRET):
+        for needle in ("rvya_sk_test_echo", "c2lnbmF0dXJlLWVjaG8=", TEST_SECRET):
             assert needle not in text
 
 

@@ -16,7 +16,7 @@ from tests.redis_proc import RedisProcess
 from tests.servers import ServiceProcess
 
 REDIS_PASSWORD = "redis-pw-LEAK-7f3a"
-API_KEY = "rvya_sk_live_LEAKKEY0123456789"
+API_KEY = "rvya_sk_test_LEAKKEY0123456789"
 URL_SIGNATURE = "LEAKSIG9f8e7d6c5b4a"
 FORWARD_SECRET = "whsec_" + base64.b64encode(b"forward-secret-LEAK-0123456789ab").decode()
 

@@ -45,7 +45,7 @@ class TestRedactText:
             pytest.param(
                 "key whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw= end", "MfKQ9r8GKY", id="whsec"
             ),
-            pytest.param("api rvya_sk_live_abc123XYZ", "abc123XYZ", id="api-key"),
+            pytest.param("api rvya_sk_test_abc123XYZ", "abc123XYZ", id="api-key"),
             pytest.param("Authorization: Bearer eyJhbGciOi.J9.x", "eyJhbGciOi", id="bearer"),
             pytest.param("bearer abc.def", "abc.def", id="bearer-lower"),
             pytest.param(
@@ -126,9 +126,9 @@ class TestRedactProcessor:
 
         class Leaky:
             def __str__(self) -> str:
-                return "token rvya_sk_live_1"
+                return "token rvya_sk_test_1"
 
-        assert "rvya_sk_live_1" not in str(redact_value(Leaky()))
+        assert "rvya_sk_test_1" not in str(redact_value(Leaky()))
 
 
 class TestTimestamp:
@@ -220,7 +220,7 @@ class TestConfiguredOutput:
         logger = structlog.get_logger("t").bind(source="rivya")
         logger.debug("n=%d", 3, extra=1)
         logger.warn("careful")
-        logger.critical("down", api_key="rvya_sk_live_x")
+        logger.critical("down", api_key="not-a-real-key")
         lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert [(line["event"], line["level"]) for line in lines] == [
             ("n=3", "debug"),

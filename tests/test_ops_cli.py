@@ -38,7 +38,7 @@ from tests.factories import base_env, envelope, generation, signed_headers
 
 SOURCE = "rivya"
 FORWARD_SECRET = "whsec_" + base64.b64encode(b"forward-secret-for-the-http-sink").decode()
-SECRET_IN_BODY = "rvya_sk_live_9f8e7d6c5b4a3210"
+SECRET_IN_BODY = "rvya_sk_test_9f8e7d6c5b4a3210"
 SIGNED_URL = "https://cdn.example/x.png?X-Amz-Signature=abc"
 WAIT_SECONDS = 15.0
 
