@@ -161,6 +161,7 @@ class EventStore:
         self.shards = shards
         self.pipeline = AutoPipeline(client)
         self._next_shard = 0
+        self._backlog_seen = False  # the last read found entries: try the cheap read first
         self._scripts = {
             name: Script(self.pipeline, load_lua(name))
             for name in ("accept", "finish", "retry", "promote", "requeue", "release")
@@ -222,19 +223,22 @@ class EventStore:
         if not is_cluster(self.client):
             streams = {shard.stream: shard for shard in all_shards(self.shards)}
             # PERF: while there is a backlog, a non-blocking read on the shared pipeline
-            # finds entries at a fraction of the cost of a pooled redis-py command; only an
-            # empty queue falls back to the blocking read, which must not hold up the
-            # pipeline's other commands.
-            response = await self.pipeline.execute(
-                "XREADGROUP", "GROUP", CONSUMER_GROUP, consumer, "COUNT", count,
-                "STREAMS", *streams, *[">"] * len(streams),
-            )  # fmt: skip
-            if response:
-                return _entries(streams, _stream_items(response))
+            # finds entries at a fraction of the cost of a pooled redis-py command. After a
+            # read that found nothing, go straight to the blocking read (which must not hold
+            # up the pipeline's other commands), so an idle worker pays one round trip.
+            if self._backlog_seen:
+                response = await self.pipeline.execute(
+                    "XREADGROUP", "GROUP", CONSUMER_GROUP, consumer, "COUNT", count,
+                    "STREAMS", *streams, *[">"] * len(streams),
+                )  # fmt: skip
+                if response:
+                    return _entries(streams, _stream_items(response))
             response = await self.client.xreadgroup(
                 CONSUMER_GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
             )
-            return _entries(streams, response)
+            found = _entries(streams, response)
+            self._backlog_seen = bool(found)
+            return found
         # On a cluster the shards live in different slots and one XREADGROUP may not span
         # them: poll the shards in turn without blocking (starting one further each call,
         # so none starves), and pause briefly when all are empty.

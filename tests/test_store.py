@@ -165,6 +165,40 @@ class TestAcceptScript:
             assert (await store.history(member))[-1]["state"] == "applied"
 
 
+async def test_worker_reads_cost_one_round_trip_when_idle(tmp_path: Path) -> None:
+    """A backlog is read without blocking on the shared pipeline; an idle queue only blocks."""
+    from receiver.redis_client import create_client
+
+    with RedisProcess(tmp_path / "redis") as server, redis.Redis(port=server.port) as admin:
+
+        def xreadgroup_calls() -> int:
+            stats = admin.info("commandstats").get("cmdstat_xreadgroup", {"calls": 0})
+            return int(stats["calls"])
+
+        client = create_client(server.url)
+        store = EventStore(client, retention_seconds=60)
+        try:
+            await store.prepare()
+            await store.accept(incoming("e_1"))
+            first = await store.read("c1", 10, 10)  # blocking read: finds the event
+            await store.accept(incoming("e_2"))
+            calls = xreadgroup_calls()
+            second = await store.read("c1", 10, 10)  # backlog seen: the cheap read finds it
+            after_backlog = xreadgroup_calls() - calls
+            assert await store.read("c1", 10, 10) == []  # cheap read empty, then blocking
+            calls = xreadgroup_calls()
+            assert await store.read("c1", 10, 10) == []  # idle: the blocking read alone
+            idle = xreadgroup_calls() - calls
+        finally:
+            await store.aclose()
+            await client.aclose()
+    assert ([e.member for e in first], [e.member for e in second]) == (
+        ["rivya|e_1"],
+        ["rivya|e_2"],
+    )
+    assert (after_backlog, idle) == (1, 1)
+
+
 def test_keys_of_one_event_share_a_cluster_slot() -> None:
     """Every key the accept script touches carries the same hash tag."""
     for shards in (1, 16):
