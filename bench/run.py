@@ -371,6 +371,24 @@ class Bench:
         connections: int = CONNECTIONS,
         path: str = "/webhooks/rivya",
     ) -> dict[str, Any]:
+        argv, env = self._wrk_command(port, requests, duration, connections, path)
+        return self._wrk_result(
+            subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+        )
+
+    def wrk_async(
+        self, port: int, requests: Path, duration: float, connections: int
+    ) -> subprocess.Popen[str]:
+        argv, env = self._wrk_command(port, requests, duration, connections, "/webhooks/rivya")
+        return subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    @staticmethod
+    def _wrk_command(
+        port: int, requests: Path, duration: float, connections: int, path: str
+    ) -> tuple[list[str], dict[str, str]]:
+        """wrk's argv and environment: one thread, our Lua script, these requests."""
         env = dict(os.environ, BENCH_REQUESTS=str(requests), BENCH_THREADS="1", BENCH_PATH=path)
         argv = [
             "wrk",
@@ -383,28 +401,7 @@ class Bench:
             str(BENCH / "wrk_post.lua"),
             f"http://127.0.0.1:{port}",
         ]
-        return self._wrk_result(
-            subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
-        )
-
-    def wrk_async(
-        self, port: int, requests: Path, duration: float, connections: int
-    ) -> subprocess.Popen[str]:
-        env = dict(os.environ, BENCH_REQUESTS=str(requests), BENCH_THREADS="1")
-        argv = [
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{max(1, round(duration))}s",
-            "--timeout",
-            "5s",
-            "-s",
-            str(BENCH / "wrk_post.lua"),
-            f"http://127.0.0.1:{port}",
-        ]
-        return subprocess.Popen(
-            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        return argv, env
 
     @staticmethod
     def _wrk_result(done: Any) -> dict[str, Any]:
