@@ -71,8 +71,12 @@ def _apply_stubs(stubs: set[str]) -> None:
         EventStore.accept = accept  # type: ignore[method-assign]
 
 
-def inner(requests: int, serve: bool, redis_url: str, stubs: set[str]) -> None:
-    """The measured program: generate ``requests`` signed deliveries, then serve them."""
+def inner(requests: int, serve: bool, redis_url: str, stubs: set[str], path: str) -> None:
+    """The measured program: generate ``requests`` signed deliveries, then serve them.
+
+    With ``path == "worker"`` the deliveries are always served, and ``serve`` says whether
+    a worker then applies them (SQLite sink), so the difference is the worker's share.
+    """
     import uvloop
 
     from receiver.app import create_app
@@ -82,7 +86,9 @@ def inner(requests: int, serve: bool, redis_url: str, stubs: set[str]) -> None:
     from tests.factories import base_env, event_body, signed_headers
 
     _apply_stubs(stubs)
-    settings = Settings.from_env(base_env(tempfile.mkdtemp(), redis_url, RECEIVER_SINK="log:"))
+    workdir = tempfile.mkdtemp()
+    sink = f"sqlite:///{workdir}/records.db" if path == "worker" else "log:"
+    settings = Settings.from_env(base_env(workdir, redis_url, RECEIVER_SINK=sink))
     configure_logging("warning" if "log" in stubs else "info", "json")
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the log lines go nowhere
     deliveries = []
@@ -111,14 +117,32 @@ def inner(requests: int, serve: bool, redis_url: str, stubs: set[str]) -> None:
             for n in range(first, requests, CONCURRENCY):
                 await one(*deliveries[n])
 
-        if serve:
+        if serve or path == "worker":
             await asyncio.gather(*(lane(k) for k in range(CONCURRENCY)))
+        if serve and path == "worker":
+            await drain(runtime)
         await runtime.aclose()
 
     uvloop.run(main())
 
 
-def count(requests: int, serve: bool, redis_url: str, stubs: str) -> int:
+async def drain(runtime: Any) -> None:
+    """Run one worker until the queue is empty."""
+    from receiver.keys import all_shards
+    from receiver.worker import Worker
+
+    assert runtime.sink is not None
+    await runtime.sink.setup()
+    worker = Worker(runtime, runtime.sink)
+    task = asyncio.create_task(worker.run())
+    # Polled rarely: what the polls cost grows with time, not with events.
+    while await runtime.client.xlen(all_shards(1)[0].stream):  # noqa: ASYNC110 - Redis state
+        await asyncio.sleep(0.25)
+    await worker.stop(5)
+    await task
+
+
+def count(requests: int, serve: bool, redis_url: str, stubs: str, path: str) -> int:
     argv = [
         "valgrind",
         "--tool=callgrind",
@@ -131,6 +155,8 @@ def count(requests: int, serve: bool, redis_url: str, stubs: str) -> int:
         redis_url,
         "--stub",
         stubs,
+        "--path",
+        path,
         *([] if serve else ["--setup-only"]),
     ]
     result = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=ROOT)
@@ -141,13 +167,19 @@ def count(requests: int, serve: bool, redis_url: str, stubs: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--stub", default="", help="comma-separated: accept,map,verify,metrics,log")
+    parser.add_argument(
+        "--path",
+        choices=("ingest", "worker"),
+        default="ingest",
+        help="ingest: the webhook request; worker: applying one event (SQLite sink)",
+    )
     parser.add_argument("--inner", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--setup-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     stubs = {name for name in args.stub.split(",") if name}
     if args.inner is not None:
-        inner(args.inner, not args.setup_only, args.redis_url, stubs)
+        inner(args.inner, not args.setup_only, args.redis_url, stubs, args.path)
         return
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install -y valgrind)")
@@ -155,15 +187,16 @@ def main() -> None:
 
     with RedisProcess(Path(tempfile.mkdtemp()) / "redis") as server:
         small, large = 300, 1300
-        served = count(large, True, server.url, args.stub) - count(
-            small, True, server.url, args.stub
+        served = count(large, True, server.url, args.stub, args.path) - count(
+            small, True, server.url, args.stub, args.path
         )
-        setup = count(large, False, server.url, args.stub) - count(
-            small, False, server.url, args.stub
+        setup = count(large, False, server.url, args.stub, args.path) - count(
+            small, False, server.url, args.stub, args.path
         )
     per_request = (served - setup) // (large - small)
     command = " ".join(["python bench/instructions.py", *sys.argv[1:]])
-    print(f"{command}: {per_request:,} instructions per request (callgrind, in-process path)")
+    unit = "applied event (worker" if args.path == "worker" else "request (in-process path"
+    print(f"{command}: {per_request:,} instructions per {unit}, callgrind)")
 
 
 if __name__ == "__main__":

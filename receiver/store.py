@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from importlib import resources
@@ -24,6 +24,8 @@ from receiver.redis_client import is_cluster
 
 # How often an idle worker polls the shards of a Redis Cluster (no cross-slot BLOCK there).
 CLUSTER_POLL_MS = 50
+# Events one finish script records at most (Lua's unpack and Redis's latency both like it short).
+MAX_FINISH_BATCH = 128
 
 
 class AcceptResult(IntEnum):
@@ -109,6 +111,22 @@ class QueueEntry:
     deliveries: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class EventOutcome:
+    """What became of one event, for ``finish_many`` to record."""
+
+    entry: QueueEntry | None
+    member: str
+    state: EventState
+    attempts: int
+    last_error: str = ""
+    by: str = "worker"
+
+    def history_line(self) -> bytes:
+        error = {"error": self.last_error} if self.last_error else {}
+        return history_entry(self.state.value, self.by, attempts=self.attempts, **error)
+
+
 def history_entry(state: str, by: str, **extra: Any) -> bytes:
     """One line of an event's state history."""
     return orjson.dumps({"at_ms": now_ms(), "state": state, "by": by, **extra})
@@ -142,6 +160,13 @@ def _stream_items(response: Any) -> list[tuple[Any, list[tuple[Any, dict[Any, An
         )
         for stream, stream_entries in items
     ]
+
+
+def _as_dict(fields: Any) -> Any:
+    """An HGETALL reply as a dict: RESP2 answers a flat list, RESP3 a map."""
+    if isinstance(fields, list):
+        return dict(zip(fields[::2], fields[1::2], strict=True))
+    return fields
 
 
 def _text(value: bytes | str) -> str:
@@ -287,9 +312,16 @@ class EventStore:
         # concurrency) share one round trip and skip redis-py's per-command checkout and
         # packing (~100 µs each). RESP2 answers a flat list, RESP3 a map: both become a dict.
         fields = await self.pipeline.execute("HGETALL", self.keys(member).event(member))
-        if isinstance(fields, list):
-            fields = dict(zip(fields[::2], fields[1::2], strict=True))
-        return StoredEvent.from_hash(member, fields) if fields else None
+        return StoredEvent.from_hash(member, _as_dict(fields)) if fields else None
+
+    async def load_many(self, members: Sequence[str]) -> list[StoredEvent | None]:
+        """``load`` for a batch: the commands go out together, one round trip for all."""
+        futures = [self.pipeline.execute("HGETALL", self.keys(m).event(m)) for m in members]
+        replies = await asyncio.gather(*futures)
+        return [
+            StoredEvent.from_hash(member, _as_dict(fields)) if fields else None
+            for member, fields in zip(members, replies, strict=True)
+        ]
 
     async def finish(
         self,
@@ -301,21 +333,39 @@ class EventStore:
         by: str = "worker",
     ) -> None:
         """Record an outcome and acknowledge the entry, atomically."""
-        keys = self.keys(member)
-        note = {"attempts": attempts, **({"error": last_error} if last_error else {})}
-        await self._scripts["finish"](
-            (keys.event(member), keys.history(member), keys.stream, keys.dead),
-            (
-                entry.entry_id if entry else "",
-                CONSUMER_GROUP,
-                state.value,
-                attempts,
-                last_error,
-                now_ms(),
-                history_entry(state.value, by, **note),
-                member,
-            ),
-        )
+        await self.finish_many([EventOutcome(entry, member, state, attempts, last_error, by)])
+
+    async def finish_many(self, outcomes: Sequence[EventOutcome]) -> None:
+        """Record a batch of outcomes and acknowledge their entries: one script per shard.
+
+        Each shard's part is atomic; should a call fail, its entries stay pending and are
+        applied again after the visibility timeout, which the sink's guard makes harmless.
+        """
+        by_shard: dict[ShardKeys, list[EventOutcome]] = {}
+        for outcome in outcomes:
+            by_shard.setdefault(self.keys(outcome.member), []).append(outcome)
+        now = now_ms()
+        calls = []
+        for shard, group in by_shard.items():
+            for start in range(0, len(group), MAX_FINISH_BATCH):
+                keys = [shard.stream, shard.dead]
+                args: list[Any] = [CONSUMER_GROUP, now]
+                for outcome in group[start : start + MAX_FINISH_BATCH]:
+                    member = outcome.member
+                    keys += (shard.event(member), shard.history(member))
+                    args += (
+                        outcome.entry.entry_id if outcome.entry else "",
+                        outcome.state.value,
+                        outcome.attempts,
+                        outcome.last_error,
+                        outcome.history_line(),
+                        member,
+                    )
+                calls.append(self._scripts["finish"](keys, args))
+        if len(calls) == 1:
+            await calls[0]
+        else:
+            await asyncio.gather(*calls)
 
     async def schedule_retry(
         self, entry: QueueEntry, attempts: int, last_error: str, delay_seconds: float

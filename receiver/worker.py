@@ -1,7 +1,9 @@
 """The worker: take events off the queue, apply them through the sink, record outcomes.
 
-Each event is applied and then finished (state + acknowledgement in one script). A worker
-that dies between the two leaves the entry pending; another worker reclaims it after the
+Entries are read and handled in batches: loaded in one round trip, mapped one by one,
+applied through the sink as one batch (one transaction for the SQL sinks), then finished
+(states + acknowledgements in one script). A worker that dies between applying and
+finishing leaves the entries pending; another worker reclaims them after the
 visibility timeout and applies it again, which the sink's ordering guard makes harmless
 (PITFALLS: Processing). Transient failures wait in a retry set with exponential backoff
 and jitter; permanent ones and exhausted retries go to ``dead``.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import socket
@@ -24,11 +27,11 @@ from receiver.bodies import BodyDecryptError
 from receiver.errors import PermanentSinkError, TransientSinkError
 from receiver.keys import source_of
 from receiver.logs import get_logger, redact_text
-from receiver.models import ApplyOutcome, EventState
+from receiver.models import ApplyOutcome, EventState, Record
 from receiver.rivya import UnmappableEvent, map_event, parse_body
 from receiver.runtime import Runtime
-from receiver.sinks.base import Sink
-from receiver.store import QueueEntry, StoredEvent, now_ms
+from receiver.sinks.base import Sink, apply_all
+from receiver.store import EventOutcome, QueueEntry, StoredEvent, now_ms
 
 log = get_logger("receiver.worker")
 READ_BLOCK_MS = 500
@@ -57,7 +60,10 @@ class Worker:
         self.name = name or consumer_name()
         self._stopping = asyncio.Event()
         self._slots = asyncio.Semaphore(self.settings.worker_concurrency)
-        self._tasks: dict[asyncio.Task[None], QueueEntry] = {}
+        self._tasks: dict[asyncio.Task[None], list[QueueEntry]] = {}
+        # Entries processed as one batch at most: half the slots, so that while one batch
+        # waits for its sink and Redis, the next is already read and prepared.
+        self._batch_limit = max(1, self.settings.worker_concurrency // 2)
         self._reading_stopped = asyncio.Event()
 
     async def run(self) -> None:
@@ -68,7 +74,7 @@ class Worker:
             while not self._stopping.is_set():
                 await self._slots.acquire()
                 free = 1
-                while free < self.settings.worker_concurrency and not self._slots.locked():
+                while free < self._batch_limit and not self._slots.locked():
                     await self._slots.acquire()
                     free += 1
                 try:
@@ -77,23 +83,24 @@ class Worker:
                     entries = []
                     log.warning("queue_read_failed", error=type(exc).__name__)
                     await asyncio.sleep(1)
-                for entry in entries:
-                    await self._spawn_or_release(entry)
                 for _ in range(free - len(entries)):
                     self._slots.release()
+                if entries:
+                    await self._spawn_or_release(entries)
         finally:
             self._reading_stopped.set()
             maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await maintenance
 
-    async def _spawn_or_release(self, entry: QueueEntry) -> None:
-        """Process an entry we hold a slot for; after ``stop()`` hand it back instead."""
+    async def _spawn_or_release(self, entries: list[QueueEntry]) -> None:
+        """Process entries we hold slots for; after ``stop()`` hand them back instead."""
         if not self._stopping.is_set():
-            self._spawn(entry)
+            self._spawn(entries)
             return
-        self._slots.release()
-        await self._release(entry)
+        for entry in entries:
+            self._slots.release()
+            await self._release(entry)
 
     async def _release(self, entry: QueueEntry) -> None:
         try:
@@ -102,14 +109,17 @@ class Worker:
         except (RedisError, RedisClusterException, OSError):
             pass  # still pending: reclaimed after the visibility timeout
 
-    def _spawn(self, entry: QueueEntry) -> None:
-        task = asyncio.create_task(self._process_entry(entry))
-        self._tasks[task] = entry
-        task.add_done_callback(self._done)
+    def _spawn(self, entries: list[QueueEntry]) -> None:
+        # The task's list is the batch's unfinished entries: stop() hands those back.
+        unfinished = list(entries)
+        task = asyncio.create_task(self._process_batch(unfinished))
+        self._tasks[task] = unfinished
+        task.add_done_callback(functools.partial(self._done, len(entries)))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, slots: int, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
-        self._slots.release()
+        for _ in range(slots):
+            self._slots.release()
 
     async def stop(self, grace_seconds: float) -> None:
         """Stop reading; let events in hand finish within ``grace_seconds``, hand back the rest.
@@ -126,11 +136,11 @@ class Worker:
             remaining = max(0.0, deadline - time.monotonic())
             _, unfinished = await asyncio.wait(list(self._tasks), timeout=remaining)
             for task in unfinished:
-                entry = self._tasks.get(task)
+                entries = self._tasks.get(task, [])
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                if entry is not None:
+                for entry in entries:
                     await self._release(entry)
         log.info("worker_stopped", consumer=self.name)
 
@@ -151,7 +161,7 @@ class Worker:
                             continue
                         log.info("event_reclaimed", member=entry.member)
                         await self._slots.acquire()
-                        await self._spawn_or_release(entry)
+                        await self._spawn_or_release([entry])
             except (RedisError, RedisClusterException, OSError) as exc:
                 log.warning("maintenance_failed", error=type(exc).__name__)
             with contextlib.suppress(TimeoutError):
@@ -168,85 +178,139 @@ class Worker:
         metrics.EVENTS_PROCESSED.labels(source_of(entry.member), "dead").inc()
         log.error("event_abandoned", member=entry.member, deliveries=entry.deliveries)
 
-    async def _process_entry(self, entry: QueueEntry) -> None:
+    async def _process_batch(self, entries: list[QueueEntry]) -> None:
+        """Load, apply and finish a batch of entries, removing each from ``entries`` once
+        its outcome is recorded (what is left is unfinished, for ``stop()``)."""
         try:
-            event = await self.store.load(entry.member)
-            if event is None:  # expired by retention: nothing to apply
-                await self.store.finish(entry, entry.member, EventState.DEAD, 0, "expired")
-                return
-            await self.process(entry, event)
+            events = await self.store.load_many([entry.member for entry in entries])
+            await self.process(list(zip(entries, events, strict=True)), entries)
         except (RedisError, OSError) as exc:
-            # The entry stays pending and is reclaimed after the visibility timeout.
-            log.warning(
-                "event_processing_interrupted", member=entry.member, error=type(exc).__name__
-            )
+            # The entries stay pending and are reclaimed after the visibility timeout.
+            for entry in entries:
+                log.warning(
+                    "event_processing_interrupted", member=entry.member, error=type(exc).__name__
+                )
 
-    async def process(self, entry: QueueEntry | None, event: StoredEvent) -> EventState:
-        """Apply one stored event and record its outcome; returns the new state."""
+    async def process(
+        self,
+        batch: list[tuple[QueueEntry, StoredEvent | None]],
+        unfinished: list[QueueEntry] | None = None,
+    ) -> None:
+        """Apply a batch of stored events and record their outcomes.
+
+        Mapping failures are decided per event; the sink gets the rest as one batch; the
+        outcomes are recorded by one script. An event whose processing raises something
+        unexpected is left pending (and dead-lettered after ``max_attempts`` reclaims).
+        """
         started = time.perf_counter()
-        attempt = event.attempts + 1
-        state, error = await self._apply(event, attempt, entry)
-        if state is None:  # scheduled for a retry
-            return EventState.PENDING
-        await self.store.finish(entry, event.member, state, attempt, error)
-        duration = time.perf_counter() - started
-        metrics.child(metrics.EVENTS_PROCESSED, event.source, state.value).inc()
+        outcomes: list[EventOutcome] = []
+        to_apply: list[tuple[QueueEntry, StoredEvent, Record]] = []
+        for entry, event in batch:
+            if event is None:  # expired by retention: nothing to apply
+                outcomes.append(EventOutcome(entry, entry.member, EventState.DEAD, 0, "expired"))
+                continue
+            error = ""
+            try:
+                to_apply.append((entry, event, self._record_of(event)))
+            except UnmappableEvent as exc:
+                error = f"unmappable: {exc.reason}"
+            except BodyDecryptError as exc:
+                error = str(exc)
+            except Exception:
+                log.exception("event_unprocessable", member=entry.member)
+                continue
+            if error:
+                attempt = event.attempts + 1
+                outcomes.append(EventOutcome(entry, event.member, EventState.DEAD, attempt, error))
+        if to_apply:
+            outcomes += await self._apply_batch(to_apply)
+        applied = [outcome for outcome in outcomes if outcome.state is not EventState.PENDING]
+        if applied:
+            await self.store.finish_many(applied)
+        if unfinished is not None:
+            unfinished.clear()
+        events = {entry.member: event for entry, event in batch}
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        for outcome in applied:
+            self._report(outcome, events[outcome.member], duration_ms)
+
+    def _record_of(self, event: StoredEvent) -> Record:
+        body = self.runtime.cipher.open(event.body, event.encrypted)
+        received = datetime.fromtimestamp(event.received_ms / 1000, UTC)
+        # The record is made just now, so its applied_at is the time of this attempt.
+        return map_event(parse_body(body), event.event_id, received).record
+
+    async def _apply_batch(
+        self, batch: list[tuple[QueueEntry, StoredEvent, Record]]
+    ) -> list[EventOutcome]:
+        """Apply the records through the sink; transient failures are scheduled for a retry
+        (their outcome's state stays ``pending``)."""
+        apply_started = time.perf_counter()
+        try:
+            # asyncio.timeout, not wait_for: no extra task.
+            async with asyncio.timeout(self.settings.sink_timeout_seconds + 1):
+                results = await apply_all(self.sink, [record for _, _, record in batch])
+        except TimeoutError as exc:
+            results = [exc] * len(batch)
+        finally:
+            metrics.APPLY_DURATION.observe(time.perf_counter() - apply_started)
+        outcomes: list[EventOutcome] = []
+        retries = []
+        for (entry, event, _), result in zip(batch, results, strict=True):
+            attempt = event.attempts + 1
+            if isinstance(result, ApplyOutcome):
+                state = EventState.APPLIED if result is ApplyOutcome.APPLIED else EventState.STALE
+                outcomes.append(EventOutcome(entry, event.member, state, attempt))
+                continue
+            if isinstance(result, PermanentSinkError):
+                error = _error_text("permanent", result)
+                outcomes.append(EventOutcome(entry, event.member, EventState.DEAD, attempt, error))
+                continue
+            if isinstance(result, TransientSinkError | TimeoutError):
+                error = _error_text("transient", result)
+            else:
+                # An unexpected sink bug: logged with its (redacted) traceback and retried like
+                # a transient failure, so a fix and a restart can still apply the event.
+                log.error(
+                    "sink_failed",
+                    event_id=event.event_id,
+                    record_key=event.record_key,
+                    exc_info=result,
+                )
+                error = _error_text("unexpected", result)
+            if attempt >= self.settings.max_attempts:
+                error = f"gave up after {attempt} attempts: {error}"
+                outcomes.append(EventOutcome(entry, event.member, EventState.DEAD, attempt, error))
+                continue
+            outcomes.append(EventOutcome(entry, event.member, EventState.PENDING, attempt, error))
+            retries.append(self._schedule_retry(entry, event, attempt, error))
+        if retries:
+            await asyncio.gather(*retries)
+        return outcomes
+
+    def _report(self, outcome: EventOutcome, event: StoredEvent | None, duration_ms: float) -> None:
+        """The metrics and the log line of one recorded outcome (SPEC §8)."""
+        state = outcome.state
+        source = event.source if event is not None else source_of(outcome.member)
+        metrics.child(metrics.EVENTS_PROCESSED, source, state.value).inc()
+        if event is None:
+            return
         metrics.EVENT_LATENCY.observe(max(0.0, (now_ms() - event.received_ms) / 1000))
         log.info(
             "event_processed",
-            source=event.source,
+            source=source,
             event_id=event.event_id,
             type=event.event_type,
             record_key=event.record_key,
             outcome=state.value,
-            attempts=attempt,
-            duration_ms=round(duration * 1000, 3),
-            **({"error": error} if error else {}),
+            attempts=outcome.attempts,
+            duration_ms=duration_ms,
+            **({"error": outcome.last_error} if outcome.last_error else {}),
         )
-        return state
 
-    async def _apply(
-        self, event: StoredEvent, attempt: int, entry: QueueEntry | None
-    ) -> tuple[EventState | None, str]:
-        """Map and apply; a None state means a retry was scheduled."""
-        try:
-            body = self.runtime.cipher.open(event.body, event.encrypted)
-            document = parse_body(body)
-            received = datetime.fromtimestamp(event.received_ms / 1000, UTC)
-            mapped = map_event(document, event.event_id, received)
-        except UnmappableEvent as exc:
-            return EventState.DEAD, f"unmappable: {exc.reason}"
-        except BodyDecryptError as exc:
-            return EventState.DEAD, str(exc)
-        # The record was made just now, so its applied_at is the time of this attempt.
-        record = mapped.record
-        apply_started = time.perf_counter()
-        try:
-            # asyncio.timeout, not wait_for: no extra task per event.
-            async with asyncio.timeout(self.settings.sink_timeout_seconds + 1):
-                outcome = await self.sink.apply(record)
-        except PermanentSinkError as exc:
-            return EventState.DEAD, _error_text("permanent", exc)
-        except (TransientSinkError, TimeoutError) as exc:
-            return await self._retry_or_give_up(
-                event, attempt, entry, _error_text("transient", exc)
-            )
-        except Exception as exc:
-            # An unexpected sink bug: logged with its (redacted) traceback and retried like a
-            # transient failure, so a fix and a restart can still apply the event.
-            log.exception("sink_failed", event_id=event.event_id, record_key=event.record_key)
-            return await self._retry_or_give_up(
-                event, attempt, entry, _error_text("unexpected", exc)
-            )
-        finally:
-            metrics.APPLY_DURATION.observe(time.perf_counter() - apply_started)
-        return (EventState.APPLIED if outcome is ApplyOutcome.APPLIED else EventState.STALE), ""
-
-    async def _retry_or_give_up(
-        self, event: StoredEvent, attempt: int, entry: QueueEntry | None, error: str
-    ) -> tuple[EventState | None, str]:
-        if attempt >= self.settings.max_attempts or entry is None:
-            return EventState.DEAD, f"gave up after {attempt} attempts: {error}"
+    async def _schedule_retry(
+        self, entry: QueueEntry, event: StoredEvent, attempt: int, error: str
+    ) -> None:
         delay = backoff_delay(
             attempt, self.settings.retry_base_seconds, self.settings.retry_max_seconds
         )
@@ -259,7 +323,6 @@ class Worker:
             retry_in_s=round(delay, 3),
             error=error,
         )
-        return None, error
 
 
 def _error_text(kind: str, exc: BaseException) -> str:

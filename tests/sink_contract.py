@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from receiver.models import ApplyOutcome, Record
 from receiver.settings import Settings
-from receiver.sinks.base import Sink
+from receiver.sinks.base import Sink, apply_all
 from tests.conftest import TEST_SECRET
 
 BASE_TIME = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)
@@ -134,6 +134,22 @@ class SinkContract:
         await backend.sink.setup()
         record = make_record(new_key(), "queued")
         assert await backend.sink.apply(record) is ApplyOutcome.APPLIED
+
+    async def test_a_batch_gets_one_answer_per_record_in_order(self, backend: Backend) -> None:
+        """apply_all (how the worker applies a batch) answers each record as apply would."""
+        stored_key, first, second = new_key(), new_key(), new_key()
+        await backend.sink.apply(make_record(stored_key, "succeeded", seconds=300))
+        batch = [
+            make_record(first, "queued"),
+            make_record(stored_key, "processing", seconds=60),  # older than what is stored
+            make_record(second, "failed"),
+        ]
+        outcomes = await apply_all(backend.sink, batch)
+        assert [ApplyOutcome.APPLIED, ApplyOutcome.STALE, ApplyOutcome.APPLIED] == outcomes
+        assert [(await backend.read(key) or {}).get("status") for key in (first, second)] == [
+            "queued",
+            "failed",
+        ]
 
     async def test_ping(self, backend: Backend) -> None:
         """ping() passes when the backend is up."""

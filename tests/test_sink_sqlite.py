@@ -134,6 +134,25 @@ class TestStorage:
         assert isinstance(outcomes[1], PermanentSinkError)
         assert [read_row(path, key) is not None for key in keys] == [True, False, True]
 
+    async def test_a_rejected_row_fails_alone_in_its_batch(self, tmp_path: Path) -> None:
+        """apply_many: the refused row's answer is its error; the others still commit."""
+        path = tmp_path / "records.db"
+        url = f"sqlite:///{path}"
+        sink = SqliteSink(url, sink_settings(tmp_path, url))
+        await sink.setup()
+        with sqlite3.connect(path) as connection:
+            connection.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON generations"
+                " WHEN NEW.record_key = 'refused' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        connection.close()
+        keys = [new_key(), "refused", new_key()]
+        outcomes = await sink.apply_many([make_record(key, "queued") for key in keys])
+        await sink.aclose()
+        assert outcomes[0] is outcomes[2] is ApplyOutcome.APPLIED
+        assert isinstance(outcomes[1], PermanentSinkError)
+        assert [read_row(path, key) is not None for key in keys] == [True, False, True]
+
     async def test_writes_do_not_block_the_event_loop(self, tmp_path: Path) -> None:
         """While a write waits for a lock, the event loop keeps running other tasks."""
         path = tmp_path / "records.db"
@@ -242,3 +261,25 @@ class TestGroupCommit:
         assert [ApplyOutcome.APPLIED, ApplyOutcome.STALE] + [ApplyOutcome.APPLIED] * 100 == outcomes
         assert 1 <= len(commits) < 20, f"{len(commits)} commits for 102 records"
         assert "succeeded" == read_row(tmp_path / "records.db", key)["status"]  # type: ignore[index]
+
+    async def test_a_batch_is_one_transaction(self, tmp_path: Path) -> None:
+        """apply_many writes a whole batch in one transaction, each record still guarded."""
+        url = f"sqlite:///{tmp_path}/records.db"
+        sink = SqliteSink(url, sink_settings(tmp_path, url))
+        await sink.setup()
+        commits: list[str] = []
+
+        def trace() -> None:
+            assert sink._connection is not None
+            sink._connection.set_trace_callback(
+                lambda sql: commits.append(sql) if sql == "COMMIT" else None
+            )
+
+        await sink._run(trace)
+        key = new_key()
+        batch = [make_record(key, "succeeded", seconds=300), make_record(key, "queued")]
+        batch += [make_record(new_key(), "succeeded") for _ in range(50)]
+        outcomes = await sink.apply_many(batch)
+        await sink.aclose()
+        assert [ApplyOutcome.APPLIED, ApplyOutcome.STALE] + [ApplyOutcome.APPLIED] * 50 == outcomes
+        assert ["COMMIT"] == commits

@@ -13,7 +13,7 @@ import redis
 
 from receiver.keys import CONSUMER_GROUP, all_shards, keys_for, member_of, shard_of
 from receiver.models import EventState
-from receiver.store import AcceptResult, EventStore, IncomingEvent, now_ms
+from receiver.store import AcceptResult, EventOutcome, EventStore, IncomingEvent, now_ms
 from tests.factories import base_env, event_body, signed_headers
 from tests.redis_proc import RedisProcess
 from tests.servers import ServiceThread
@@ -163,6 +163,46 @@ class TestAcceptScript:
             history_ttl = await redis_client.pttl(shard.history(member))
             assert 0 < history_ttl <= await redis_client.pttl(shard.event(member)) + 5
             assert (await store.history(member))[-1]["state"] == "applied"
+
+
+async def test_a_batch_of_outcomes_is_one_script_call(tmp_path: Path) -> None:
+    """finish_many records each event's outcome and acknowledges all with one EVALSHA."""
+    from receiver.redis_client import create_client
+
+    shard = all_shards(1)[0]
+    with RedisProcess(tmp_path / "redis") as server, redis.Redis(port=server.port) as admin:
+        client = create_client(server.url)
+        store = EventStore(client, retention_seconds=60)
+        try:
+            await store.prepare()
+            for n in range(6):
+                await store.accept(incoming(f"e_{n}"))
+            entries = await store.read("c1", 10, 10)
+            admin.config_resetstat()
+            outcomes = [(EventState.APPLIED, ""), (EventState.DEAD, "permanent: x")] * 3
+            await store.finish_many(
+                [
+                    EventOutcome(entry, entry.member, state, 1, error)
+                    for entry, (state, error) in zip(entries, outcomes, strict=True)
+                ]
+            )
+            stats = admin.info("commandstats")
+            histories = [(await store.history(entry.member))[-1] for entry in entries]
+        finally:
+            await store.aclose()
+            await client.aclose()
+        states = [admin.hget(shard.event(entry.member), "state") for entry in entries]
+        dead = {member.decode() for member in admin.zrange(shard.dead, 0, -1)}
+        pending = admin.xpending(shard.stream, CONSUMER_GROUP)["pending"]
+        backlog = (admin.xlen(shard.stream), pending)
+    assert 6 == len(entries)
+    assert [b"applied", b"dead"] * 3 == states
+    assert {entry.member for entry in entries[1::2]} == dead
+    assert ["applied", "dead"] * 3 == [line["state"] for line in histories]
+    assert (0, 0) == backlog
+    assert (1, 1, 1) == tuple(
+        stats[f"cmdstat_{name}"]["calls"] for name in ("evalsha", "xack", "xdel")
+    )
 
 
 async def test_worker_reads_cost_one_round_trip_when_idle(tmp_path: Path) -> None:

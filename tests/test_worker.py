@@ -119,6 +119,67 @@ class TestApply:
         assert row == ("succeeded", "msg_new")
 
 
+class TestBatches:
+    async def test_backlog_is_applied_in_batches(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+    ) -> None:
+        """A backlog is loaded, applied and finished a batch at a time, every event applied."""
+        from receiver.runtime import Runtime
+        from receiver.worker import Worker
+
+        settings = worker_settings(tmp_path, redis_url, f"sqlite:///{tmp_path}/records.db")
+        events = [f"msg_batch_{n}" for n in range(40)]
+        runtime = await Runtime.open(settings, with_sink=True)
+        try:
+            with ServiceThread(settings) as service:  # ingest only
+                for n, event_id in enumerate(events):
+                    assert 202 == deliver(service, event_body(task_id=f"task_b{n}"), event_id)
+            clean_redis.config_resetstat()
+            assert runtime.sink is not None
+            worker = Worker(runtime, runtime.sink)
+            task = asyncio.create_task(worker.run())
+            for _ in range(200):  # polling Redis: the states change in another component
+                if all(state_of(clean_redis, e).get(b"state") == b"applied" for e in events):
+                    break
+                await asyncio.sleep(0.05)
+            await worker.stop(5)
+            await task
+            stats = clean_redis.info("commandstats")
+        finally:
+            await runtime.aclose()
+        assert [b"applied"] * 40 == [state_of(clean_redis, e).get(b"state") for e in events]
+        rows = sqlite3.connect(tmp_path / "records.db").execute("SELECT COUNT(*) FROM generations")
+        assert (40,) == rows.fetchone()
+        # One finish script and one XACK per batch (at most 8 events with the default
+        # concurrency of 16), not one per event.
+        finish_calls = stats["cmdstat_xack"]["calls"]
+        assert 5 <= finish_calls <= 10, f"{finish_calls} finish calls for 40 events"
+
+    def test_each_event_of_a_batch_gets_its_own_outcome(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+    ) -> None:
+        """In one batch one record is accepted, one refused for good, one retried."""
+        with Downstream(200, 422, 503, 200) as downstream:
+            settings = worker_settings(tmp_path, redis_url, downstream.url)
+            events = ["msg_mix_a", "msg_mix_b", "msg_mix_c"]
+            with ServiceThread(settings) as service:  # ingest only: the three wait together
+                for n, event_id in enumerate(events):
+                    deliver(service, event_body(task_id=f"task_mix{n}"), event_id)
+            with ServiceThread(settings, run_worker=True):
+                wait_until(
+                    lambda: (
+                        sorted(state_of(clean_redis, e).get(b"state", b"") for e in events)
+                        == [b"applied", b"applied", b"dead"]
+                    )
+                )
+        outcomes = sorted(
+            (stored[b"state"], stored[b"attempts"])
+            for stored in (state_of(clean_redis, e) for e in events)
+        )
+        assert [(b"applied", b"1"), (b"applied", b"2"), (b"dead", b"1")] == outcomes
+        assert 4 == len(downstream.requests)
+
+
 class TestRetries:
     def test_outage_is_retried_then_applied(
         self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis

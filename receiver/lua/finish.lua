@@ -1,27 +1,38 @@
--- Record a worker's outcome and acknowledge the queue entry in one step, so an event is
--- never both acknowledged and still "pending", nor finished and still queued.
+-- Record the outcomes of a batch of events and acknowledge their queue entries in one
+-- step, so an event is never both acknowledged and still "pending", nor finished and still
+-- queued. All keys belong to one queue shard (one cluster slot).
 --
--- KEYS: 1 event hash, 2 history list, 3 stream, 4 dead zset
--- ARGV: 1 stream entry id ('' for none), 2 group, 3 state, 4 attempts, 5 last_error,
---       6 now_ms, 7 history entry, 8 member
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'state', ARGV[3], 'attempts', ARGV[4], 'last_error', ARGV[5],
-             'updated_ms', ARGV[6])
-  -- RPUSH keeps an existing list's expiry; only a list it had to create needs one.
-  if redis.call('RPUSH', KEYS[2], ARGV[7]) == 1 then
-    local ttl = redis.call('PTTL', KEYS[1])
-    if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+-- KEYS: 1 stream, 2 dead zset, then for each event: its hash, its history list
+-- ARGV: 1 group, 2 now_ms, then for each event 6 values: stream entry id ('' for none),
+--       state, attempts, last_error, history entry, member
+--
+-- PERF: one call per batch: the per-call cost of EVALSHA and of XACK/XDEL is paid once.
+local group, now = ARGV[1], ARGV[2]
+local acknowledged = {}
+for i = 0, (#KEYS - 2) / 2 - 1 do
+  local hash, history = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+  local a = 3 + 6 * i
+  local entry_id, state, member = ARGV[a], ARGV[a + 1], ARGV[a + 5]
+  if redis.call('EXISTS', hash) == 1 then
+    redis.call('HSET', hash, 'state', state, 'attempts', ARGV[a + 2], 'last_error', ARGV[a + 3],
+               'updated_ms', now)
+    -- RPUSH keeps an existing list's expiry; only a list it had to create needs one.
+    if redis.call('RPUSH', history, ARGV[a + 4]) == 1 then
+      local ttl = redis.call('PTTL', hash)
+      if ttl > 0 then redis.call('PEXPIRE', history, ttl) end
+    end
+    if state == 'dead' then
+      local received = redis.call('HGET', hash, 'received_ms') or now
+      redis.call('ZADD', KEYS[2], received, member)
+    else
+      redis.call('ZREM', KEYS[2], member)
+    end
   end
-  if ARGV[3] == 'dead' then
-    local received = redis.call('HGET', KEYS[1], 'received_ms') or ARGV[6]
-    redis.call('ZADD', KEYS[4], received, ARGV[8])
-  else
-    redis.call('ZREM', KEYS[4], ARGV[8])
-  end
+  if entry_id ~= '' then acknowledged[#acknowledged + 1] = entry_id end
 end
-if ARGV[1] ~= '' then
-  redis.call('XACK', KEYS[3], ARGV[2], ARGV[1])
+if #acknowledged > 0 then
+  redis.call('XACK', KEYS[1], group, unpack(acknowledged))
   -- Acknowledged entries are of no further use: the event lives in its hash.
-  redis.call('XDEL', KEYS[3], ARGV[1])
+  redis.call('XDEL', KEYS[1], unpack(acknowledged))
 end
 return 1

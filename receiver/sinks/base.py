@@ -6,8 +6,9 @@ entry-point group ``receiver.sinks`` with the scheme as its name (SPEC §5).
 
 from __future__ import annotations
 
+import asyncio
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from urllib.parse import urlsplit
@@ -47,6 +48,32 @@ class Sink(Protocol):
     async def aclose(self) -> None:
         """Release connections."""
         ...
+
+
+async def apply_all(sink: Sink, records: Sequence[Record]) -> list[ApplyOutcome | Exception]:
+    """Apply a batch: one outcome or exception per record, in order.
+
+    A sink may offer ``apply_many`` with the same answer (the built-in SQL sinks do: their
+    group commit takes the batch in one step); any other sink has ``apply`` called for
+    each record concurrently.
+    """
+    apply_many = getattr(sink, "apply_many", None)
+    if apply_many is not None:
+        results: list[ApplyOutcome | Exception] = await apply_many(records)
+        return results
+    if len(records) == 1:  # no task needed for one
+        try:
+            return [await sink.apply(records[0])]
+        except Exception as exc:
+            return [exc]
+    gathered = await asyncio.gather(*(sink.apply(r) for r in records), return_exceptions=True)
+    return [_not_cancellation(result) for result in gathered]
+
+
+def _not_cancellation(result: ApplyOutcome | BaseException) -> ApplyOutcome | Exception:
+    if isinstance(result, BaseException) and not isinstance(result, Exception):
+        raise result  # cancellation (or exit) of one apply ends the batch
+    return result
 
 
 SinkFactory = Callable[[str, "Settings"], Sink]

@@ -9,7 +9,7 @@ round of transaction overhead then cover many records; alone, a record is a grou
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from receiver.errors import SinkError
@@ -35,6 +35,26 @@ class GroupCommit(Generic[T]):
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_groups())
         return await future
+
+    async def apply_many(self, items: Sequence[T]) -> list[ApplyOutcome | SinkError]:
+        """``apply`` for several items at once: one outcome or sink error per item, in order."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[ApplyOutcome]] = [loop.create_future() for _ in items]
+        self._waiting.extend(zip(items, futures, strict=True))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_groups())
+        results: list[ApplyOutcome | SinkError] = []
+        try:
+            for future in futures:
+                try:
+                    results.append(await future)
+                except SinkError as exc:
+                    results.append(exc)
+        except asyncio.CancelledError:
+            for future in futures:  # the writer skips them; nobody waits for their answers
+                future.cancel()
+            raise
+        return results
 
     async def _write_groups(self) -> None:
         while self._waiting:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -94,6 +95,9 @@ class PostgresSink:
 
     async def apply(self, record: Record) -> ApplyOutcome:
         return await self._groups.apply(record)
+
+    async def apply_many(self, records: Sequence[Record]) -> list[ApplyOutcome | SinkError]:
+        return await self._groups.apply_many(records)
 
     async def _write_group(self, records: list[Record]) -> list[ApplyOutcome | SinkError]:
         try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -82,6 +82,9 @@ class SqliteSink:
 
     async def apply(self, record: Record) -> ApplyOutcome:
         return await self._groups.apply(flat_row(record))
+
+    async def apply_many(self, records: Sequence[Record]) -> list[ApplyOutcome | SinkError]:
+        return await self._groups.apply_many([flat_row(record) for record in records])
 
     async def _write_group(self, rows: list[dict[str, Any]]) -> list[ApplyOutcome | SinkError]:
         return list(await self._run(self._apply_group, rows))
