@@ -262,6 +262,27 @@ class TestGroupCommit:
         assert 1 <= len(commits) < 20, f"{len(commits)} commits for 102 records"
         assert "succeeded" == read_row(tmp_path / "records.db", key)["status"]  # type: ignore[index]
 
+    async def test_new_records_are_written_by_one_statement(self, tmp_path: Path) -> None:
+        """A batch in which every record changes its row is one INSERT, one COMMIT."""
+        url = f"sqlite:///{tmp_path}/records.db"
+        sink = SqliteSink(url, sink_settings(tmp_path, url))
+        await sink.setup()
+        statements: list[str] = []
+
+        def trace() -> None:
+            assert sink._connection is not None
+            sink._connection.set_trace_callback(lambda sql: statements.append(sql.split()[0]))
+
+        await sink._run(trace)
+        key = new_key()
+        batch = [make_record(key, "queued"), make_record(key, "succeeded", seconds=60)]
+        batch += [make_record(new_key(), "succeeded") for _ in range(40)]
+        outcomes = await sink.apply_many(batch)
+        await sink.aclose()
+        assert [ApplyOutcome.APPLIED] * 42 == outcomes
+        assert ["BEGIN", "INSERT", "COMMIT"] == statements
+        assert "succeeded" == read_row(tmp_path / "records.db", key)["status"]  # type: ignore[index]
+
     async def test_a_batch_is_one_transaction(self, tmp_path: Path) -> None:
         """apply_many writes a whole batch in one transaction, each record still guarded."""
         url = f"sqlite:///{tmp_path}/records.db"

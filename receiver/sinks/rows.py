@@ -51,16 +51,19 @@ def flat_row(record: Record) -> dict[str, Any]:
     }
 
 
-def guarded_upsert(placeholder: Callable[[str], str]) -> str:
+def guarded_upsert(placeholder: Callable[[str], str], rows: int = 1) -> str:
     """The ordering guard (SPEC §4) as one ``INSERT … ON CONFLICT … WHERE`` statement.
 
     A row changes only for a newer event (``source_updated_at``, then ``status_rank``) and
     a terminal status never goes back to a non-terminal one. ``placeholder`` spells a
-    named parameter in the driver's style (``:name`` for sqlite3, ``%(name)s`` for psycopg).
+    parameter in the driver's style (``:name`` for sqlite3, ``%(name)s`` for psycopg);
+    with ``rows`` > 1 the statement takes that many rows, guarded one after another in
+    order (SQLite; PostgreSQL refuses to touch one row twice in a statement).
     """
+    row = f"({', '.join(placeholder(name) for name in COLUMNS)})"
     return f"""
 INSERT INTO generations ({", ".join(COLUMNS)})
-VALUES ({", ".join(placeholder(name) for name in COLUMNS)})
+VALUES {", ".join([row] * rows)}
 ON CONFLICT (record_key) DO UPDATE SET
     {", ".join(f"{name} = excluded.{name}" for name in COLUMNS[1:])}
 WHERE NOT (generations.status_rank = {TERMINAL_RANK} AND excluded.status_rank < {TERMINAL_RANK})

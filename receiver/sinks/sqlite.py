@@ -14,6 +14,7 @@ events/s only with this).
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +25,8 @@ from urllib.parse import urlsplit
 from receiver.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
 from receiver.models import ApplyOutcome, Record
 from receiver.settings import mask_url
-from receiver.sinks.grouping import GroupCommit
-from receiver.sinks.rows import flat_row, guarded_upsert
+from receiver.sinks.grouping import MAX_GROUP, GroupCommit
+from receiver.sinks.rows import COLUMNS, flat_row, guarded_upsert
 
 if TYPE_CHECKING:
     from receiver.settings import Settings
@@ -53,6 +54,13 @@ CREATE TABLE IF NOT EXISTS generations (
 
 # Times compare as text in SQLite because format_time is fixed-width UTC.
 UPSERT = guarded_upsert(lambda name: f":{name}")
+
+
+@functools.lru_cache(maxsize=MAX_GROUP)
+def upsert_rows(count: int) -> str:
+    """The guarded upsert of ``count`` rows, with positional parameters in COLUMNS order."""
+    return guarded_upsert(lambda _name: "?", rows=count)
+
 
 STORED_EVENT = "SELECT last_event_id FROM generations WHERE record_key = ?"
 
@@ -135,13 +143,36 @@ class SqliteSink:
     def _apply_group(
         self, rows: list[dict[str, Any]]
     ) -> list[ApplyOutcome | TransientSinkError | PermanentSinkError]:
-        # PERF: the whole group in one transaction with no per-row savepoints (two statements
-        # per row fewer). Should a row fail, the group is rolled back and written again with
-        # a savepoint around each row, so that row fails alone and the others still commit.
+        # PERF: first the whole group as one statement; when every row changed, each was
+        # applied and that is the answer. Otherwise (a stale or redelivered event) it is
+        # rolled back and written a row at a time, which tells the rows apart; should a row
+        # fail, once more with a savepoint around each row, so it fails alone.
         try:
+            if self._apply_together(rows):
+                return [ApplyOutcome.APPLIED] * len(rows)
             return self._in_transaction(rows, isolate_rows=False)
         except sqlite3.Error:
             return self._in_transaction(rows, isolate_rows=True)
+
+    def _apply_together(self, rows: list[dict[str, Any]]) -> bool:
+        """Upsert all rows in one statement; commit and True only if every row changed.
+
+        One statement is one sqlite3 call: the thread gives up and takes back the GIL once
+        instead of once per row, which under load (the event loop holding the GIL) cost
+        more than the writes (bench: 4x the thread's CPU per row with a busy main thread).
+        """
+        connection = self._connect()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            values = [row[name] for row in rows for name in COLUMNS]
+            # rowcount counts the rows this statement inserted or updated (not triggers').
+            changed = connection.execute(upsert_rows(len(rows)), values).rowcount
+            connection.execute("COMMIT" if changed == len(rows) else "ROLLBACK")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        return changed == len(rows)
 
     def _in_transaction(
         self, rows: list[dict[str, Any]], *, isolate_rows: bool
