@@ -1,6 +1,6 @@
 """Instructions per webhook request on the in-process request path, counted by callgrind.
 
-Usage: python bench/instructions.py [--stub accept,map,verify,metrics,log]
+Usage: python bench/instructions.py [--stub accept,map,verify,metrics,log] [--path worker]
 
 Timings on a shared 2-core VM move by ±20% from run to run; instruction counts do not
 (two runs agree to ~0.1%), so this is the A/B tool for a change to the request path. It
@@ -9,7 +9,9 @@ sockets to the client) under ``valgrind --tool=callgrind`` four times: 300 and 1
 requests, each with and without serving them, and prints
 ``((serve 1300 - serve 300) - (setup 1300 - setup 300)) / 1000``, so imports, start-up
 and request generation cancel out. ``--stub`` replaces parts with no-ops to show what each
-costs (the difference from the plain run). Needs valgrind (Debian package ``valgrind``).
+costs (the difference from the plain run). ``--path worker`` counts the worker instead:
+the deliveries are served in every run, and a worker applies them (SQLite sink) in the
+measured ones. Needs valgrind (Debian package ``valgrind``).
 
 Crypto under valgrind takes OpenSSL's generic code path, which overstates verification.
 """

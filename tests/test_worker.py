@@ -155,6 +155,47 @@ class TestBatches:
         finish_calls = stats["cmdstat_xack"]["calls"]
         assert 5 <= finish_calls <= 10, f"{finish_calls} finish calls for 40 events"
 
+    async def test_events_arriving_one_by_one_are_applied_together(
+        self,
+        tmp_path: Path,
+        redis_url: str,
+        clean_redis: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """After a read that did not fill a batch the worker waits a moment (the linger), so
+        events arriving one by one in that time are applied as one batch."""
+        from receiver import worker as worker_module
+        from receiver.runtime import Runtime
+
+        monkeypatch.setattr(worker_module, "BATCH_LINGER_SECONDS", 1.0)
+        settings = worker_settings(tmp_path, redis_url, f"sqlite:///{tmp_path}/records.db")
+        events = [f"msg_linger_{n}" for n in range(6)]
+        runtime = await Runtime.open(settings, with_sink=True)
+        try:
+            with ServiceThread(settings) as service:
+                assert runtime.sink is not None
+                worker = worker_module.Worker(runtime, runtime.sink)
+                task = asyncio.create_task(worker.run())
+                await asyncio.sleep(0.2)  # the worker is waiting on an empty queue
+                clean_redis.config_resetstat()
+                for n, event_id in enumerate(events):
+                    await asyncio.to_thread(
+                        deliver, service, event_body(task_id=f"task_l{n}"), event_id
+                    )
+                    await asyncio.sleep(0.05)  # one by one: each alone would be its own read
+                for _ in range(100):  # polling Redis: the states change in another component
+                    if all(state_of(clean_redis, e).get(b"state") == b"applied" for e in events):
+                        break
+                    await asyncio.sleep(0.05)
+                await worker.stop(5)
+                await task
+            stats = clean_redis.info("commandstats")
+        finally:
+            await runtime.aclose()
+        assert [b"applied"] * 6 == [state_of(clean_redis, e).get(b"state") for e in events]
+        # The first event alone, then the five that arrived during the linger together.
+        assert 2 == stats["cmdstat_xack"]["calls"]
+
     def test_each_event_of_a_batch_gets_its_own_outcome(
         self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
     ) -> None:

@@ -31,6 +31,10 @@ class Sink(Protocol):
     ``STALE`` otherwise. Re-applying the event that produced the stored state returns
     ``APPLIED`` without changing anything (a redelivery after a crash). Failures raise
     ``TransientSinkError`` (retry) or ``PermanentSinkError`` (dead letter).
+
+    Optionally a sink may also offer ``apply_many(records)``, answering a list with one
+    outcome or sink error per record, in order; the worker then hands it each batch in one
+    call (see ``apply_all``).
     """
 
     async def apply(self, record: Record) -> ApplyOutcome:
