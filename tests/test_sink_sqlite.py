@@ -61,6 +61,21 @@ class TestContract(SinkContract):
     """The shared sink contract on a SQLite file shared by several sink instances."""
 
 
+async def refusing_sink(tmp_path: Path) -> tuple[SqliteSink, Path]:
+    """A sink whose database refuses (by trigger) a row with record key ``refused``."""
+    path = tmp_path / "records.db"
+    url = f"sqlite:///{path}"
+    sink = SqliteSink(url, sink_settings(tmp_path, url))
+    await sink.setup()
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON generations"
+            " WHEN NEW.record_key = 'refused' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    connection.close()
+    return sink, path
+
+
 class TestStorage:
     async def test_column_types(self, backend: Backend, tmp_path: Path) -> None:
         """Credits are REAL, times ISO 8601 TEXT, URLs JSON text, rank an INTEGER."""
@@ -115,16 +130,7 @@ class TestStorage:
 
     async def test_a_rejected_row_fails_alone_in_its_group(self, tmp_path: Path) -> None:
         """A row the database refuses fails by itself; the rest of its group commits."""
-        path = tmp_path / "records.db"
-        url = f"sqlite:///{path}"
-        sink = SqliteSink(url, sink_settings(tmp_path, url))
-        await sink.setup()
-        with sqlite3.connect(path) as connection:
-            connection.execute(
-                "CREATE TRIGGER refuse BEFORE INSERT ON generations"
-                " WHEN NEW.record_key = 'refused' BEGIN SELECT RAISE(ABORT, 'refused'); END"
-            )
-        connection.close()
+        sink, path = await refusing_sink(tmp_path)
         keys = [new_key(), "refused", new_key()]
         outcomes = await asyncio.gather(
             *(sink.apply(make_record(key, "queued")) for key in keys), return_exceptions=True
@@ -136,16 +142,7 @@ class TestStorage:
 
     async def test_a_rejected_row_fails_alone_in_its_batch(self, tmp_path: Path) -> None:
         """apply_many: the refused row's answer is its error; the others still commit."""
-        path = tmp_path / "records.db"
-        url = f"sqlite:///{path}"
-        sink = SqliteSink(url, sink_settings(tmp_path, url))
-        await sink.setup()
-        with sqlite3.connect(path) as connection:
-            connection.execute(
-                "CREATE TRIGGER refuse BEFORE INSERT ON generations"
-                " WHEN NEW.record_key = 'refused' BEGIN SELECT RAISE(ABORT, 'refused'); END"
-            )
-        connection.close()
+        sink, path = await refusing_sink(tmp_path)
         keys = [new_key(), "refused", new_key()]
         outcomes = await sink.apply_many([make_record(key, "queued") for key in keys])
         await sink.aclose()
@@ -237,21 +234,25 @@ class TestUrls:
         assert stored == record.to_json()
 
 
+async def traced_sink(tmp_path: Path) -> tuple[SqliteSink, list[str]]:
+    """A sink on a new file, and the first word of every statement it runs from now on."""
+    url = f"sqlite:///{tmp_path}/records.db"
+    sink = SqliteSink(url, sink_settings(tmp_path, url))
+    await sink.setup()
+    statements: list[str] = []
+
+    def trace() -> None:
+        assert sink._connection is not None
+        sink._connection.set_trace_callback(lambda sql: statements.append(sql.split()[0]))
+
+    await sink._run(trace)
+    return sink, statements
+
+
 class TestGroupCommit:
     async def test_concurrent_applies_share_transactions(self, tmp_path: Path) -> None:
         """Records applied concurrently are committed in groups, each still guarded."""
-        url = f"sqlite:///{tmp_path}/records.db"
-        sink = SqliteSink(url, sink_settings(tmp_path, url))
-        await sink.setup()
-        commits: list[str] = []
-
-        def trace() -> None:
-            assert sink._connection is not None
-            sink._connection.set_trace_callback(
-                lambda sql: commits.append(sql) if sql == "COMMIT" else None
-            )
-
-        await sink._run(trace)
+        sink, statements = await traced_sink(tmp_path)
         key = new_key()
         newer = make_record(key, "succeeded", seconds=300)
         older = make_record(key, "processing", seconds=60)
@@ -259,21 +260,13 @@ class TestGroupCommit:
         outcomes = await asyncio.gather(*(sink.apply(r) for r in [newer, older, *others]))
         await sink.aclose()
         assert [ApplyOutcome.APPLIED, ApplyOutcome.STALE] + [ApplyOutcome.APPLIED] * 100 == outcomes
-        assert 1 <= len(commits) < 20, f"{len(commits)} commits for 102 records"
+        commits = statements.count("COMMIT")
+        assert 1 <= commits < 20, f"{commits} commits for 102 records"
         assert "succeeded" == read_row(tmp_path / "records.db", key)["status"]  # type: ignore[index]
 
     async def test_new_records_are_written_by_one_statement(self, tmp_path: Path) -> None:
         """A batch in which every record changes its row is one INSERT, one COMMIT."""
-        url = f"sqlite:///{tmp_path}/records.db"
-        sink = SqliteSink(url, sink_settings(tmp_path, url))
-        await sink.setup()
-        statements: list[str] = []
-
-        def trace() -> None:
-            assert sink._connection is not None
-            sink._connection.set_trace_callback(lambda sql: statements.append(sql.split()[0]))
-
-        await sink._run(trace)
+        sink, statements = await traced_sink(tmp_path)
         key = new_key()
         batch = [make_record(key, "queued"), make_record(key, "succeeded", seconds=60)]
         batch += [make_record(new_key(), "succeeded") for _ in range(40)]
@@ -285,22 +278,11 @@ class TestGroupCommit:
 
     async def test_a_batch_is_one_transaction(self, tmp_path: Path) -> None:
         """apply_many writes a whole batch in one transaction, each record still guarded."""
-        url = f"sqlite:///{tmp_path}/records.db"
-        sink = SqliteSink(url, sink_settings(tmp_path, url))
-        await sink.setup()
-        commits: list[str] = []
-
-        def trace() -> None:
-            assert sink._connection is not None
-            sink._connection.set_trace_callback(
-                lambda sql: commits.append(sql) if sql == "COMMIT" else None
-            )
-
-        await sink._run(trace)
+        sink, statements = await traced_sink(tmp_path)
         key = new_key()
         batch = [make_record(key, "succeeded", seconds=300), make_record(key, "queued")]
         batch += [make_record(new_key(), "succeeded") for _ in range(50)]
         outcomes = await sink.apply_many(batch)
         await sink.aclose()
         assert [ApplyOutcome.APPLIED, ApplyOutcome.STALE] + [ApplyOutcome.APPLIED] * 50 == outcomes
-        assert ["COMMIT"] == commits
+        assert 1 == statements.count("COMMIT")

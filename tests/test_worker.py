@@ -119,13 +119,34 @@ class TestApply:
         assert row == ("succeeded", "msg_new")
 
 
+async def run_worker_until_applied(
+    runtime: Any, client: redis.Redis, events: list[str], deliver_all: Callable[[], Any]
+) -> dict[str, Any]:
+    """Start an in-process worker, await ``deliver_all()``, wait (up to 10 s) until every
+    event is applied, stop the worker; returns Redis's commandstats from the start on."""
+    from receiver.worker import Worker
+
+    assert runtime.sink is not None
+    client.config_resetstat()
+    worker = Worker(runtime, runtime.sink)
+    task = asyncio.create_task(worker.run())
+    await deliver_all()
+    for _ in range(200):  # polling Redis: the states change in another component
+        if all(state_of(client, e).get(b"state") == b"applied" for e in events):
+            break
+        await asyncio.sleep(0.05)
+    await worker.stop(5)
+    await task
+    stats: dict[str, Any] = client.info("commandstats")
+    return stats
+
+
 class TestBatches:
     async def test_backlog_is_applied_in_batches(
         self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
     ) -> None:
         """A backlog is loaded, applied and finished a batch at a time, every event applied."""
         from receiver.runtime import Runtime
-        from receiver.worker import Worker
 
         settings = worker_settings(tmp_path, redis_url, f"sqlite:///{tmp_path}/records.db")
         events = [f"msg_batch_{n}" for n in range(40)]
@@ -134,17 +155,9 @@ class TestBatches:
             with ServiceThread(settings) as service:  # ingest only
                 for n, event_id in enumerate(events):
                     assert 202 == deliver(service, event_body(task_id=f"task_b{n}"), event_id)
-            clean_redis.config_resetstat()
-            assert runtime.sink is not None
-            worker = Worker(runtime, runtime.sink)
-            task = asyncio.create_task(worker.run())
-            for _ in range(200):  # polling Redis: the states change in another component
-                if all(state_of(clean_redis, e).get(b"state") == b"applied" for e in events):
-                    break
-                await asyncio.sleep(0.05)
-            await worker.stop(5)
-            await task
-            stats = clean_redis.info("commandstats")
+            stats = await run_worker_until_applied(
+                runtime, clean_redis, events, lambda: asyncio.sleep(0)
+            )
         finally:
             await runtime.aclose()
         assert [b"applied"] * 40 == [state_of(clean_redis, e).get(b"state") for e in events]
@@ -173,23 +186,14 @@ class TestBatches:
         runtime = await Runtime.open(settings, with_sink=True)
         try:
             with ServiceThread(settings) as service:
-                assert runtime.sink is not None
-                worker = worker_module.Worker(runtime, runtime.sink)
-                task = asyncio.create_task(worker.run())
-                await asyncio.sleep(0.2)  # the worker is waiting on an empty queue
-                clean_redis.config_resetstat()
-                for n, event_id in enumerate(events):
-                    await asyncio.to_thread(
-                        deliver, service, event_body(task_id=f"task_l{n}"), event_id
-                    )
-                    await asyncio.sleep(0.05)  # one by one: each alone would be its own read
-                for _ in range(100):  # polling Redis: the states change in another component
-                    if all(state_of(clean_redis, e).get(b"state") == b"applied" for e in events):
-                        break
-                    await asyncio.sleep(0.05)
-                await worker.stop(5)
-                await task
-            stats = clean_redis.info("commandstats")
+
+                async def one_by_one() -> None:
+                    for n, event_id in enumerate(events):
+                        body = event_body(task_id=f"task_l{n}")
+                        await asyncio.to_thread(deliver, service, body, event_id)
+                        await asyncio.sleep(0.05)  # alone, each would be its own read
+
+                stats = await run_worker_until_applied(runtime, clean_redis, events, one_by_one)
         finally:
             await runtime.aclose()
         assert [b"applied"] * 6 == [state_of(clean_redis, e).get(b"state") for e in events]
