@@ -18,7 +18,7 @@ import pytest
 
 from receiver.errors import PermanentSinkError, TransientSinkError
 from receiver.models import ApplyOutcome, format_time
-from receiver.sinks.base import find_factory
+from receiver.sinks.base import apply_all, find_factory
 from receiver.sinks.postgres import PostgresSink
 from tests.conftest import free_port
 from tests.sink_contract import (
@@ -100,6 +100,33 @@ class TestStorage:
         record = make_record(new_key(), "queued")
         assert await backend.sink.apply(record) is ApplyOutcome.APPLIED
         assert read_row(schema_dsn, record.record_key) == record.to_json()
+
+    async def test_distinct_records_are_written_by_one_statement(
+        self, backend: Backend, schema_dsn: str
+    ) -> None:
+        """A batch of records with different keys, each changing its row, is one INSERT;
+        every field reads back as written (values go as text, the server types them)."""
+        await backend.sink.setup()
+        with psycopg.connect(schema_dsn, autocommit=True) as connection:
+            connection.execute("CREATE TABLE statements (at timestamptz)")
+            connection.execute(
+                "CREATE FUNCTION count_statement() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN INSERT INTO statements VALUES (now()); RETURN NULL; END $$"
+            )
+            connection.execute(
+                "CREATE TRIGGER count_statement AFTER INSERT ON generations"
+                " FOR EACH STATEMENT EXECUTE FUNCTION count_statement()"
+            )
+        records = [full_record(new_key()) for _ in range(20)]
+        records.append(make_record(new_key(), "queued"))  # NULLs and defaults too
+        outcomes = await apply_all(backend.sink, records)
+        with psycopg.connect(schema_dsn) as connection:
+            [(statements,)] = connection.execute("SELECT count(*) FROM statements").fetchall()
+        assert [ApplyOutcome.APPLIED] * 21 == outcomes
+        assert [record.to_json() for record in records] == [
+            read_row(schema_dsn, record.record_key) for record in records
+        ]
+        assert 1 == statements
 
     async def test_setup_concurrently(self, backend: Backend) -> None:
         """Workers starting together do not race on CREATE TABLE."""

@@ -57,8 +57,8 @@ def guarded_upsert(placeholder: Callable[[str], str], rows: int = 1) -> str:
     A row changes only for a newer event (``source_updated_at``, then ``status_rank``) and
     a terminal status never goes back to a non-terminal one. ``placeholder`` spells a
     parameter in the driver's style (``:name`` for sqlite3, ``%(name)s`` for psycopg);
-    with ``rows`` > 1 the statement takes that many rows, guarded one after another in
-    order (SQLite; PostgreSQL refuses to touch one row twice in a statement).
+    with ``rows`` > 1 the statement takes that many rows, each guarded (SQLite takes them
+    one after another, so one key may appear twice; PostgreSQL refuses that).
     """
     row = f"({', '.join(placeholder(name) for name in COLUMNS)})"
     return f"""
