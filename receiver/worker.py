@@ -230,14 +230,15 @@ class Worker:
                 outcomes.append(EventOutcome(entry, event.member, EventState.DEAD, attempt, error))
         if to_apply:
             outcomes += await self._apply_batch(to_apply)
-        applied = [outcome for outcome in outcomes if outcome.state is not EventState.PENDING]
-        if applied:
-            await self.store.finish_many(applied)
+        # Events scheduled for a retry were acknowledged with it; the rest are decided.
+        decided = [outcome for outcome in outcomes if outcome.state is not EventState.PENDING]
+        if decided:
+            await self.store.finish_many(decided)
         if unfinished is not None:
             unfinished.clear()
         events = {entry.member: event for entry, event in batch}
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        for outcome in applied:
+        for outcome in decided:
             self._report(outcome, events[outcome.member], duration_ms)
 
     def _record_of(self, event: StoredEvent) -> Record:

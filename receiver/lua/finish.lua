@@ -6,7 +6,8 @@
 -- ARGV: 1 group, 2 now_ms, then for each event 6 values: stream entry id ('' for none),
 --       state, attempts, last_error, history entry, member
 --
--- PERF: one call per batch: the per-call cost of EVALSHA and of XACK/XDEL is paid once.
+-- PERF: one call per batch, so the worker waits for one reply. Redis's own work per event
+-- stays ~23 us (INFO commandstats, batches of 8), a third of it XDEL.
 local group, now = ARGV[1], ARGV[2]
 local acknowledged = {}
 for i = 0, (#KEYS - 2) / 2 - 1 do

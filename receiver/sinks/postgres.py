@@ -4,10 +4,12 @@ psycopg 3 async with a bounded pool that opens on first use, so building the sin
 I/O. The table is created on first use and by ``setup()`` (``receiver sink init``).
 
 Group commit, as in the SQLite sink: records applied while a group is being written wait
-and go together in the next transaction, one guarded statement each, sent in pipeline
-mode; every caller is answered after its COMMIT. A group that fails is retried record by
-record, so one bad record fails alone (bench/: a transaction per record kept one worker
-CPU-bound at ~0.7 ms per event).
+and go together in the next transaction; every caller is answered after its COMMIT. A
+group of distinct records is first tried as one multi-row guarded statement; if some row
+did not change, it is written again with one guarded statement per record (sent in
+pipeline mode), which tells stale records from redeliveries. A group that fails is retried
+record by record, so one bad record fails alone (bench/: a transaction per record kept
+one worker CPU-bound at ~0.7 ms per event).
 """
 
 from __future__ import annotations
