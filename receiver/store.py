@@ -308,14 +308,15 @@ class EventStore:
         return claimed
 
     async def load(self, member: str) -> StoredEvent | None:
-        # PERF: through the auto-pipeline, the worker's concurrent loads (up to its
-        # concurrency) share one round trip and skip redis-py's per-command checkout and
-        # packing (~100 µs each). RESP2 answers a flat list, RESP3 a map: both become a dict.
-        fields = await self.pipeline.execute("HGETALL", self.keys(member).event(member))
-        return StoredEvent.from_hash(member, _as_dict(fields)) if fields else None
+        """The stored event, or None if unknown or expired."""
+        [event] = await self.load_many([member])
+        return event
 
     async def load_many(self, members: Sequence[str]) -> list[StoredEvent | None]:
-        """``load`` for a batch: the commands go out together, one round trip for all."""
+        """Stored events (None where unknown or expired), one round trip for all.
+
+        PERF: through the auto-pipeline, the commands share one round trip and skip
+        redis-py's per-command checkout and packing (~100 µs each)."""
         futures = [self.pipeline.execute("HGETALL", self.keys(m).event(m)) for m in members]
         replies = await asyncio.gather(*futures)
         return [

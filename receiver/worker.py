@@ -185,11 +185,12 @@ class Worker:
         log.error("event_abandoned", member=entry.member, deliveries=entry.deliveries)
 
     async def _process_batch(self, entries: list[QueueEntry]) -> None:
-        """Load, apply and finish a batch of entries, removing each from ``entries`` once
-        its outcome is recorded (what is left is unfinished, for ``stop()``)."""
+        """Load, apply and finish a batch of entries, then empty ``entries``: until then
+        ``stop()`` hands them back if it has to cancel this task."""
         try:
             events = await self.store.load_many([entry.member for entry in entries])
-            await self.process(list(zip(entries, events, strict=True)), entries)
+            await self.process(list(zip(entries, events, strict=True)))
+            entries.clear()  # all recorded (or left pending on purpose): nothing to hand back
         except (RedisError, OSError) as exc:
             # The entries stay pending and are reclaimed after the visibility timeout.
             for entry in entries:
@@ -197,11 +198,7 @@ class Worker:
                     "event_processing_interrupted", member=entry.member, error=type(exc).__name__
                 )
 
-    async def process(
-        self,
-        batch: list[tuple[QueueEntry, StoredEvent | None]],
-        unfinished: list[QueueEntry] | None = None,
-    ) -> None:
+    async def process(self, batch: list[tuple[QueueEntry, StoredEvent | None]]) -> None:
         """Apply a batch of stored events and record their outcomes.
 
         Mapping failures are decided per event; the sink gets the rest as one batch; the
@@ -234,8 +231,6 @@ class Worker:
         decided = [outcome for outcome in outcomes if outcome.state is not EventState.PENDING]
         if decided:
             await self.store.finish_many(decided)
-        if unfinished is not None:
-            unfinished.clear()
         events = {entry.member: event for entry, event in batch}
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
         for outcome in decided:

@@ -15,7 +15,6 @@ one worker CPU-bound at ~0.7 ms per event).
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -28,8 +27,8 @@ from psycopg_pool import AsyncConnectionPool
 from receiver.errors import PermanentSinkError, SinkError, TransientSinkError
 from receiver.models import ApplyOutcome, Record
 from receiver.settings import mask_url
-from receiver.sinks.grouping import MAX_GROUP, GroupCommit
-from receiver.sinks.rows import COLUMNS, flat_row, guarded_upsert
+from receiver.sinks.grouping import GroupCommit
+from receiver.sinks.rows import COLUMNS, flat_row, guarded_upsert, positional_upsert
 
 if TYPE_CHECKING:
     from receiver.settings import Settings
@@ -70,12 +69,6 @@ WITH applied AS ({UPSERT} RETURNING 1)
 SELECT EXISTS (SELECT 1 FROM applied),
        (SELECT last_event_id FROM generations WHERE record_key = %(record_key)s)
 """  # noqa: S608 - only our own statement is interpolated
-
-
-@functools.lru_cache(maxsize=MAX_GROUP)
-def upsert_rows(count: int) -> str:
-    """The guarded upsert of ``count`` rows, with positional parameters in COLUMNS order."""
-    return guarded_upsert(lambda _name: "%s", rows=count)
 
 
 def row_values(record: Record) -> dict[str, Any]:
@@ -147,7 +140,7 @@ class PostgresSink:
             pool.connection(timeout=self._timeout) as connection,
             connection.transaction(),
         ):
-            cursor = await connection.execute(upsert_rows(len(records)), values)
+            cursor = await connection.execute(positional_upsert(len(records), "%s"), values)
             # The command tag counts the rows inserted or updated (not those the guard kept).
             changed = cursor.rowcount
             if changed != len(records):

@@ -6,6 +6,7 @@ ordering guard compare statuses inside the store.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,13 @@ def flat_row(record: Record) -> dict[str, Any]:
         "last_event_id": record.last_event_id,
         "applied_at": format_time(record.applied_at),
     }
+
+
+@functools.lru_cache(maxsize=512)
+def positional_upsert(rows: int, marker: str) -> str:
+    """The guarded upsert of ``rows`` rows with positional parameters (``?`` for sqlite3,
+    ``%s`` for psycopg), their values in COLUMNS order, row after row."""
+    return guarded_upsert(lambda _name: marker, rows=rows)
 
 
 def guarded_upsert(placeholder: Callable[[str], str], rows: int = 1) -> str:

@@ -15,7 +15,6 @@ events/s only with this).
 from __future__ import annotations
 
 import asyncio
-import functools
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +25,8 @@ from urllib.parse import urlsplit
 from receiver.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
 from receiver.models import ApplyOutcome, Record
 from receiver.settings import mask_url
-from receiver.sinks.grouping import MAX_GROUP, GroupCommit
-from receiver.sinks.rows import COLUMNS, flat_row, guarded_upsert
+from receiver.sinks.grouping import GroupCommit
+from receiver.sinks.rows import COLUMNS, flat_row, guarded_upsert, positional_upsert
 
 if TYPE_CHECKING:
     from receiver.settings import Settings
@@ -55,12 +54,6 @@ CREATE TABLE IF NOT EXISTS generations (
 
 # Times compare as text in SQLite because format_time is fixed-width UTC.
 UPSERT = guarded_upsert(lambda name: f":{name}")
-
-
-@functools.lru_cache(maxsize=MAX_GROUP)
-def upsert_rows(count: int) -> str:
-    """The guarded upsert of ``count`` rows, with positional parameters in COLUMNS order."""
-    return guarded_upsert(lambda _name: "?", rows=count)
 
 
 STORED_EVENT = "SELECT last_event_id FROM generations WHERE record_key = ?"
@@ -167,7 +160,7 @@ class SqliteSink:
         try:
             values = [row[name] for row in rows for name in COLUMNS]
             # rowcount counts the rows this statement inserted or updated (not triggers').
-            changed = connection.execute(upsert_rows(len(rows)), values).rowcount
+            changed = connection.execute(positional_upsert(len(rows), "?"), values).rowcount
             connection.execute("COMMIT" if changed == len(rows) else "ROLLBACK")
         except BaseException:
             if connection.in_transaction:
