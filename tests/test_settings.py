@@ -319,7 +319,7 @@ class TestSourcesFile:
             f"""
             [sources.acme]
             scheme = "stripe"
-            secret = "sk_live_{LEAK}"
+            secret = "sk_test_{LEAK}"
             signature_header = "Acme-Signature"
             tolerance_seconds = 60
 
@@ -338,7 +338,7 @@ class TestSourcesFile:
 
         expected = {
             "rivya": (Scheme.STANDARD, [TEST_SECRET], "Rivya-Signature", 300),
-            "acme": (Scheme.STRIPE, [f"sk_live_{LEAK}"], "Acme-Signature", 60),
+            "acme": (Scheme.STRIPE, [f"sk_test_{LEAK}"], "Acme-Signature", 60),
             "beta-2": (Scheme.STANDARD, [SECRET_2], "Rivya-Signature", 300),
             "rotating": (Scheme.STANDARD, [TEST_SECRET, SECRET_2], "Rivya-Signature", 300),
         }
@@ -407,7 +407,7 @@ class TestKeysAndSinks:
     @pytest.mark.parametrize(
         "secret",
         [TEST_SECRET.removeprefix("whsec_"), "whsec_not base64", "whsec_abc", "whsec_",
-         "whpk_" + base64.b64encode(b"\x01" * 31).decode(), "sk_live_abc"],
+         "whpk_" + base64.b64encode(b"\x01" * 31).decode(), "sk_test_abc"],
         ids=["no-prefix", "space-inside", "bad-padding", "empty", "short-public-key", "other"],
     )  # fmt: skip
     def test_standard_rejects_bad_key(self, tmp_path: Path, secret: str) -> None:
@@ -418,7 +418,7 @@ class TestKeysAndSinks:
 
     @pytest.mark.parametrize(
         "secret",
-        ["sk_live_abc", "whsec_not-base64!", "x", TEST_SECRET, f"{LEAK} {TEST_SECRET}"],
+        ["sk_test_abc", "whsec_not-base64!", "x", TEST_SECRET, f"{LEAK} {TEST_SECRET}"],
         ids=["stripe-style", "bad-base64", "one-char", "whsec", "two-keys"],
     )
     def test_stripe_accepts_any_secret(self, tmp_path: Path, secret: str) -> None:
