@@ -180,11 +180,16 @@ class Proc:
         return self.popen.pid
 
     def cpu_seconds(self) -> float:
+        return sum(self.cpu_times())
+
+    def cpu_times(self) -> tuple[float, float]:
+        """(user, system) CPU seconds so far."""
         try:
             fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            tick = os.sysconf("SC_CLK_TCK")
+            return int(fields[11]) / tick, int(fields[12]) / tick
         except (OSError, IndexError):
-            return 0.0
+            return 0.0, 0.0
 
     def stop(self, timeout: float = 15) -> None:
         if self.popen.poll() is None:
@@ -452,14 +457,25 @@ def med(values: list[float]) -> float:
 
 @contextmanager
 def cpu_meter(procs: list[Proc]) -> Iterator[dict[str, float]]:
-    """CPU% (of one core) each process used during the block."""
-    before = {p.name: p.cpu_seconds() for p in procs}
+    """CPU% (of one core) each process used during the block, its system part, and the
+    machine's idle time (% of one core; 0 means every core was busy)."""
+    before = {p.name: p.cpu_times() for p in procs}
+    idle_before = machine_idle_seconds()
     started = time.monotonic()
     out: dict[str, float] = {}
     yield out
     elapsed = time.monotonic() - started
     for p in procs:
-        out[p.name] = round(100 * (p.cpu_seconds() - before[p.name]) / elapsed)
+        user, system = p.cpu_times()
+        out[p.name] = round(100 * (user + system - sum(before[p.name])) / elapsed)
+        out[f"{p.name} sys"] = round(100 * (system - before[p.name][1]) / elapsed)
+    out["machine idle"] = round(100 * (machine_idle_seconds() - idle_before) / elapsed)
+
+
+def machine_idle_seconds() -> float:
+    """Idle CPU seconds of all cores since boot (/proc/stat: idle + iowait)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- phases -------------------------------------------------------------------------------
@@ -478,13 +494,16 @@ def phase_saturation(b: Bench, rounds: int, duration: float) -> dict[str, Any]:
     wait_http(star_port, "/webhooks/rivya")
     runs: dict[str, list[dict[str, Any]]] = {"floor": [], "ours": [], "starlette": []}
     cpu: list[dict[str, float]] = []
+    floor_cpu: list[dict[str, float]] = []
     estimate = 5000.0
     for r in range(rounds):
         # Fresh, just-signed requests for our run: enough for ~1.5x the expected throughput.
         requests, _ids = b.gen.write(int(estimate * 1.5 * duration) + 1000)
-        result = b.wrk(floor_port, requests, duration)
+        with cpu_meter([floor]) as usage:
+            result = b.wrk(floor_port, requests, duration)
+        floor_cpu.append(usage)
         runs["floor"].append(result)
-        log(f"  round {r + 1}: floor {result['rps']:.0f} req/s")
+        log(f"  round {r + 1}: floor {result['rps']:.0f} req/s cpu {usage}")
         requests, _ids = b.gen.write(int(estimate * 1.5 * duration) + 1000)
         with cpu_meter([serve, worker, b.redis_proc]) as usage:
             result = b.wrk(ours_port, requests, duration)
@@ -503,7 +522,7 @@ def phase_saturation(b: Bench, rounds: int, duration: float) -> dict[str, Any]:
         log(f"  round {r + 1}: starlette {result['rps']:.0f} req/s")
     for proc in (floor, star, worker, serve):
         b.stop(proc)
-    return {"runs": runs, "cpu": cpu}
+    return {"runs": runs, "cpu": cpu, "floor_cpu": floor_cpu}
 
 
 def phase_fixed_rate(b: Bench, rounds: int, duration: float) -> dict[str, Any]:
@@ -761,9 +780,18 @@ def report(b: Bench, command: str, results: dict[str, Any], started: float) -> s
                 f"{c['serve'] / 100 / r['rps'] * 1e6:.0f}"
                 for c, r in zip(sat["cpu"], runs["ours"], strict=True)
             )
-            + "; floor CPU per request is ≈ 1e6/floor req/s (it runs one core flat out).",
-            "CPU (% of one core) during our runs: "
-            + "; ".join(", ".join(f"{k} {v}%" for k, v in c.items()) for c in sat["cpu"]),
+            + "; floor: "
+            + ", ".join(
+                f"{c['floor-bare'] / 100 / r['rps'] * 1e6:.0f}"
+                for c, r in zip(sat.get("floor_cpu", []), runs["floor"], strict=False)
+            )
+            + ".",
+            "CPU (% of one core; 'sys' is the kernel part of it) during our runs: "
+            + "; ".join(", ".join(f"{k} {v}%" for k, v in c.items()) for c in sat["cpu"])
+            + ". During the floor runs: "
+            + "; ".join(
+                ", ".join(f"{k} {v}%" for k, v in c.items()) for c in sat.get("floor_cpu", [])
+            ),
             "",
         ]
         gates.append(("ingest ≥ 0.25× floor", f"{med(ratios):.3f}×", med(ratios) >= 0.25))
