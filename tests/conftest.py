@@ -18,6 +18,12 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 import redis.asyncio as aioredis
+from hypothesis import settings
+
+# Speed is measured in the benchmark, never in tests: no per-example deadline, which a busy
+# CI machine would turn into a failure of a correct property (a cold first example once did).
+settings.register_profile("receiver", deadline=None)
+settings.load_profile("receiver")
 
 REDIS_URL = os.environ.get("RECEIVER_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 POSTGRES_DSN = os.environ.get(
