@@ -40,7 +40,6 @@ def _apply_stubs(stubs: set[str]) -> None:
 
     from receiver import ingest, metrics
     from receiver.models import Record
-    from receiver.rivya import MappedEvent
     from receiver.signing import Verified, Verifier
     from receiver.store import AcceptResult, EventStore
 
@@ -63,7 +62,7 @@ def _apply_stubs(stubs: set[str]) -> None:
             source_updated_at=datetime.datetime.now(datetime.UTC),
             last_event_id="x",
         )
-        ingest.map_event = lambda *_: MappedEvent("generation.succeeded", record)  # type: ignore[assignment]
+        ingest.identify = lambda _: ("generation.succeeded", record.record_key)  # type: ignore[assignment]
         ingest.parse_body = lambda _: {"data": {"id": "x", "status": "succeeded"}}  # type: ignore[assignment]
     if "accept" in stubs:
 

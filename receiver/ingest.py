@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from datetime import UTC, datetime
 
 from receiver.bodies import BodyCipher
 from receiver.models import EventState
-from receiver.rivya import UnmappableEvent, event_type_of, map_event, parse_body
+from receiver.rivya import UnmappableEvent, event_type_of, identify, parse_body
 from receiver.signing import EVENT_ID_PATTERN, Verifier
 from receiver.store import IncomingEvent
 
@@ -41,10 +40,7 @@ def build_event(
                 if isinstance(body_id, str) and EVENT_ID_PATTERN.fullmatch(body_id)
                 else None
             )
-        mapped = map_event(
-            document, event_id or "", datetime.fromtimestamp(received_ms / 1000, UTC)
-        )
-        event_type, record_key = mapped.event_type, mapped.record.record_key
+        event_type, record_key = identify(document)
     except UnmappableEvent as exc:
         # Authentic but unusable: store it as dead so ops can fix the mapping and replay.
         state, last_error = EventState.DEAD, f"unmappable: {exc.reason}"

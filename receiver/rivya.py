@@ -103,8 +103,8 @@ def _number(value: object) -> float | None:
 
 
 def _updated_at(
-    generation: dict[str, Any], document: dict[str, Any], fallback: datetime
-) -> datetime:
+    generation: dict[str, Any], document: dict[str, Any], fallback: datetime | None
+) -> datetime | None:
     for candidate in (
         generation.get("updated_at"),
         generation.get("created_at"),
@@ -119,8 +119,12 @@ def _updated_at(
     return fallback
 
 
-def map_event(document: dict[str, Any], event_id: str, received_at: datetime) -> MappedEvent:
-    """Build the record one event stands for; raise UnmappableEvent if it cannot."""
+def _checked(
+    document: dict[str, Any], received_at: datetime | None
+) -> tuple[dict[str, Any], str, str, datetime | None]:
+    """The generation, its task id, status and update time; UnmappableEvent if any is
+    unusable. Every reason an event cannot be mapped is decided here, and only here.
+    With ``received_at`` None, a missing update time stays None (no fallback needed)."""
     generation = find_generation(document)
     task_id = generation.get("id")
     if isinstance(task_id, int) and not isinstance(task_id, bool):
@@ -132,6 +136,20 @@ def map_event(document: dict[str, Any], event_id: str, received_at: datetime) ->
         raise UnmappableEvent("missing_status")
     if status not in STATUS_RANK:
         raise UnmappableEvent("unknown_status")
+    return generation, task_id, status, _updated_at(generation, document, received_at)
+
+
+def identify(document: dict[str, Any]) -> tuple[str, str]:
+    """``(event_type, record_key)`` of an event ``map_event`` can map, or the same
+    UnmappableEvent it would raise. PERF: what ingest needs (its log line and the stored
+    event), without building the record, which only the worker uses."""
+    generation, task_id, _, _ = _checked(document, None)
+    return _event_type(document, generation), task_id
+
+
+def map_event(document: dict[str, Any], event_id: str, received_at: datetime) -> MappedEvent:
+    """Build the record one event stands for; raise UnmappableEvent if it cannot."""
+    generation, task_id, status, updated_at = _checked(document, received_at)
     result = _object(generation.get("result"))
     urls = result.get("urls")
     urls = urls if isinstance(urls, list) else []
@@ -139,7 +157,7 @@ def map_event(document: dict[str, Any], event_id: str, received_at: datetime) ->
     record = Record(
         record_key=task_id,
         status=status,
-        source_updated_at=_updated_at(generation, document, received_at),
+        source_updated_at=updated_at or received_at,
         last_event_id=event_id,
         client_request_id=_text(generation.get("client_request_id")),
         model=_text(generation.get("model")),

@@ -18,6 +18,7 @@ from receiver.rivya import (
     UnmappableEvent,
     event_type_of,
     find_generation,
+    identify,
     map_event,
     parse_body,
 )
@@ -362,3 +363,45 @@ class TestNeverCrashes:
             assert result.reason in {"not_json", "not_an_object"}
         else:
             assert isinstance(result, dict)
+
+
+def identified(document: dict[str, Any]) -> tuple[str, str] | str:
+    try:
+        return identify(document)
+    except UnmappableEvent as exc:
+        return exc.reason
+
+
+def mapped_identity(document: dict[str, Any]) -> tuple[str, str] | str:
+    result = outcome(document)
+    if isinstance(result, UnmappableEvent):
+        return result.reason
+    return result.event_type, result.record.record_key
+
+
+class TestIdentify:
+    """Ingest identifies an event without building its record; the worker maps it. The two
+    must never disagree, or an event stored as pending would die in the worker (or the
+    reverse), and its log line would name another record."""
+
+    @given(document=st.dictionaries(JSON_KEYS, JSON_VALUES, max_size=6))
+    def test_agrees_with_map_event_on_any_document(self, document: dict[str, Any]) -> None:
+        expected = mapped_identity(document)
+
+        assert expected == identified(document)
+
+    @pytest.mark.parametrize(
+        "document",
+        [
+            {"data": GENERATION},
+            {"type": "generation.failed", "data": FAILED},
+            {"data": {**GENERATION, "updated_at": "yesterday"}},
+            {"data": {**GENERATION, "status": "exploded"}},
+            {"data": {"id": 42, "status": "queued"}},
+        ],
+        ids=["succeeded", "failed", "bad_updated_at", "unknown_status", "numeric_id"],
+    )
+    def test_agrees_with_map_event_on_known_shapes(self, document: dict[str, Any]) -> None:
+        expected = mapped_identity(document)
+
+        assert expected == identified(document)
