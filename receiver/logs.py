@@ -102,14 +102,21 @@ def _is_secret_key(key: str) -> bool:
 
 def redact(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: the last step before rendering, applied to every line."""
+    texts: list[str] = []
     for key, value in event_dict.items():
         if _is_secret_key(key):
             event_dict[key] = REDACTED
-        elif type(value) is str:  # PERF: most values; left in place when nothing to mask
-            if _may_hold_secret(value):
-                event_dict[key] = redact_text(value)
+        elif type(value) is str:
+            texts.append(value)
         elif type(value) not in _PLAIN_TYPES:
             event_dict[key] = redact_value(value)
+    # PERF: a line's plain strings (ids, types, names) are screened together, with one
+    # pass of the marker tests instead of one per string. NUL keeps a marker from forming
+    # across two strings; only a line with a marker goes through string by string.
+    if texts and _may_hold_secret("\0".join(texts)):
+        for key, value in event_dict.items():
+            if type(value) is str and not _is_secret_key(key):
+                event_dict[key] = redact_text(value)
     return event_dict
 
 

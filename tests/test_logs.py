@@ -121,6 +121,36 @@ class TestRedactProcessor:
             "raw": REDACTED,
         } == redact(None, "info", event)
 
+    @settings(max_examples=500)
+    @given(
+        st.dictionaries(
+            st.sampled_from(["event", "event_id", "type", "record_key", "source", "detail"]),
+            st.lists(_FRAGMENTS | st.text(max_size=4), max_size=6).map("".join) | st.integers(),
+            max_size=6,
+        )
+    )
+    def test_a_line_is_masked_as_each_of_its_strings_would_be(
+        self, event: dict[str, str | int]
+    ) -> None:
+        """Screening a line's strings together changes nothing: every string comes out as
+        redact_text makes it alone, and no marker forms across two strings."""
+        expected = {
+            key: redact_text(value) if isinstance(value, str) else value
+            for key, value in event.items()
+        }
+
+        assert expected == redact(None, "info", dict(event))
+
+    def test_one_secret_among_plain_strings_is_masked(self) -> None:
+        """The line-wide screen finds a secret in any one of the strings, and masks only it."""
+        line = {"event": "webhook", "source": "rivya", "url": "https://x.example/a?sig=1"}
+
+        assert {
+            "event": "webhook",
+            "source": "rivya",
+            "url": f"https://x.example/a?{REDACTED}",
+        } == redact(None, "info", line)
+
     def test_unknown_objects_are_stringified_then_redacted(self) -> None:
         """Objects are rendered with str() before the check, so their text is redacted too."""
 
