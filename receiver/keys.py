@@ -8,8 +8,9 @@ raise ``RECEIVER_QUEUE_SHARDS`` on a Redis Cluster to spread the load.
 
 from __future__ import annotations
 
+import functools
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PREFIX = "rcv"
 CONSUMER_GROUP = "workers"
@@ -34,32 +35,29 @@ def shard_of(member: str, shards: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ShardKeys:
-    """The keys of one queue shard."""
+    """The keys of one queue shard. PERF: the names are formatted once per shard (the
+    shards are cached below), not on every event that touches them."""
 
     shard: int
+    tag: str = field(init=False)
+    stream: str = field(init=False)
+    # Sorted set of every stored event member, scored by receive time (ms).
+    index: str = field(init=False)
+    # Sorted set of dead events, scored by receive time (ms).
+    dead: str = field(init=False)
+    # Sorted set of events waiting for a retry, scored by due time (ms).
+    retry: str = field(init=False)
 
-    @property
-    def tag(self) -> str:
-        return f"{PREFIX}:{{q{self.shard}}}"
-
-    @property
-    def stream(self) -> str:
-        return f"{self.tag}:stream"
-
-    @property
-    def index(self) -> str:
-        """Sorted set of every stored event member, scored by receive time (ms)."""
-        return f"{self.tag}:index"
-
-    @property
-    def dead(self) -> str:
-        """Sorted set of dead events, scored by receive time (ms)."""
-        return f"{self.tag}:dead"
-
-    @property
-    def retry(self) -> str:
-        """Sorted set of events waiting for a retry, scored by due time (ms)."""
-        return f"{self.tag}:retry"
+    def __post_init__(self) -> None:
+        tag = f"{PREFIX}:{{q{self.shard}}}"
+        for name, value in (
+            ("tag", tag),
+            ("stream", f"{tag}:stream"),
+            ("index", f"{tag}:index"),
+            ("dead", f"{tag}:dead"),
+            ("retry", f"{tag}:retry"),
+        ):
+            object.__setattr__(self, name, value)
 
     def event(self, member: str) -> str:
         return f"{self.tag}:evt:{member}"
@@ -68,9 +66,14 @@ class ShardKeys:
         return f"{self.tag}:hist:{member}"
 
 
+@functools.cache
+def shard_keys(shard: int) -> ShardKeys:
+    return ShardKeys(shard)
+
+
 def keys_for(member: str, shards: int) -> ShardKeys:
-    return ShardKeys(shard_of(member, shards))
+    return shard_keys(shard_of(member, shards))
 
 
 def all_shards(shards: int) -> list[ShardKeys]:
-    return [ShardKeys(n) for n in range(shards)]
+    return [shard_keys(n) for n in range(shards)]
