@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from receiver.batching import AutoPipeline, Script
+from receiver.batching import FLUSH_AT, AutoPipeline, Script
 from receiver.redis_client import create_client
 from tests.redis_proc import RedisProcess
 
@@ -57,6 +57,25 @@ async def test_batches_share_one_connection(redis_url: str) -> None:
         await pipeline.aclose()
         await client.aclose()
     assert during - before == 1
+
+
+async def test_a_long_batch_goes_out_before_the_tick_ends(
+    redis_client: aioredis.Redis, clean_redis: redis.Redis
+) -> None:
+    """The first FLUSH_AT commands of a busy tick reach Redis while the tick still runs
+    (Redis works as handlers go on); the rest go at the end of the tick."""
+    pipeline = AutoPipeline(redis_client)
+    try:
+        await pipeline.execute("PING")  # the shared connection is open
+        futures = [pipeline.execute("SET", f"k{n}", "v") for n in range(FLUSH_AT + 4)]
+        # The tick goes on (blocking the loop on purpose); Redis is not waiting for it.
+        time.sleep(0.2)  # noqa: ASYNC251
+        seen_during_the_tick = sum(clean_redis.exists(f"k{n}") for n in range(FLUSH_AT + 4))
+        await asyncio.gather(*futures)
+        seen_after = sum(clean_redis.exists(f"k{n}") for n in range(FLUSH_AT + 4))
+    finally:
+        await pipeline.aclose()
+    assert (seen_during_the_tick, seen_after) == (FLUSH_AT, FLUSH_AT + 4)
 
 
 async def test_an_error_reply_fails_only_its_command(redis_client: aioredis.Redis) -> None:
