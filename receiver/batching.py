@@ -11,8 +11,8 @@ caller its own result or error. A long batch goes out every ``FLUSH_AT`` command
 Redis works on its first commands while the tick issues the rest. Commands are packed by
 hiredis (~4 µs against ~27 µs for redis-py's pure-Python packer) and replies are read
 without redis-py's pipeline layers (retry wrapper, response callbacks, a timeout context
-per reply). On Redis Cluster the
-batch goes through redis-py's cluster pipeline, which routes each command to its node.
+per reply). On Redis Cluster the batch goes through redis-py's cluster pipeline, which
+routes each command to its node.
 
 Commands stay independent: one failing does not fail the others. A lost connection fails
 the commands waiting on it, and the next batch connects again. A server that stops
@@ -39,8 +39,8 @@ from receiver.redis_client import is_cluster
 # A batch this long is written at once, not at the end of the tick. Under load one tick
 # runs dozens of request handlers; had their commands waited for the last one, Redis would
 # idle meanwhile and then the handlers would all idle for Redis. Measured with the bench
-# (saturation, 6 runs each): 16 gave 0.25x the floor, waiting for the tick 0.22x; 8 and 4
-# cost more writes than they saved.
+# (interleaved saturation runs): 16 gave 0.248-0.255x the floor, waiting for the end of the
+# tick 0.213-0.235x; 8 and 4 were no better (more writes for the same overlap).
 FLUSH_AT = 16
 DEFAULT_TIMEOUT_SECONDS = 5.0
 READ_SIZE = 65536
