@@ -212,9 +212,9 @@ class Worker:
             if event is None:  # expired by retention: nothing to apply
                 outcomes.append(EventOutcome(entry, entry.member, EventState.DEAD, 0, "expired"))
                 continue
-            error = ""
             try:
                 to_apply.append((entry, event, self._record_of(event)))
+                continue
             except UnmappableEvent as exc:
                 error = f"unmappable: {exc.reason}"
             except BodyDecryptError as exc:
@@ -222,9 +222,8 @@ class Worker:
             except Exception:
                 log.exception("event_unprocessable", member=entry.member)
                 continue
-            if error:
-                attempt = event.attempts + 1
-                outcomes.append(EventOutcome(entry, event.member, EventState.DEAD, attempt, error))
+            attempt = event.attempts + 1
+            outcomes.append(EventOutcome(entry, event.member, EventState.DEAD, attempt, error))
         if to_apply:
             outcomes += await self._apply_batch(to_apply)
         # Events scheduled for a retry were acknowledged with it; the rest are decided.

@@ -30,19 +30,12 @@ class GroupCommit(Generic[T]):
         self._writer: asyncio.Task[None] | None = None
 
     async def apply(self, item: T) -> ApplyOutcome:
-        future: asyncio.Future[ApplyOutcome] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_groups())
+        [future] = self._enqueue([item])
         return await future
 
     async def apply_many(self, items: Sequence[T]) -> list[ApplyOutcome | SinkError]:
         """``apply`` for several items at once: one outcome or sink error per item, in order."""
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[ApplyOutcome]] = [loop.create_future() for _ in items]
-        self._waiting.extend(zip(items, futures, strict=True))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_groups())
+        futures = self._enqueue(items)
         results: list[ApplyOutcome | SinkError] = []
         try:
             for future in futures:
@@ -55,6 +48,15 @@ class GroupCommit(Generic[T]):
                 future.cancel()
             raise
         return results
+
+    def _enqueue(self, items: Sequence[T]) -> list[asyncio.Future[ApplyOutcome]]:
+        """Queue items for the next group (starting the writer if idle); their answers."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[ApplyOutcome]] = [loop.create_future() for _ in items]
+        self._waiting.extend(zip(items, futures, strict=True))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_groups())
+        return futures
 
     async def _write_groups(self) -> None:
         while self._waiting:

@@ -55,7 +55,6 @@ CREATE TABLE IF NOT EXISTS generations (
 # Times compare as text in SQLite because format_time is fixed-width UTC.
 UPSERT = guarded_upsert(lambda name: f":{name}")
 
-
 STORED_EVENT = "SELECT last_event_id FROM generations WHERE record_key = ?"
 
 
