@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 import prometheus_client
-from redis.exceptions import RedisClusterException, RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -37,6 +36,7 @@ from receiver.errors import (
 from receiver.ingest import build_event
 from receiver.logs import get_logger
 from receiver.models import EventState
+from receiver.redis_client import REDIS_ERRORS
 from receiver.runtime import Runtime
 from receiver.settings import Settings
 from receiver.store import AcceptResult, now_ms
@@ -165,7 +165,7 @@ class WebhookEndpoint:
         context.update(event_id=event.event_id, type=event.event_type, record_key=event.record_key)
         try:
             result = await runtime.store.accept(event)
-        except (RedisError, RedisClusterException, OSError) as exc:
+        except REDIS_ERRORS as exc:
             context["cause"] = type(exc).__name__
             raise StorageUnavailable from exc
         if result is AcceptResult.NEW:
@@ -284,7 +284,7 @@ class ReceiverApp:
         """Prometheus text: process counters plus Redis-backed gauges read at scrape time."""
         failed = await check_dependencies(self.runtime)
         metrics.READY.set(0 if failed or self.draining else 1)
-        with contextlib.suppress(RedisError, RedisClusterException, OSError, TimeoutError):
+        with contextlib.suppress(*REDIS_ERRORS):
             stats = await asyncio.wait_for(
                 self.runtime.store.queue_stats(), READINESS_TIMEOUT_SECONDS
             )
@@ -303,7 +303,7 @@ async def check_dependencies(runtime: Runtime) -> list[str]:
     failed: list[str] = []
     try:
         await asyncio.wait_for(runtime.client.ping(), READINESS_TIMEOUT_SECONDS)
-    except (RedisError, OSError, TimeoutError):
+    except REDIS_ERRORS:
         failed.append("redis")
     if runtime.sink is not None:
         try:

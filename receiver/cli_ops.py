@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import click
 import orjson
-from redis.exceptions import RedisError
 
 from receiver import ops
 from receiver.bodies import BodyDecryptError
@@ -30,6 +29,7 @@ from receiver.cli_support import (
 from receiver.keys import all_shards, member_of
 from receiver.logs import redact_text, redact_value
 from receiver.models import EventState
+from receiver.redis_client import REDIS_ERRORS
 from receiver.settings import DEFAULT_SOURCE, Settings
 from receiver.store import now_ms
 
@@ -129,7 +129,7 @@ def with_runtime(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
 
     try:
         return run_async(run)
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         fail(f"redis: {type(exc).__name__}: {redact_text(str(exc))[:200]}")
 
 

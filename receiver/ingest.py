@@ -29,7 +29,8 @@ def build_event(
     verified = verifier.verify(headers, body, received_ms / 1000)
     body_sha256 = hashlib.sha256(body).hexdigest()
     event_id = verified.event_id
-    state, last_error, event_type, record_key = EventState.PENDING, "", "unknown", ""
+    state, last_error, reason_code = EventState.PENDING, "", ""
+    event_type, record_key = "unknown", ""
     document = None
     try:
         document = parse_body(body)
@@ -43,7 +44,7 @@ def build_event(
         event_type, record_key = identify(document)
     except UnmappableEvent as exc:
         # Authentic but unusable: store it as dead so ops can fix the mapping and replay.
-        state, last_error = EventState.DEAD, f"unmappable: {exc.reason}"
+        state, last_error, reason_code = EventState.DEAD, f"unmappable: {exc.reason}", exc.code
         if document is not None:
             event_type = event_type_of(document)
     if event_id is None:
@@ -62,5 +63,6 @@ def build_event(
         record_key=record_key,
         state=state,
         last_error=last_error,
+        reason_code=reason_code,
         content_type=headers.get("content-type", "")[:100],
     )

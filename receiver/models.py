@@ -17,6 +17,26 @@ class EventState(StrEnum):
     DEAD = "dead"
 
 
+class ReasonCode(StrEnum):
+    """Why an event is dead, in one short word ops can filter and alert on (SPEC §10).
+
+    ``last_error`` keeps the full text beside it; this is the part a dashboard groups by.
+    """
+
+    UNMAPPABLE = "unmappable"  # signed, JSON, but not a generation we can record
+    NOT_JSON = "not_json"
+    INVALID_NUMBER = "invalid_number"  # a number the record cannot hold (2^63, NaN)
+    SINK_REJECTED = "sink_rejected"  # the sink answered with a permanent error
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    POISON = "poison"  # taken by workers again and again, never finished (crash or hang)
+    UNKNOWN_TASK = "unknown_task"  # Rivya's status API does not know the task
+    LOST = "lost"  # queued, but its stored event vanished from Redis (eviction)
+    EXPIRED = "expired"  # retention ran out before it was applied
+    UNDECRYPTABLE = "undecryptable"  # no configured encryption key opens the body
+    GAVE_UP = "gave_up"  # reconciliation stopped watching a task that never finished
+    UNEXPECTED = "unexpected"  # a bug: see last_error and the log
+
+
 class ApplyOutcome(StrEnum):
     """What a sink did with a record."""
 

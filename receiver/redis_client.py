@@ -10,9 +10,16 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 RedisClient = aioredis.Redis | RedisCluster
 CLUSTER_SUFFIX = "+cluster"
+
+# Every way a Redis call fails for reasons outside our code: an error reply (OOM, READONLY,
+# a cluster that cannot route), a lost, reset or refused connection, a timeout (TimeoutError
+# is an OSError). Ingest answers 503 for these, the worker waits them out, ops exit 1.
+# ``RedisClusterException`` is not a ``RedisError``: forgetting it once cost a 500.
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 
 
 def create_client(url: str, *, max_connections: int = 64, timeout: float = 5.0) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from receiver.models import STATUS_RANK, Record, parse_time
+from receiver.models import STATUS_RANK, ReasonCode, Record, parse_time
 
 
 class UnmappableEvent(Exception):
@@ -23,6 +23,16 @@ class UnmappableEvent(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+    @property
+    def code(self) -> ReasonCode:
+        """The dead event's reason code: ``not_json`` and ``invalid_number`` stand out,
+        every other reason (no task id, unknown status, ...) is ``unmappable``."""
+        if self.reason == ReasonCode.NOT_JSON:
+            return ReasonCode.NOT_JSON
+        if self.reason == ReasonCode.INVALID_NUMBER:
+            return ReasonCode.INVALID_NUMBER
+        return ReasonCode.UNMAPPABLE
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,13 +10,11 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisClusterException, RedisError
-
 from receiver.bodies import BodyCipher
 from receiver.embedded import EmbeddedRedis
 from receiver.errors import ConfigError
 from receiver.logs import get_logger
-from receiver.redis_client import create_client
+from receiver.redis_client import REDIS_ERRORS, create_client
 from receiver.settings import Settings, mask_url
 from receiver.signing import Verifier
 from receiver.sinks.base import Sink, open_sink
@@ -103,7 +101,7 @@ async def _prepare_with_retries(store: EventStore, url: str) -> None:
             await store.client.ping()
             await store.prepare()
             return
-        except (RedisError, RedisClusterException, OSError) as exc:
+        except REDIS_ERRORS as exc:
             if attempt == CONNECT_ATTEMPTS:
                 raise ConfigError(
                     f"RECEIVER_REDIS_URL: cannot reach Redis at {mask_url(url)}: "

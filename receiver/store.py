@@ -51,6 +51,7 @@ class IncomingEvent:
     record_key: str
     state: EventState
     last_error: str = ""
+    reason_code: str = ""
     content_type: str = ""
 
     @property
@@ -70,6 +71,7 @@ class StoredEvent:
     state: EventState
     attempts: int
     last_error: str
+    reason_code: str
     received_ms: int
     signed_ts: int
     body: bytes
@@ -91,6 +93,7 @@ class StoredEvent:
             state=EventState(text(b"state") or "pending"),
             attempts=int(text(b"attempts") or 0),
             last_error=text(b"last_error"),
+            reason_code=text(b"reason_code"),
             received_ms=int(text(b"received_ms") or 0),
             signed_ts=int(text(b"signed_ts") or 0),
             body=fields.get(b"body", b""),
@@ -121,10 +124,15 @@ class EventOutcome:
     attempts: int
     last_error: str = ""
     by: str = "worker"
+    reason_code: str = ""
 
     def history_line(self) -> bytes:
-        error = {"error": self.last_error} if self.last_error else {}
-        return history_entry(self.state.value, self.by, attempts=self.attempts, **error)
+        extra: dict[str, str] = {}
+        if self.reason_code:
+            extra["reason_code"] = self.reason_code
+        if self.last_error:
+            extra["error"] = self.last_error
+        return history_entry(self.state.value, self.by, attempts=self.attempts, **extra)
 
 
 def history_entry(state: str, by: str, **extra: Any) -> bytes:
@@ -213,7 +221,11 @@ class EventStore:
         """Deduplicate, store and enqueue in one Redis command (one round trip)."""
         member = event.member
         keys = self.keys(member)
-        note = {"error": event.last_error} if event.last_error else {}
+        note = (
+            {"reason_code": event.reason_code, "error": event.last_error}
+            if event.last_error
+            else {}
+        )
         # PERF: numbers go as text. hiredis converts an int at ~0.35 µs, str() costs a
         # fifth of that, and the receive time is used three times.
         received = str(event.received_ms)
@@ -236,6 +248,7 @@ class EventStore:
                 "state", state,
                 "attempts", "0",
                 "last_error", event.last_error,
+                "reason_code", event.reason_code,
                 "received_ms", received,
                 "updated_ms", received,
                 "signed_ts", str(event.signed_ts),
@@ -337,9 +350,12 @@ class EventStore:
         attempts: int,
         last_error: str = "",
         by: str = "worker",
+        reason_code: str = "",
     ) -> None:
         """Record an outcome and acknowledge the entry, atomically."""
-        await self.finish_many([EventOutcome(entry, member, state, attempts, last_error, by)])
+        await self.finish_many(
+            [EventOutcome(entry, member, state, attempts, last_error, by, reason_code)]
+        )
 
     async def finish_many(self, outcomes: Sequence[EventOutcome]) -> None:
         """Record a batch of outcomes and acknowledge their entries: one script per shard.
@@ -366,6 +382,7 @@ class EventStore:
                         outcome.last_error,
                         outcome.history_line(),
                         member,
+                        outcome.reason_code,
                     )
                 calls.append(self._scripts["finish"](keys, args))
         if len(calls) == 1:

@@ -20,14 +20,13 @@ import socket
 import time
 from datetime import UTC, datetime
 
-from redis.exceptions import RedisClusterException, RedisError
-
 from receiver import metrics
 from receiver.bodies import BodyDecryptError
 from receiver.errors import PermanentSinkError, TransientSinkError
 from receiver.keys import source_of
 from receiver.logs import get_logger, redact_text
-from receiver.models import ApplyOutcome, EventState, Record
+from receiver.models import ApplyOutcome, EventState, ReasonCode, Record
+from receiver.redis_client import REDIS_ERRORS
 from receiver.rivya import UnmappableEvent, map_event, parse_body
 from receiver.runtime import Runtime
 from receiver.sinks.base import Sink, apply_all
@@ -83,7 +82,7 @@ class Worker:
                     free += 1
                 try:
                     entries = await self.store.read(self.name, free, READ_BLOCK_MS)
-                except (RedisError, RedisClusterException, OSError) as exc:
+                except REDIS_ERRORS as exc:
                     entries = []
                     log.warning("queue_read_failed", error=type(exc).__name__)
                     await asyncio.sleep(1)
@@ -112,7 +111,7 @@ class Worker:
         try:
             await self.store.release(entry)
             log.info("event_released", event_id=entry.member, reason="shutdown")
-        except (RedisError, RedisClusterException, OSError):
+        except REDIS_ERRORS:
             pass  # still pending: reclaimed after the visibility timeout
 
     def _spawn(self, entries: list[QueueEntry]) -> None:
@@ -168,7 +167,7 @@ class Worker:
                         log.info("event_reclaimed", member=entry.member)
                         await self._slots.acquire()
                         await self._spawn_or_release([entry])
-            except (RedisError, RedisClusterException, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("maintenance_failed", error=type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), MAINTENANCE_INTERVAL_SECONDS)
@@ -180,7 +179,14 @@ class Worker:
         would take a worker down again every visibility timeout. It stays replayable.
         """
         error = f"abandoned: taken {entry.deliveries} times and never finished (crash or hang)"
-        await self.store.finish(entry, entry.member, EventState.DEAD, entry.deliveries, error)
+        await self.store.finish(
+            entry,
+            entry.member,
+            EventState.DEAD,
+            entry.deliveries,
+            error,
+            reason_code=ReasonCode.POISON,
+        )
         metrics.EVENTS_PROCESSED.labels(source_of(entry.member), "dead").inc()
         log.error("event_abandoned", member=entry.member, deliveries=entry.deliveries)
 
@@ -191,7 +197,7 @@ class Worker:
             events = await self.store.load_many([entry.member for entry in entries])
             await self.process(list(zip(entries, events, strict=True)))
             entries.clear()  # all recorded (or left pending on purpose): nothing to hand back
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             # The entries stay pending and are reclaimed after the visibility timeout.
             for entry in entries:
                 log.warning(
@@ -210,20 +216,27 @@ class Worker:
         to_apply: list[tuple[QueueEntry, StoredEvent, Record]] = []
         for entry, event in batch:
             if event is None:  # expired by retention: nothing to apply
-                outcomes.append(EventOutcome(entry, entry.member, EventState.DEAD, 0, "expired"))
+                outcomes.append(
+                    EventOutcome(
+                        entry, entry.member, EventState.DEAD, 0, "expired", "worker",
+                        ReasonCode.EXPIRED,
+                    )
+                )  # fmt: skip
                 continue
             try:
                 to_apply.append((entry, event, self._record_of(event)))
                 continue
             except UnmappableEvent as exc:
-                error = f"unmappable: {exc.reason}"
+                error, code = f"unmappable: {exc.reason}", exc.code
             except BodyDecryptError as exc:
-                error = str(exc)
+                error, code = str(exc), ReasonCode.UNDECRYPTABLE
             except Exception:
                 log.exception("event_unprocessable", member=entry.member)
                 continue
             attempt = event.attempts + 1
-            outcomes.append(EventOutcome(entry, event.member, EventState.DEAD, attempt, error))
+            outcomes.append(
+                EventOutcome(entry, event.member, EventState.DEAD, attempt, error, "worker", code)
+            )
         if to_apply:
             outcomes += await self._apply_batch(to_apply)
         # Events scheduled for a retry were acknowledged with it; the rest are decided.
@@ -265,7 +278,12 @@ class Worker:
                 continue
             if isinstance(result, PermanentSinkError):
                 error = _error_text("permanent", result)
-                outcomes.append(EventOutcome(entry, event.member, EventState.DEAD, attempt, error))
+                outcomes.append(
+                    EventOutcome(
+                        entry, event.member, EventState.DEAD, attempt, error, "worker",
+                        ReasonCode.SINK_REJECTED,
+                    )
+                )  # fmt: skip
                 continue
             if isinstance(result, TransientSinkError | TimeoutError):
                 error = _error_text("transient", result)
@@ -281,7 +299,12 @@ class Worker:
                 error = _error_text("unexpected", result)
             if attempt >= self.settings.max_attempts:
                 error = f"gave up after {attempt} attempts: {error}"
-                outcomes.append(EventOutcome(entry, event.member, EventState.DEAD, attempt, error))
+                outcomes.append(
+                    EventOutcome(
+                        entry, event.member, EventState.DEAD, attempt, error, "worker",
+                        ReasonCode.RETRIES_EXHAUSTED,
+                    )
+                )  # fmt: skip
                 continue
             outcomes.append(EventOutcome(entry, event.member, EventState.PENDING, attempt, error))
             retries.append(self._schedule_retry(entry, event, attempt, error))
@@ -306,6 +329,7 @@ class Worker:
             outcome=state.value,
             attempts=outcome.attempts,
             duration_ms=duration_ms,
+            **({"reason_code": outcome.reason_code} if outcome.reason_code else {}),
             **({"error": outcome.last_error} if outcome.last_error else {}),
         )
 

@@ -254,9 +254,11 @@ class TestAccept:
         assert response.status_code == 202
         shard = all_shards(1)[0]
         stored = clean_redis.hgetall(shard.event(member_of("rivya", event_id)))
-        assert (b"dead", reason.encode(), body) == (
+        code = b"not_json" if reason.endswith("not_json") else b"unmappable"
+        assert (b"dead", reason.encode(), code, body) == (
             stored[b"state"],
             stored[b"last_error"],
+            stored[b"reason_code"],
             stored[b"body"],
         )
         assert clean_redis.xlen(shard.stream) == 0

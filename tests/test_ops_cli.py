@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ from receiver.embedded import EmbeddedRedis
 from receiver.keys import keys_for, member_of
 from tests.conftest import TEST_SECRET, free_port, wait_for_port
 from tests.factories import base_env, envelope, generation, signed_headers
+from tests.helpers import eventually
 
 SOURCE = "rivya"
 FORWARD_SECRET = "whsec_" + base64.b64encode(b"forward-secret-for-the-http-sink").decode()
@@ -169,22 +170,13 @@ def stream_key() -> str:
     return keys_for(member_of(SOURCE, "x"), 1).stream
 
 
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def state_of(rdb: redis.Redis, event_id: str) -> str | None:
     value = rdb.hget(event_key(event_id), "state")
     return value.decode() if value is not None else None
 
 
 def wait_state(rdb: redis.Redis, event_id: str, state: str) -> None:
-    wait_until(lambda: state_of(rdb, event_id) == state, f"{event_id} to be {state}")
+    eventually(lambda: state_of(rdb, event_id) == state, WAIT_SECONDS, f"{event_id} to be {state}")
 
 
 def history(rdb: redis.Redis, event_id: str) -> list[dict[str, Any]]:
@@ -199,7 +191,7 @@ def wait_replayed(rdb: redis.Redis, event_id: str, state: str) -> None:
         replayed = [i for i, line in enumerate(lines) if str(line["by"]).startswith("replay:")]
         return bool(replayed) and lines[-1]["state"] == state and len(lines) > replayed[-1] + 1
 
-    wait_until(done, f"{event_id} to be replayed and end {state}")
+    eventually(done, WAIT_SECONDS, f"{event_id} to be replayed and end {state}")
 
 
 def record(workdir: Path, record_key: str) -> dict[str, Any] | None:
@@ -692,8 +684,9 @@ def test_cli_shares_or_starts_embedded_redis(tmp_path: Path) -> None:
         match = re.search(r"event (evt_\w+)", sent.stdout)
         assert match is not None
         event_id = match.group(1)
-        wait_until(
+        eventually(
             lambda: cli_json(env, "events", "show", event_id)["state"] == "applied",
+            WAIT_SECONDS,
             "the test event to be applied",
         )
     finally:
@@ -712,7 +705,7 @@ def test_retention_expires_event_and_dedup(services: Services, rdb: redis.Redis)
     body = orjson.dumps(envelope(generation(), event_id))
     assert post(service, body, event_id).status_code == 202
     assert post(service, body, event_id).status_code == 200
-    wait_until(lambda: not rdb.exists(event_key(event_id)), "the event to expire")
+    eventually(lambda: not rdb.exists(event_key(event_id)), WAIT_SECONDS, "the event to expire")
     assert not rdb.exists(history_key(event_id))
     assert cli(service.env, "events", "show", event_id).returncode == 1
     assert post(service, body, event_id).status_code == 202

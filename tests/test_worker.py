@@ -20,15 +20,8 @@ from receiver.signing import Scheme, Verifier
 from receiver.worker import backoff_delay
 from tests.conftest import TEST_SECRET
 from tests.factories import base_env, event_body, signed_headers
+from tests.helpers import eventually
 from tests.servers import Downstream, ServiceThread
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 def state_of(client: redis.Redis, event_id: str) -> dict[bytes, bytes]:
@@ -78,7 +71,7 @@ class TestApply:
         settings = worker_settings(tmp_path, redis_url, f"sqlite:///{tmp_path}/records.db")
         with ServiceThread(settings, run_worker=True) as service:
             assert deliver(service, event_body(task_id="task_w1"), "msg_w1") == 202
-            wait_until(lambda: state_of(clean_redis, "msg_w1").get(b"state") == b"applied")
+            eventually(lambda: state_of(clean_redis, "msg_w1").get(b"state") == b"applied")
         row = (
             sqlite3.connect(tmp_path / "records.db")
             .execute("SELECT status, last_event_id FROM generations WHERE record_key = 'task_w1'")
@@ -102,7 +95,7 @@ class TestApply:
                 event_body(task_id="task_o", status="succeeded", updated_at="2026-05-10T00:02:00Z"),
                 "msg_new",
             )
-            wait_until(lambda: state_of(clean_redis, "msg_new").get(b"state") == b"applied")
+            eventually(lambda: state_of(clean_redis, "msg_new").get(b"state") == b"applied")
             deliver(
                 service,
                 event_body(
@@ -110,7 +103,7 @@ class TestApply:
                 ),
                 "msg_old",
             )
-            wait_until(lambda: state_of(clean_redis, "msg_old").get(b"state") == b"stale")
+            eventually(lambda: state_of(clean_redis, "msg_old").get(b"state") == b"stale")
         row = (
             sqlite3.connect(tmp_path / "records.db")
             .execute("SELECT status, last_event_id FROM generations WHERE record_key = 'task_o'")
@@ -211,7 +204,7 @@ class TestBatches:
                 for n, event_id in enumerate(events):
                     deliver(service, event_body(task_id=f"task_mix{n}"), event_id)
             with ServiceThread(settings, run_worker=True):
-                wait_until(
+                eventually(
                     lambda: (
                         sorted(state_of(clean_redis, e).get(b"state", b"") for e in events)
                         == [b"applied", b"applied", b"dead"]
@@ -234,7 +227,7 @@ class TestRetries:
             settings = worker_settings(tmp_path, redis_url, downstream.url)
             with ServiceThread(settings, run_worker=True) as service:
                 deliver(service, event_body(task_id="task_r"), "msg_retry")
-                wait_until(lambda: state_of(clean_redis, "msg_retry").get(b"state") == b"applied")
+                eventually(lambda: state_of(clean_redis, "msg_retry").get(b"state") == b"applied")
         stored = state_of(clean_redis, "msg_retry")
         assert (stored[b"state"], stored[b"attempts"]) == (b"applied", b"4")
         ids = {headers["webhook-id"] for headers, _ in downstream.requests}
@@ -263,10 +256,11 @@ class TestRetries:
             settings = worker_settings(tmp_path, redis_url, downstream.url)
             with ServiceThread(settings, run_worker=True) as service:
                 deliver(service, event_body(), "msg_perm")
-                wait_until(lambda: state_of(clean_redis, "msg_perm").get(b"state") == b"dead")
+                eventually(lambda: state_of(clean_redis, "msg_perm").get(b"state") == b"dead")
         stored = state_of(clean_redis, "msg_perm")
         assert stored[b"attempts"] == b"1"
         assert b"422" in stored[b"last_error"]
+        assert b"sink_rejected" == stored[b"reason_code"]
         assert len(downstream.requests) == 1
         assert clean_redis.zscore(all_shards(1)[0].dead, "rivya|msg_perm") is not None
 
@@ -280,10 +274,11 @@ class TestRetries:
             )
             with ServiceThread(settings, run_worker=True) as service:
                 deliver(service, event_body(), "msg_exhaust")
-                wait_until(lambda: state_of(clean_redis, "msg_exhaust").get(b"state") == b"dead")
+                eventually(lambda: state_of(clean_redis, "msg_exhaust").get(b"state") == b"dead")
         stored = state_of(clean_redis, "msg_exhaust")
         assert (stored[b"attempts"], len(downstream.requests)) == (b"3", 3)
         assert stored[b"last_error"].startswith(b"gave up after 3 attempts")
+        assert b"retries_exhausted" == stored[b"reason_code"]
 
 
 class TestBackoff:
@@ -369,5 +364,6 @@ class TestPoisonEvents:
         stored = state_of(clean_redis, "msg_poison")
         assert b"dead" == stored[b"state"]
         assert stored[b"last_error"].startswith(b"abandoned: taken 4 times")
+        assert b"poison" == stored[b"reason_code"]
         shard = all_shards(1)[0]
         assert 0 == clean_redis.xpending(shard.stream, CONSUMER_GROUP)["pending"]

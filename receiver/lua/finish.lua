@@ -3,8 +3,8 @@
 -- queued. All keys belong to one queue shard (one cluster slot).
 --
 -- KEYS: 1 stream, 2 dead zset, then for each event: its hash, its history list
--- ARGV: 1 group, 2 now_ms, then for each event 6 values: stream entry id ('' for none),
---       state, attempts, last_error, history entry, member
+-- ARGV: 1 group, 2 now_ms, then for each event 7 values: stream entry id ('' for none),
+--       state, attempts, last_error, history entry, member, reason_code ('' unless dead)
 --
 -- PERF: one call per batch, so the worker waits for one reply. Redis's own work per event
 -- stays ~23 us (INFO commandstats, batches of 8), a third of it XDEL.
@@ -12,11 +12,11 @@ local group, now = ARGV[1], ARGV[2]
 local acknowledged = {}
 for i = 0, (#KEYS - 2) / 2 - 1 do
   local hash, history = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
-  local a = 3 + 6 * i
+  local a = 3 + 7 * i
   local entry_id, state, member = ARGV[a], ARGV[a + 1], ARGV[a + 5]
   if redis.call('EXISTS', hash) == 1 then
     redis.call('HSET', hash, 'state', state, 'attempts', ARGV[a + 2], 'last_error', ARGV[a + 3],
-               'updated_ms', now)
+               'reason_code', ARGV[a + 6], 'updated_ms', now)
     -- RPUSH keeps an existing list's expiry; only a list it had to create needs one.
     if redis.call('RPUSH', history, ARGV[a + 4]) == 1 then
       local ttl = redis.call('PTTL', hash)

@@ -6,7 +6,7 @@
 -- Returns 1 queued, 0 unknown (expired or never stored).
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'pending', 'attempts', '0', 'last_error', '',
-           'updated_ms', ARGV[2])
+           'reason_code', '', 'updated_ms', ARGV[2])
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])

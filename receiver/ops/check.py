@@ -11,12 +11,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from receiver.embedded import EmbeddedRedis
 from receiver.errors import ConfigError
 from receiver.logs import redact_text
-from receiver.redis_client import create_client
+from receiver.redis_client import REDIS_ERRORS, create_client
 from receiver.settings import Settings, mask_url
 from receiver.signing import Scheme
 from receiver.sinks.base import open_sink
@@ -116,7 +116,7 @@ async def _check_redis(settings: Settings, wait_seconds: float, report: ConfigRe
         elapsed = (time.perf_counter() - started) * 1000
         report.checks.append(Check("redis", True, f"ok ({mask_url(url)}, {elapsed:.1f} ms)"))
         await _check_durability(client, report)
-    except (RedisError, OSError, TimeoutError) as exc:
+    except REDIS_ERRORS as exc:
         report.checks.append(Check("redis", False, f"unreachable ({_failure(exc)})"))
     finally:
         await client.aclose()

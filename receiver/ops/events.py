@@ -180,6 +180,7 @@ def summary(event: StoredEvent) -> dict[str, Any]:
         "record_key": event.record_key,
         "received_at": iso_ms(event.received_ms),
         "attempts": event.attempts,
+        "reason_code": event.reason_code,
         "last_error": event.last_error,
     }
 
