@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from receiver.bodies import BodyCipher
 from receiver.embedded import COMPACT_HASH_VALUE_BYTES
 from receiver.models import EventState
-from receiver.settings import Secret
+from receiver.redaction import Secret
 from receiver.store import EventStore, IncomingEvent, now_ms
 from tests.factories import event_body
 from tests.redis_proc import RedisProcess

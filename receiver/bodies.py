@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from receiver.settings import Secret
+from receiver.redaction import Secret
 
 
 class BodyDecryptError(Exception):

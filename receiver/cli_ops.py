@@ -27,8 +27,8 @@ from receiver.cli_support import (
     run_async,
 )
 from receiver.keys import all_shards, member_of
-from receiver.logs import redact_text, redact_value
 from receiver.models import EventState
+from receiver.redaction import redact_text, redact_value
 from receiver.redis_client import REDIS_ERRORS
 from receiver.settings import DEFAULT_SOURCE, Settings
 from receiver.store import now_ms

@@ -11,111 +11,42 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import functools
 import logging
-import re
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
 import structlog
 from structlog.typing import EventDict, Processor
 
-REDACTED = "[REDACTED]"
-_SECRET_KEY = re.compile(
-    r"secret|token|passw|authorization|signature|api_?key|cookie|credential|private",
-    re.IGNORECASE,
+from receiver.redaction import (
+    PLAIN_TYPES,
+    REDACTED,
+    is_secret_key,
+    may_hold_secret,
+    redact_text,
+    redact_value,
 )
-# Values that look like a secret wherever they appear in a string.
-_SECRET_VALUE = re.compile(
-    r"whsec_[A-Za-z0-9+/=_-]*"
-    r"|rvya_sk_[A-Za-z0-9_-]*"
-    r"|(?i:bearer)\s+[A-Za-z0-9._~+/=-]+"
-    r"|(?<=[a-z]://)[^\s/:@]*:[^\s/@]*@"  # user:password@ in any URL
-    r"|v1a?,[A-Za-z0-9+/]{20,}={0,2}"  # Standard Webhooks signature entries
-    r"|v1=[0-9a-fA-F]{32,}"  # stripe-scheme signature entries
-)
-# The query string of any URL: signed file URLs carry their credentials there.
-_URL_QUERY = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#\"'<>]*)\?[^\s#\"'<>]*")
-
-
-def _may_hold_secret(text: str) -> bool:
-    # PERF: most strings on a line (ids, types, names) hold none of the markers that the
-    # patterns above need; plain substring tests answer that in ~0.4 µs against ~2 µs for
-    # one case-insensitive regex search. Only ``bearer`` is matched case-insensitively.
-    return (
-        "://" in text
-        or "whsec_" in text
-        or "rvya_sk_" in text
-        or "v1," in text
-        or "v1=" in text
-        or "v1a," in text
-        or "bearer" in text.lower()
-    )
-
-
-def redact_text(text: str) -> str:
-    """Mask secret-looking values and URL query strings in free text."""
-    if not _may_hold_secret(text):
-        return text
-    text = _URL_QUERY.sub(r"\1?" + REDACTED, text)
-    return _SECRET_VALUE.sub(REDACTED, text)
-
-
-# PERF: most values on a log line are plain str/int/float/None; an exact-type test answers
-# them before the ABC ``isinstance(value, Mapping)`` check (~1 µs each). Same results: every
-# other type, subclasses included, still takes the full chain below.
-_PLAIN_TYPES = frozenset({int, float, bool, type(None)})
-
-
-def redact_value(value: Any) -> Any:
-    """Redact strings, recursively through mappings and sequences."""
-    kind = type(value)
-    if kind is str:
-        return redact_text(value)
-    if kind in _PLAIN_TYPES:
-        return value
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, bytes | bytearray):
-        return REDACTED  # raw bytes are bodies or keys: never logged
-    if isinstance(value, Mapping):
-        return {
-            key: REDACTED if _SECRET_KEY.search(str(key)) else redact_value(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list | tuple | set | frozenset):
-        return [redact_value(item) for item in value]
-    if isinstance(value, int | float | bool) or value is None:
-        return value
-    return redact_text(str(value))
-
-
-@functools.lru_cache(maxsize=1024)
-def _is_secret_key(key: str) -> bool:
-    # PERF: log lines reuse a handful of field names; the regex runs once per name.
-    return _SECRET_KEY.search(key) is not None
 
 
 def redact(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: the last step before rendering, applied to every line."""
     texts: list[str] = []
     for key, value in event_dict.items():
-        if _is_secret_key(key):
+        if is_secret_key(key):
             event_dict[key] = REDACTED
         elif type(value) is str:
             texts.append(value)
-        elif type(value) not in _PLAIN_TYPES:
+        elif type(value) not in PLAIN_TYPES:
             event_dict[key] = redact_value(value)
     # PERF: a line's plain strings (ids, types, names) are screened together, with one
     # pass of the marker tests instead of one per string. NUL keeps a marker from forming
     # across two strings; only a line with a marker goes through string by string.
-    if texts and _may_hold_secret("\0".join(texts)):
+    if texts and may_hold_secret("\0".join(texts)):
         for key, value in event_dict.items():
-            if type(value) is str and not _is_secret_key(key):
+            if type(value) is str and not is_secret_key(key):
                 event_dict[key] = redact_text(value)
     return event_dict
 

@@ -14,8 +14,9 @@ from receiver.bodies import BodyCipher
 from receiver.embedded import EmbeddedRedis
 from receiver.errors import ConfigError
 from receiver.logs import get_logger
+from receiver.redaction import mask_url
 from receiver.redis_client import REDIS_ERRORS, create_client
-from receiver.settings import Settings, mask_url
+from receiver.settings import Settings
 from receiver.signing import Verifier
 from receiver.sinks.base import Sink, open_sink
 from receiver.store import EventStore

@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from receiver.errors import ConfigError
+from receiver.redaction import Secret
 from receiver.signing import HMAC_PREFIX, Scheme, parse_keys
 
 DEFAULT_SOURCE = "rivya"
@@ -24,53 +25,6 @@ _SOURCE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # with fullmatch: ``$`` allow
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,100}")
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
-
-
-class Secret:
-    """A string that never shows itself in ``repr``/``str``; call ``reveal()`` to use it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-def mask_url(url: str) -> str:
-    """A URL with its password (and any query string) replaced, safe to print."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # e.g. an unclosed ``[`` IPv6 host: show nothing rather than all
-        return "<unparseable URL>"
-    netloc = parts.netloc
-    if password is None and not parts.query and "@" not in netloc:
-        return url
-    if "@" in netloc:
-        # A bare user part can be a token too (https://TOKEN@host): only user:*** survives.
-        user = parts.username or ""
-        host = netloc.rsplit("@", 1)[1]
-        netloc = f"{user}:***@{host}" if password is not None else f"***@{host}"
-    query = "***" if parts.query else ""
-    masked = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    # urlunsplit drops an empty authority for schemes it does not know: keep
-    # ``sqlite:///path`` from turning into ``sqlite:/path``.
-    if not netloc and url[len(parts.scheme) : len(parts.scheme) + 3] == "://":
-        masked = f"{parts.scheme}://{masked[len(parts.scheme) + 1 :]}"
-    return masked
 
 
 def parse_duration(text: str) -> float:

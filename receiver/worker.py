@@ -24,8 +24,9 @@ from receiver import metrics
 from receiver.bodies import BodyDecryptError
 from receiver.errors import PermanentSinkError, TransientSinkError
 from receiver.keys import source_of
-from receiver.logs import get_logger, redact_text
+from receiver.logs import get_logger
 from receiver.models import ApplyOutcome, EventState, ReasonCode, Record
+from receiver.redaction import redact_text
 from receiver.redis_client import REDIS_ERRORS
 from receiver.rivya import UnmappableEvent, map_event, parse_body
 from receiver.runtime import Runtime

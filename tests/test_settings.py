@@ -10,13 +10,8 @@ import pytest
 from cryptography.fernet import Fernet
 
 from receiver.errors import ConfigError
-from receiver.settings import (
-    KNOWN_VARIABLES,
-    Secret,
-    Settings,
-    mask_url,
-    parse_duration,
-)
+from receiver.redaction import Secret, mask_url
+from receiver.settings import KNOWN_VARIABLES, Settings, parse_duration
 from receiver.signing import Scheme
 from tests.conftest import TEST_SECRET
 

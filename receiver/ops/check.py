@@ -15,9 +15,9 @@ from redis.exceptions import ResponseError
 
 from receiver.embedded import EmbeddedRedis
 from receiver.errors import ConfigError
-from receiver.logs import redact_text
+from receiver.redaction import mask_url, redact_text
 from receiver.redis_client import REDIS_ERRORS, create_client
-from receiver.settings import Settings, mask_url
+from receiver.settings import Settings
 from receiver.signing import Scheme
 from receiver.sinks.base import open_sink
 

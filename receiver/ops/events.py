@@ -17,8 +17,8 @@ import orjson
 
 from receiver.bodies import BodyCipher, BodyDecryptError
 from receiver.keys import ShardKeys, all_shards, member_of
-from receiver.logs import redact_text, redact_value
 from receiver.models import EventState, format_time, parse_time
+from receiver.redaction import redact_text, redact_value
 from receiver.settings import DEFAULT_SOURCE, parse_duration
 from receiver.store import EventStore, StoredEvent, now_ms
 

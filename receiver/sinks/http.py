@@ -16,7 +16,7 @@ import orjson
 
 from receiver.errors import ConfigError, PermanentSinkError, TransientSinkError
 from receiver.models import ApplyOutcome, Record
-from receiver.settings import mask_url
+from receiver.redaction import mask_url
 from receiver.signing import sign_standard
 
 if TYPE_CHECKING:

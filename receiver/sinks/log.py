@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from receiver.models import ApplyOutcome, Record, format_time
-from receiver.settings import mask_url
+from receiver.redaction import mask_url
 
 if TYPE_CHECKING:
     from receiver.settings import Settings

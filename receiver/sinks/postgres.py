@@ -26,7 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from receiver.errors import PermanentSinkError, SinkError, TransientSinkError
 from receiver.models import ApplyOutcome, Record
-from receiver.settings import mask_url
+from receiver.redaction import mask_url
 from receiver.sinks.grouping import GroupCommit
 from receiver.sinks.rows import COLUMNS, flat_row, guarded_upsert, positional_upsert
 

@@ -25,7 +25,7 @@ from redis.retry import Retry
 
 from receiver.errors import ConfigError, PermanentSinkError, TransientSinkError
 from receiver.models import TERMINAL_RANK, ApplyOutcome, Record
-from receiver.settings import mask_url
+from receiver.redaction import mask_url
 from receiver.sinks.rows import flat_row
 
 if TYPE_CHECKING:

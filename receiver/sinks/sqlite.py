@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from receiver.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
 from receiver.models import ApplyOutcome, Record
-from receiver.settings import mask_url
+from receiver.redaction import mask_url
 from receiver.sinks.grouping import GroupCommit
 from receiver.sinks.rows import COLUMNS, flat_row, guarded_upsert, positional_upsert
 

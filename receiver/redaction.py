@@ -1,0 +1,138 @@
+"""Redaction: everything that keeps a secret out of an output, in one place (SPEC §8).
+
+``Secret`` hides a value from ``repr``/``str``; ``mask_url`` shows a URL without its
+password and query; ``redact_text``/``redact_value`` mask secret-looking values and keys
+in free text and nested data. The log processor, the CLI, the sinks that print and every
+page or API answer use these and nothing else.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str``; call ``reveal()`` to use it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def mask_url(url: str) -> str:
+    """A URL with its password (and any query string) replaced, safe to print."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # e.g. an unclosed ``[`` IPv6 host: show nothing rather than all
+        return "<unparseable URL>"
+    netloc = parts.netloc
+    if password is None and not parts.query and "@" not in netloc:
+        return url
+    if "@" in netloc:
+        # A bare user part can be a token too (https://TOKEN@host): only user:*** survives.
+        user = parts.username or ""
+        host = netloc.rsplit("@", 1)[1]
+        netloc = f"{user}:***@{host}" if password is not None else f"***@{host}"
+    query = "***" if parts.query else ""
+    masked = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # urlunsplit drops an empty authority for schemes it does not know: keep
+    # ``sqlite:///path`` from turning into ``sqlite:/path``.
+    if not netloc and url[len(parts.scheme) : len(parts.scheme) + 3] == "://":
+        masked = f"{parts.scheme}://{masked[len(parts.scheme) + 1 :]}"
+    return masked
+
+
+REDACTED = "[REDACTED]"
+_SECRET_KEY = re.compile(
+    r"secret|token|passw|authorization|signature|api_?key|cookie|credential|private",
+    re.IGNORECASE,
+)
+# Values that look like a secret wherever they appear in a string.
+_SECRET_VALUE = re.compile(
+    r"whsec_[A-Za-z0-9+/=_-]*"
+    r"|rvya_sk_[A-Za-z0-9_-]*"
+    r"|(?i:bearer)\s+[A-Za-z0-9._~+/=-]+"
+    r"|(?<=[a-z]://)[^\s/:@]*:[^\s/@]*@"  # user:password@ in any URL
+    r"|v1a?,[A-Za-z0-9+/]{20,}={0,2}"  # Standard Webhooks signature entries
+    r"|v1=[0-9a-fA-F]{32,}"  # stripe-scheme signature entries
+)
+# The query string of any URL: signed file URLs carry their credentials there.
+_URL_QUERY = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#\"'<>]*)\?[^\s#\"'<>]*")
+
+
+def may_hold_secret(text: str) -> bool:
+    # PERF: most strings on a line (ids, types, names) hold none of the markers that the
+    # patterns above need; plain substring tests answer that in ~0.4 µs against ~2 µs for
+    # one case-insensitive regex search. Only ``bearer`` is matched case-insensitively.
+    return (
+        "://" in text
+        or "whsec_" in text
+        or "rvya_sk_" in text
+        or "v1," in text
+        or "v1=" in text
+        or "v1a," in text
+        or "bearer" in text.lower()
+    )
+
+
+def redact_text(text: str) -> str:
+    """Mask secret-looking values and URL query strings in free text."""
+    if not may_hold_secret(text):
+        return text
+    text = _URL_QUERY.sub(r"\1?" + REDACTED, text)
+    return _SECRET_VALUE.sub(REDACTED, text)
+
+
+# PERF: most values on a log line are plain str/int/float/None; an exact-type test answers
+# them before the ABC ``isinstance(value, Mapping)`` check (~1 µs each). Same results: every
+# other type, subclasses included, still takes the full chain below.
+PLAIN_TYPES = frozenset({int, float, bool, type(None)})
+
+
+def redact_value(value: Any) -> Any:
+    """Redact strings, recursively through mappings and sequences."""
+    kind = type(value)
+    if kind is str:
+        return redact_text(value)
+    if kind in PLAIN_TYPES:
+        return value
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, bytes | bytearray):
+        return REDACTED  # raw bytes are bodies or keys: never logged
+    if isinstance(value, Mapping):
+        return {
+            key: REDACTED if _SECRET_KEY.search(str(key)) else redact_value(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact_value(item) for item in value]
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return redact_text(str(value))
+
+
+@functools.lru_cache(maxsize=1024)
+def is_secret_key(key: str) -> bool:
+    # PERF: log lines reuse a handful of field names; the regex runs once per name.
+    return _SECRET_KEY.search(key) is not None
