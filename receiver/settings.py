@@ -78,6 +78,19 @@ class Settings:
     def source(self, name: str) -> SourceConfig | None:
         return self.sources.get(name)
 
+    def require_signing_keys(self) -> None:
+        """ConfigError unless every source has keys: ``serve`` cannot verify without them.
+
+        Workers and ops commands never verify a delivery, so they run without the secret
+        (a worker pod need not hold it).
+        """
+        for source in self.sources.values():
+            if not source.keys:
+                raise ConfigError(
+                    "RECEIVER_WEBHOOK_SECRET: required (or RECEIVER_WEBHOOK_SECRET_FILE); "
+                    "create one with `receiver gen-secret`"
+                )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Read and validate every setting; raise ConfigError naming the first bad one."""
@@ -99,9 +112,9 @@ class Settings:
                 "RECEIVER_SINK: not a sink URL (e.g. sqlite:///path.db, postgresql://..., "
                 "https://..., redis://..., log:)"
             )
+        # Required only where the HTTP sink is opened (HttpSink says so): an operator
+        # listing events needs Redis, not the downstream's signing secret.
         forward_secret = reader.secret("RECEIVER_FORWARD_SECRET")
-        if sink_scheme in ("http", "https") and forward_secret is None:
-            raise ConfigError("RECEIVER_FORWARD_SECRET: required when RECEIVER_SINK is an HTTP URL")
         if forward_secret is not None:
             _check_forward_secret(forward_secret)
         redis_url = reader.secret("RECEIVER_REDIS_URL")
@@ -261,19 +274,16 @@ def _check_forward_secret(secret: Secret) -> None:
 
 def _default_source(reader: _EnvReader) -> SourceConfig:
     scheme = Scheme(reader.choice("RECEIVER_SIGNATURE_SCHEME", "standard", tuple(Scheme)))
+    # Optional here: only the processes that verify deliveries need it (issue 14), and
+    # they ask with ``Settings.require_signing_keys``; a value that is set is checked now.
     secret = reader.secret("RECEIVER_WEBHOOK_SECRET")
-    if secret is None:
-        raise ConfigError(
-            "RECEIVER_WEBHOOK_SECRET: required (or RECEIVER_WEBHOOK_SECRET_FILE); "
-            "create one with `receiver gen-secret`"
-        )
     header = reader.text("RECEIVER_SIGNATURE_HEADER", "Rivya-Signature")
     if not _HEADER_NAME.fullmatch(header):
         raise ConfigError("RECEIVER_SIGNATURE_HEADER: not a valid header name")
     return SourceConfig(
         name=DEFAULT_SOURCE,
         scheme=scheme,
-        keys=_check_keys("RECEIVER_WEBHOOK_SECRET", scheme, secret.reveal()),
+        keys=_check_keys("RECEIVER_WEBHOOK_SECRET", scheme, secret.reveal()) if secret else (),
         signature_header=header,
         tolerance_seconds=reader.integer("RECEIVER_TOLERANCE_SECONDS", 300, minimum=1),
     )

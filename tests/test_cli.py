@@ -1,4 +1,5 @@
-"""Process-level behaviour of `receiver serve`: start-up failures are one line and exit 1."""
+"""Process-level behaviour of the commands: start-up failures are one line and exit 1, and
+each process needs only the settings it uses."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.factories import base_env
+from tests.helpers import eventually
 from tests.servers import ServiceProcess
 
 
@@ -48,3 +50,43 @@ def test_port_in_use_exits_1(tmp_path: Path, redis_url: str) -> None:
         result = run_cli(env, "serve", "--port", str(first.port))
     assert 1 == result.returncode
     assert f"could not listen on 127.0.0.1:{first.port}" in result.stderr
+
+
+def without_signing_secret(env: dict[str, str]) -> dict[str, str]:
+    return {key: value for key, value in env.items() if key != "RECEIVER_WEBHOOK_SECRET"}
+
+
+def test_serve_needs_the_signing_secret(tmp_path: Path, redis_url: str) -> None:
+    """serve verifies deliveries: without a signing secret it exits 1 naming the variable."""
+    result = run_cli(without_signing_secret(base_env(tmp_path, redis_url)), "serve")
+    assert 1 == result.returncode
+    assert result.stderr.startswith("receiver: configuration error: RECEIVER_WEBHOOK_SECRET:")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.usefixtures("clean_redis")
+def test_worker_and_ops_commands_run_without_the_signing_secret(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A worker pod and a read-only operator need Redis (and the worker its sink), not the
+    signing secret; with an HTTP sink, listing events needs no forward secret either."""
+    env = without_signing_secret(
+        base_env(tmp_path, redis_url, RECEIVER_SINK="https://hooks.example/in")
+    )
+    listed = run_cli(env, "events", "list", "--json")
+    assert (0, "[]") == (listed.returncode, listed.stdout.strip()), listed.stderr
+
+    worker_env = without_signing_secret(base_env(tmp_path, redis_url, RECEIVER_SINK="log:"))
+    with ServiceProcess(worker_env, tmp_path / "worker.log", "worker") as worker:
+        assert worker.process is not None
+        eventually(lambda: "worker_started" in worker.output(), what="the worker to start")
+        assert worker.process.poll() is None, worker.output()
+
+
+def test_worker_with_http_sink_needs_the_forward_secret(tmp_path: Path, redis_url: str) -> None:
+    """The worker opens the HTTP sink, which cannot sign without RECEIVER_FORWARD_SECRET."""
+    env = base_env(tmp_path, redis_url, RECEIVER_SINK="https://hooks.example/in")
+    result = run_cli(env, "worker")
+    assert 1 == result.returncode
+    assert "RECEIVER_FORWARD_SECRET: required" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -87,14 +87,21 @@ def build_delivery(
     body = sample_body(event_id, task_id, status, now)
     headers = {"content-type": "application/json", "user-agent": "receiver-send-test"}
     if source.scheme is Scheme.STRIPE:
+        if secret is None and not source.keys:
+            raise NoSigningSecret(
+                f"source {source.name} has no signing secret (set RECEIVER_WEBHOOK_SECRET "
+                "or pass --secret)"
+            )
         key = secret or source.keys[0].reveal()
         headers[source.signature_header] = sign_stripe(key, timestamp, body)
         return Delivery(event_id, task_id, body, headers)
     if secret is None:
         shared = [key.reveal() for key in source.keys if key.reveal().startswith(HMAC_PREFIX)]
         if not shared:
+            problem = "only whpk_ (verify-only) keys" if source.keys else "no signing secret"
             raise NoSigningSecret(
-                f"source {source.name} has only whpk_ (verify-only) keys; pass --secret whsec_..."
+                f"source {source.name} has {problem}; set RECEIVER_WEBHOOK_SECRET "
+                "or pass --secret whsec_..."
             )
         secret = shared[0]
     try:

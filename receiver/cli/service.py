@@ -1,38 +1,28 @@
-"""The ``receiver`` command line: a thin layer over the functions the service uses.
+"""``receiver serve`` and ``receiver worker``: the long-running processes.
 
-Exit codes (SPEC §7): 0 success, 1 failure (including a bad configuration), 2 usage.
-Configuration errors print one line naming the variable, never a traceback or a secret.
+``serve`` needs the signing secrets (it verifies deliveries) and, with its in-process
+worker, the sink; ``worker`` needs only Redis and the sink (issue 14).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import secrets
-import sys
 
 import click
 
-from receiver.cli_ops import COMMANDS
-from receiver.cli_support import fail, load_settings, run_async
+from receiver.cli.common import SIGNING, fail, load_settings, run_async
 from receiver.logs import get_logger
 
 log = get_logger("receiver.cli")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="receiver")
-def main() -> None:
-    """Receive signed Rivya webhooks, store them durably, apply them to one record each."""
-
-
-@main.command()
+@click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--no-worker", is_flag=True, help="Only receive; run workers with `receiver worker`.")
 def serve(host: str, port: int, no_worker: bool) -> None:
     """Run the HTTP service (and a worker, unless --no-worker)."""
-    settings = load_settings(service=True)
+    settings = load_settings(service=True, needs=(SIGNING,))
 
     async def run() -> None:
         from receiver.app import create_app
@@ -55,7 +45,7 @@ def serve(host: str, port: int, no_worker: bool) -> None:
     run_async(run)
 
 
-@main.command()
+@click.command()
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
@@ -105,17 +95,3 @@ def worker(metrics_port: int | None, metrics_host: str) -> None:
         await runtime.aclose()
 
     run_async(run)
-
-
-@main.command("gen-secret")
-def gen_secret() -> None:
-    """Print a fresh whsec_ signing secret (32 random bytes)."""
-    click.echo("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
-
-
-for _command in COMMANDS:
-    main.add_command(_command)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

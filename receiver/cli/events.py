@@ -1,0 +1,190 @@
+"""``receiver events``: list, show, audit and re-encrypt stored events (SPEC §7, §9).
+
+Without ``--raw`` everything printed passes the log redaction.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+import orjson
+
+from receiver import ops
+from receiver.bodies import BodyDecryptError
+from receiver.cli.common import (
+    EXIT_USAGE,
+    fail,
+    load_settings,
+    settings_for,
+    source_option,
+    with_runtime,
+)
+from receiver.cli.filters import build_filter, filter_options
+from receiver.cli.output import EVENT_COLUMNS, event_rows, print_json, print_table, progress_bar
+from receiver.keys import all_shards
+from receiver.redaction import redact_text, redact_value
+
+RAW_WARNING = (
+    "warning: printing the raw stored body; it may hold API keys and signed URLs. "
+    "Do not paste it into tickets or chats."
+)
+
+
+@click.group()
+def events() -> None:
+    """List, inspect and re-encrypt stored events; read the replay audit log."""
+
+
+@events.command("list")
+@filter_options
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@source_option
+def list_command(
+    status: str | None,
+    event_type: str | None,
+    record_key: str | None,
+    since: int | None,
+    until: int | None,
+    limit: int,
+    as_json: bool,
+    source: str,
+) -> None:
+    """List stored events, newest first."""
+    event_filter = build_filter(source, status, event_type, record_key, since, until, limit)
+    settings = settings_for(source)
+    found = with_runtime(settings, lambda runtime: ops.list_events(runtime.store, event_filter))
+    if as_json:
+        print_json([redact_value(ops.summary(event)) for event in found])
+        return
+    print_table(EVENT_COLUMNS, event_rows(found))
+    if not found:
+        click.echo("no events match", err=True)
+
+
+@events.command("show")
+@click.argument("event_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--raw", is_flag=True, help="Print the stored body decrypted, unredacted.")
+@source_option
+def show_command(event_id: str, as_json: bool, raw: bool, source: str) -> None:
+    """Show one event: state, history, attempts, last error and its (redacted) body."""
+    settings = settings_for(source)
+    detail = with_runtime(
+        settings,
+        lambda runtime: ops.show_event(runtime.store, runtime.cipher, source, event_id),
+    )
+    if detail is None:
+        fail(f"no event {redact_text(event_id)!r} from source {source!r} (unknown or expired)")
+    if raw:
+        click.echo(RAW_WARNING, err=True)
+        if detail.body is None:
+            fail(f"cannot open the body: {detail.body_error}")
+    if as_json:
+        print_json(detail.to_json(raw=raw))
+    elif raw:
+        assert detail.body is not None
+        sys.stdout.buffer.write(detail.body)
+        sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
+    else:
+        _print_detail(detail.to_json())
+
+
+def _print_detail(data: dict[str, Any]) -> None:
+    for name in (
+        "event_id", "source", "state", "type", "record_key", "received_at", "signed_at",
+        "attempts", "last_error", "content_type", "encrypted", "body_sha256", "body_error",
+    ):  # fmt: skip
+        if name in data:
+            click.echo(f"{name + ':':<14}{data[name] if data[name] is not None else ''}")
+    click.echo("history:")
+    for entry in data["history"]:
+        extra = " ".join(
+            f"{key}={value}"
+            for key, value in entry.items()
+            if key not in ("at", "at_ms", "state", "by")
+        )
+        line = f"  {entry['at']}  {entry.get('state', ''):<8} by {entry.get('by', '')} {extra}"
+        click.echo(line.rstrip())
+    click.echo("body (redacted; --raw for the stored bytes):")
+    body = data.get("body")
+    if isinstance(body, str):
+        click.echo(body)
+    elif body is not None:
+        click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+
+
+@events.command("audit")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def audit_command(limit: int, as_json: bool) -> None:
+    """List audited replays, newest first."""
+    settings = load_settings()
+    entries = with_runtime(settings, lambda runtime: ops.list_audit(runtime.client, limit))
+    if as_json:
+        print_json([redact_value(entry.to_json()) for entry in entries])
+        return
+    rows = [
+        [
+            data["at"],
+            data["actor"],
+            data["source"],
+            orjson.dumps(data["filter"]).decode(),
+            str(data["matched"]),
+            str(data["queued"]),
+            str(data["missing"]),
+            "yes" if data["dry_run"] else "no",
+        ]
+        for data in (redact_value(entry.to_json()) for entry in entries)
+    ]
+    print_table(AUDIT_COLUMNS, rows)
+    if not rows:
+        click.echo("no audited replays", err=True)
+
+
+AUDIT_COLUMNS = ("at", "actor", "source", "filter", "matched", "queued", "missing", "dry_run")
+
+
+@events.command("reencrypt")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def reencrypt_command(yes: bool) -> None:
+    """Re-encrypt every stored body under the first RECEIVER_ENCRYPTION_KEYS key.
+
+    Run it after putting a new key first; remove the old key only once this succeeded.
+    """
+    settings = load_settings()
+    if not settings.encryption_keys:
+        fail("RECEIVER_ENCRYPTION_KEYS is not set: nothing to encrypt with")
+    if not yes:
+        if not sys.stdin.isatty():
+            fail(
+                "re-encrypting every stored body needs --yes when stdin is not a terminal",
+                EXIT_USAGE,
+            )
+        click.confirm("Re-encrypt every stored body under the first key?", abort=True)
+
+    async def work(runtime: Any) -> ops.ReencryptResult:
+        total = sum(
+            [
+                int(await runtime.client.zcard(shard.index))
+                for shard in all_shards(runtime.store.shards)
+            ]
+        )
+        with progress_bar("re-encrypting", total) as progress:
+            return await ops.reencrypt(runtime.store, runtime.cipher, progress)
+
+    try:
+        result = with_runtime(settings, work)
+    except BodyDecryptError as exc:
+        fail(str(exc))
+    click.echo(
+        f"re-encrypted {result.rotated} bodies; {result.gone} expired meanwhile; "
+        f"{len(result.failed)} could not be opened"
+    )
+    if result.failed:
+        for member in result.failed[:20]:
+            click.echo(f"  cannot open: {redact_text(member)}", err=True)
+        fail("some bodies are under a key that is no longer configured")
