@@ -45,6 +45,8 @@ from cryptography.hazmat.primitives.serialization import (
 from cryptography.x509.oid import NameOID
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from receiver.cli import main as cli
 from receiver.embedded import redis_server_binary
@@ -838,12 +840,18 @@ def make_secret_files(directory: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def one_shot_client(port: int) -> redis.Redis:
+    """A client that reports a refusal at once (redis-py retries connection errors, and
+    counts a refused AUTH as one)."""
+    return redis.Redis(port=port, socket_timeout=2, retry=Retry(NoBackoff(), 0))
+
+
 def wait_until_redis_answers(port: int, process: subprocess.Popen[bytes]) -> None:
     """Until redis-server on ``port`` answers (a refusal to authenticate is an answer)."""
     deadline = time.monotonic() + 15
     while True:
         try:
-            redis.Redis(port=port, socket_timeout=2).ping()
+            one_shot_client(port).ping()
             return
         except redis.AuthenticationError:
             return
@@ -934,11 +942,14 @@ class TestCompose:
         """Redis includes its password from a mounted secret; no committed file holds one."""
         document = compose()
         redis_service = document["services"]["redis"]
-        name = redis_include(redis_service).removeprefix("/run/secrets/")
+        include = redis_include(redis_service)
+        name = include.removeprefix("/run/secrets/")
         assert name in redis_service["secrets"]
         assert name in document["secrets"]  # declared, hence git-ignored (test above)
-        # The image's entrypoint drops from root to its redis user only for `redis-server`.
-        assert redis_service["command"][0] == "redis-server"
+        # Nothing else on the command line (which `ps` shows): no password, no ACL user. The
+        # image's entrypoint drops from root to its redis user only for `redis-server`.
+        config = "/usr/local/etc/redis/redis.conf"
+        assert redis_service["command"] == ["redis-server", config, "--include", include]
         directives = {
             line.split()[0].lower()
             for line in (DEPLOY / "redis.conf").read_text().splitlines()
@@ -976,7 +987,7 @@ class TestCompose:
         try:
             wait_until_redis_answers(port, process)
             with pytest.raises(redis.AuthenticationError):
-                redis.Redis(port=port, socket_timeout=2).ping()
+                one_shot_client(port).ping()
 
             kind, shell = redis_service["healthcheck"]["test"]
             assert kind == "CMD-SHELL"
