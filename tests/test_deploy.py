@@ -580,7 +580,7 @@ class TestKubernetes:
                     mount = mounts.get(directory)
                     assert mount is not None, f"{entry['name']}: {directory} is not mounted"
                     assert mount.get("readOnly") is True, mount
-                    assert file_name in files[mount["name"]], f"{entry['name']}: no such key"
+                    assert file_name in files.get(mount["name"], {}), f"{entry['name']}: no key"
             for volume in pod["volumes"]:
                 if volume["name"] in files:
                     mode = volume.get("secret", volume.get("projected", {})).get("defaultMode")
