@@ -664,6 +664,80 @@ class TestKubernetes:
                 assert obj["spec"]["replicas"] >= 2, name
 
 
+# --- Kubernetes: each pod starts with what it mounts -----------------------------------
+
+
+def http_answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.mark.slow
+class TestPodsStart:
+    @pytest.mark.parametrize("name", ["receiver-serve", "receiver-worker"])
+    def test_container_starts_with_only_its_pods_files(
+        self, name: str, redis_url: str, tmp_path: Path
+    ) -> None:
+        """The container's command, with its env and only the Secret keys its pod mounts,
+        starts and serves; so the worker runs without the signing secret."""
+        (deployment,) = [
+            obj
+            for obj in rendered()
+            if obj["kind"] == "Deployment" and obj["metadata"]["name"] == name
+        ]
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        contents = {"webhook-secret": TEST_SECRET, "redis-url": redis_url,
+                    "sink-url": f"sqlite:///{tmp_path}/records.db"}  # fmt: skip
+        # Each mounted Secret volume becomes a directory holding only its listed keys.
+        files: dict[str, str] = {}
+        for mount in container["volumeMounts"]:
+            keys = secret_files(pod).get(mount["name"])
+            if keys is None:
+                continue
+            directory = tmp_path / mount["name"]
+            directory.mkdir()
+            for file_name, key in keys.items():
+                (directory / file_name).write_text(contents[key])
+            files[mount["mountPath"]] = str(directory)
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+        environment.update(configmap_data())
+        for entry in container["env"]:
+            directory, _, file_name = entry["value"].rpartition("/")
+            environment[entry["name"]] = f"{files.get(directory, directory)}/{file_name}"
+        # What must differ on a test machine: state under tmp_path, no drain wait.
+        environment.update(RECEIVER_DATA_DIR=str(tmp_path / "data"), RECEIVER_SHUTDOWN_DRAIN="0s")
+        port = free_port()
+        args = list(container["args"])
+        for option in ("--port", "--metrics-port"):
+            if option in args:
+                args[args.index(option) + 1] = str(port)
+        args = [arg.replace("0.0.0.0", "127.0.0.1") for arg in args]
+        path = "/readyz" if args[0] == "serve" else "/metrics"
+        log_path = tmp_path / "container.log"
+        flush(redis_url)
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "receiver", *args], env=environment,
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while not http_answers(f"http://127.0.0.1:{port}{path}"):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{name} did not start:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0, log_path.read_text()[-3000:]
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            flush(redis_url)
+
+
 # --- Kubernetes: network policies and the Ingress ------------------------------------
 
 
