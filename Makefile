@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= ./receiver-data
 export RECEIVER_DATA_DIR ?= $(DATA_DIR)
 
-.PHONY: run test lint typecheck pytest services bench clean
+.PHONY: run test lint typecheck pytest services bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,16 @@ pytest: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/run.py
+
+## lock: regenerate requirements.lock, the hashed runtime dependencies the image installs
+# Keeps the pins that still satisfy pyproject.toml; `make lock UPGRADE=1` moves every pin to
+# the newest release allowed. Universal (every platform's markers and hashes, aarch64 and
+# x86_64 alike) for Python 3.11, the image's; runtime dependencies only, no test extras.
+lock: | $(BIN)/python
+	$(BIN)/pip install --quiet 'uv>=0.5'
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade) --quiet \
+		--output-file requirements.lock
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

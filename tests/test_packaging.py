@@ -1,9 +1,12 @@
 """The Dockerfile's build and run steps, outside Docker (no Docker on the test machines).
 
-Like the image: copy what the Dockerfile copies, build our wheel (with build isolation, as
-``docker build`` does), install it with its dependencies into a fresh venv, then run the
-console script from there: ``serve --help``, and ``serve`` on the embedded Redis until
-SIGTERM. What passes here is what the image's two stages do, short of the base image.
+Like the image: a fresh venv without pip gets requirements.lock, hash-checked and with
+``--no-deps``; then our wheel, built from a copy of what the Dockerfile copies (with build
+isolation, as ``docker build`` does), is installed with ``--no-deps`` too. The venv must
+then hold every dependency the wheel declares, at a version it accepts, and nothing more;
+and the console script runs from there: ``serve --help``, and ``serve`` on the embedded
+Redis until SIGTERM. What passes here is what the image's two stages do, short of the base
+image.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import httpx
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.conftest import TEST_SECRET, free_port
 
@@ -92,20 +98,22 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     shutil.copytree(
         ROOT / "receiver", source / "receiver", ignore=shutil.ignore_patterns("__pycache__")
     )
+    shutil.copy2(ROOT / "requirements.lock", source / "requirements.lock")
     dist = work / "dist"
     pip = (sys.executable, "-m", "pip")
+    # The build stage's steps, in its order: a venv without pip of its own (this pip
+    # installs into it with ``--python``), the lock, then our wheel. Only --no-compile
+    # differs: bytecode written at install time matters for the image's read-only root,
+    # not here (and costs seconds).
+    venv = work / "venv"
+    into_venv = (*pip, "--python", venv / "bin" / "python", "install", "--no-compile")
+    run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=work)
+    run(*into_venv, "--require-hashes", "--no-deps", "-r", "requirements.lock", cwd=source)
     # Build isolation, as in the image: pyproject.toml asks for setuptools>=68 and wheel,
     # which need not be in the test environment (pip takes them from its index or cache).
     run(*pip, "wheel", "--no-deps", "-w", dist, source, cwd=work)
     (wheel,) = dist.glob("receiver-*.whl")
-    # Speed, not fidelity, differs from the image here: a venv without pip of its own (this
-    # pip installs into it with ``--python``); dependencies straight from pip's index and
-    # cache rather than collected as wheels first; and --no-compile, as bytecode written at
-    # install time only matters for the image's read-only root (and saves seconds here).
-    venv = work / "venv"
-    run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=work)
-    run(*pip, "--python", venv / "bin" / "python", "install", "--no-compile",
-        "--find-links", dist, wheel, cwd=work)  # fmt: skip
+    run(*into_venv, "--no-deps", wheel, cwd=work)
     workdir = work / "app"  # the image's WORKDIR: nothing of the source tree around
     workdir.mkdir()
     return Installed(wheel=wheel, venv=venv, workdir=workdir)
@@ -134,6 +142,41 @@ class TestWheel:
         }
         assert expected - names == set()
         assert "receiver = receiver.cli:main" in scripts
+
+    def test_lock_satisfies_every_dependency(self, installed: Installed) -> None:
+        """With the lock and our wheel installed --no-deps, pip finds no requirement unmet."""
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "--python", installed.venv / "bin" / "python", "check"],
+            capture_output=True, text=True, env=clean_environment(), timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def test_lock_holds_nothing_the_service_does_not_need(self, installed: Installed) -> None:
+        """Every package in the venv is receiver or one it requires, directly or through others."""
+        (site_packages,) = installed.venv.glob("lib/python*/site-packages")
+        installed_names = {
+            canonicalize_name(dist.metadata["Name"]): dist
+            for dist in metadata.distributions(path=[str(site_packages)])
+        }
+        needed: set[str] = set()
+        # (name, extras asked for); markers evaluate as in the venv, same interpreter.
+        pending: list[tuple[str, frozenset[str]]] = [("receiver", frozenset())]
+        seen: set[tuple[str, frozenset[str]]] = set()
+        while pending:
+            name, extras = pending.pop()
+            if (name, extras) in seen:
+                continue
+            seen.add((name, extras))
+            needed.add(name)
+            assert name in installed_names, f"{name} is required but not in the lock"
+            for text in installed_names[name].requires or []:
+                requirement = Requirement(text)
+                marker = requirement.marker
+                if marker is None or any(marker.evaluate({"extra": e}) for e in {"", *extras}):
+                    pending.append(
+                        (canonicalize_name(requirement.name), frozenset(requirement.extras))
+                    )
+        assert sorted(installed_names) == sorted(needed)
 
     def test_venv_runs_the_installed_package(self, installed: Installed) -> None:
         """The venv imports receiver from its own site-packages, not from the source tree."""
