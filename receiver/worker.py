@@ -228,7 +228,7 @@ class Worker:
                 to_apply.append((entry, event, self._record_of(event)))
                 continue
             except UnmappableEvent as exc:
-                error, code = f"unmappable: {exc.reason}", exc.code
+                error, code = exc.last_error, exc.code
             except BodyDecryptError as exc:
                 error, code = str(exc), ReasonCode.UNDECRYPTABLE
             except Exception:

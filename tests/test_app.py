@@ -227,24 +227,40 @@ class TestAccept:
         assert _metric(http, 'receiver_conflicts_total{source="rivya"}') == before + 1
 
     @pytest.mark.parametrize(
-        ("body", "reason"),
+        ("body", "reason", "code"),
         [
-            pytest.param(b"not json at all \xff", "unmappable: not_json", id="not-json"),
-            pytest.param(b"[1, 2]", "unmappable: not_an_object", id="array"),
+            pytest.param(
+                b"not json at all \xff", "unmappable: not_json", "not_json", id="not-json"
+            ),
+            pytest.param(b"[1, 2]", "unmappable: not_an_object", "unmappable", id="array"),
             pytest.param(
                 b'{"type": "generation.succeeded", "data": {"status": "succeeded"}}',
                 "unmappable: missing_task_id",
+                "unmappable",
                 id="no-task-id",
             ),
             pytest.param(
                 b'{"data": {"id": "t1", "status": "exploded"}}',
                 "unmappable: unknown_status",
+                "unmappable",
                 id="bad-status",
+            ),
+            pytest.param(
+                b'{"data": {"id": "t1", "status": "queued", "final_credits": 9223372036854775808}}',
+                "unmappable: invalid_number: final_credits is outside 0..2^53",
+                "invalid_number",
+                id="credits-2^63",
+            ),
+            pytest.param(
+                b'{"data": {"id": "t1", "status": "queued", "reserved_credits": 1e400}}',
+                "unmappable: invalid_number: a number is infinite as a double",
+                "invalid_number",
+                id="credits-1e400",
             ),
         ],
     )
     def test_authentic_but_unmappable_is_stored_dead(
-        self, http: httpx.Client, clean_redis: redis.Redis, body: bytes, reason: str
+        self, http: httpx.Client, clean_redis: redis.Redis, body: bytes, reason: str, code: str
     ) -> None:
         """A correctly signed body we cannot map is answered 202 and stored dead with its reason."""
         event_id = f"msg_{uuid.uuid4().hex}"
@@ -254,8 +270,7 @@ class TestAccept:
         assert response.status_code == 202
         shard = all_shards(1)[0]
         stored = clean_redis.hgetall(shard.event(member_of("rivya", event_id)))
-        code = b"not_json" if reason.endswith("not_json") else b"unmappable"
-        assert (b"dead", reason.encode(), code, body) == (
+        assert (b"dead", reason.encode(), code.encode(), body) == (
             stored[b"state"],
             stored[b"last_error"],
             stored[b"reason_code"],
