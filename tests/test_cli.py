@@ -28,6 +28,7 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
         pytest.param("RECEIVER_WEBHOOK_SECRET", "whsec_not*base64", id="secret"),
         pytest.param("RECEIVER_SINK", "ftp://user:hunter2@host/x", id="sink-scheme"),
         pytest.param("RECEIVER_LOG_LEVEL", "loud", id="log-level"),
+        pytest.param("RECEIVER_RETENTION", "3s", id="retention-under-tolerance"),
     ],
 )
 def test_bad_setting_is_one_line_naming_the_variable(

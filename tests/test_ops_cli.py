@@ -699,15 +699,21 @@ def test_cli_shares_or_starts_embedded_redis(tmp_path: Path) -> None:
 
 
 def test_retention_expires_event_and_dedup(services: Services, rdb: redis.Redis) -> None:
-    """After the retention period the event is gone and the same delivery is new again."""
-    service = services.start(RECEIVER_RETENTION="2s")
+    """After the retention period the event is gone and the same delivery is new again, but
+    the very bytes first sent (headers and all) are not: their timestamp is out of tolerance
+    before the dedup entry expires (the shortest retention allowed is 2 x 3 s + 5 s; 3 s, not
+    1 s, because signing floors the time to the second and the machine may be slow)."""
+    service = services.start(RECEIVER_TOLERANCE_SECONDS="3", RECEIVER_RETENTION="11s")
     event_id = new_id("evt")
     body = orjson.dumps(envelope(generation(), event_id))
-    assert post(service, body, event_id).status_code == 202
-    assert post(service, body, event_id).status_code == 200
+    first_copy = signed_headers(body, event_id)
+    assert httpx.post(service.url, content=body, headers=first_copy).status_code == 202
+    assert httpx.post(service.url, content=body, headers=first_copy).status_code == 200
     eventually(lambda: not rdb.exists(event_key(event_id)), WAIT_SECONDS, "the event to expire")
     assert not rdb.exists(history_key(event_id))
     assert cli(service.env, "events", "show", event_id).returncode == 1
+    replayed = httpx.post(service.url, content=body, headers=first_copy)
+    assert (401, "timestamp_out_of_tolerance") == (replayed.status_code, replayed.json()["error"])
     assert post(service, body, event_id).status_code == 202
 
 

@@ -182,6 +182,51 @@ class TestValues:
         assert variable in KNOWN_VARIABLES
 
 
+class TestRetentionFloor:
+    """The dedup entry must outlive the window in which the same signed bytes verify."""
+
+    @pytest.mark.parametrize(
+        ("tolerance", "retention", "minimum"),
+        [("300", "3s", 605), ("300", "604s", 605), ("1", "6s", 7), ("60", "2m", 125)],
+        ids=["default-tolerance-3s", "one-short", "tolerance-1s", "tolerance-60s"],
+    )
+    def test_too_short_is_refused(
+        self, tmp_path: Path, tolerance: str, retention: str, minimum: int
+    ) -> None:
+        """A retention under twice the tolerance plus the 5 s margin stops start-up with one
+        line naming RECEIVER_RETENTION, the tolerance and the minimum."""
+        message = config_error(
+            env(tmp_path, RECEIVER_TOLERANCE_SECONDS=tolerance, RECEIVER_RETENTION=retention)
+        )
+
+        assert message.startswith("RECEIVER_RETENTION: ")
+        assert f"at least {minimum}s" in message
+        assert f"{tolerance}s tolerance of source rivya, RECEIVER_TOLERANCE_SECONDS" in message
+        assert "\n" not in message
+
+    @pytest.mark.parametrize(
+        ("tolerance", "retention"), [("300", "605s"), ("1", "7s"), ("300", "30d")], ids=str
+    )
+    def test_long_enough_is_accepted(self, tmp_path: Path, tolerance: str, retention: str) -> None:
+        """The floor itself and anything above it start."""
+        settings = Settings.from_env(
+            env(tmp_path, RECEIVER_TOLERANCE_SECONDS=tolerance, RECEIVER_RETENTION=retention)
+        )
+
+        assert int(parse_duration(retention)) == settings.retention_seconds
+
+    def test_longest_tolerance_of_any_source_counts(self, tmp_path: Path) -> None:
+        """A config-file source with a longer tolerance raises the floor, and is named."""
+        toml = f'[sources.slow]\nsecret = "{TEST_SECRET}"\ntolerance_seconds = 3600'
+        config = write(tmp_path, "r.toml", toml)
+
+        message = config_error(env(tmp_path, RECEIVER_CONFIG=config, RECEIVER_RETENTION="1h"))
+
+        assert message.startswith("RECEIVER_RETENTION: 3600s would let a replay")
+        assert "at least 7205s" in message
+        assert "source slow, RECEIVER_CONFIG sources.slow.tolerance_seconds" in message
+
+
 class TestSecretFiles:
     @pytest.mark.parametrize(
         ("variable", "value", "read"),
