@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from receiver.errors import ConfigError
 from receiver.redaction import Secret
-from receiver.signing import HMAC_PREFIX, Scheme, parse_keys
+from receiver.signing import HMAC_PREFIX, Scheme, key_warnings, parse_keys
 
 DEFAULT_SOURCE = "rivya"
 LogFormat = Literal["json", "console"]
@@ -73,6 +73,9 @@ class Settings:
     shutdown_drain_seconds: float = 2.0
     worker_concurrency: int = 16
     queue_shards: int = 1
+    # Valid but unwise choices (a webhook key under 16 bytes), one line each, never a secret:
+    # logged at start-up by ``serve`` and ``worker`` and listed by ``config check``.
+    warnings: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -159,6 +162,7 @@ class Settings:
             shutdown_drain_seconds=reader.duration("RECEIVER_SHUTDOWN_DRAIN", "2s", minimum=0),
             worker_concurrency=reader.integer("RECEIVER_WORKER_CONCURRENCY", 16, minimum=1),
             queue_shards=reader.integer("RECEIVER_QUEUE_SHARDS", 1, minimum=1, maximum=1024),
+            warnings=_warnings(sources, forward_secret),
         )
 
 
@@ -276,6 +280,27 @@ def _check_forward_secret(secret: Secret) -> None:
     keys = _check_keys("RECEIVER_FORWARD_SECRET", Scheme.STANDARD, secret.reveal(), 1)
     if len(keys) != 1 or not keys[0].reveal().startswith(HMAC_PREFIX):
         raise ConfigError("RECEIVER_FORWARD_SECRET: must be exactly one whsec_ key")
+
+
+def _warnings(
+    sources: Mapping[str, SourceConfig], forward_secret: Secret | None
+) -> tuple[str, ...]:
+    """Weak keys, each line starting with where the key was set."""
+    lines: list[str] = []
+    for name, source in sources.items():
+        where = (
+            "RECEIVER_WEBHOOK_SECRET"
+            if name == DEFAULT_SOURCE
+            else f"RECEIVER_CONFIG: sources.{name}.secret"
+        )
+        keys = [key.reveal() for key in source.keys]
+        lines += [f"{where}: {line}" for line in key_warnings(source.scheme, keys)]
+    if forward_secret is not None:
+        keys = [forward_secret.reveal()]
+        lines += [
+            f"RECEIVER_FORWARD_SECRET: {line}" for line in key_warnings(Scheme.STANDARD, keys)
+        ]
+    return tuple(lines)
 
 
 def _check_retention(retention_seconds: int, sources: Mapping[str, SourceConfig]) -> None:

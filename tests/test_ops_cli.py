@@ -611,6 +611,18 @@ class TestConfig:
             line.startswith("WARNING: redis appendonly") for line in result.stdout.splitlines()
         )
 
+    def test_check_warns_about_a_short_key(self, services: Services) -> None:
+        """A webhook key under 16 bytes is accepted, and config check warns about it by
+        position and length, without printing it."""
+        short = "whsec_" + base64.b64encode(b"short-key-8").decode().rstrip("=")
+        result = cli(services.env(RECEIVER_WEBHOOK_SECRET=short), "config", "check")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert (
+            "WARNING: RECEIVER_WEBHOOK_SECRET: key 1: only 11 bytes of key material; "
+            "use at least 16 (`receiver gen-secret` makes 32)"
+        ) in result.stdout.splitlines()
+        assert short.removeprefix("whsec_") not in result.stdout + result.stderr
+
     def test_check_unreachable_redis_exits_1(self, services: Services) -> None:
         """An unreachable Redis fails the check with one clear ``redis`` line."""
         env = services.env(RECEIVER_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
