@@ -144,12 +144,17 @@ def _b64decode(text: str) -> bytes | None:
         return None
 
 
-def _header(headers: Mapping[str, str], *names: str) -> str:
+# What a 400 for a missing header names (SPEC §10): the scheme's own header names; the
+# svix- aliases are accepted too, but not advertised.
+STANDARD_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+
+def _header(headers: Mapping[str, str], expected: Sequence[str], *names: str) -> str:
     for name in names:
         value = headers.get(name)
         if value:
             return value
-    raise MissingSignatureHeader(f"missing header {names[0]}")
+    raise MissingSignatureHeader(f"missing header {names[0]}", expected)
 
 
 def _timestamp(text: str, now: float, tolerance: int) -> int:
@@ -176,6 +181,10 @@ class Verifier:
         self.scheme = scheme
         self.tolerance_seconds = tolerance_seconds
         self.signature_header = signature_header.lower()
+        # As configured (``Rivya-Signature``): the names a 400 tells the sender to send.
+        self.expected_headers: tuple[str, ...] = (
+            (signature_header,) if scheme is Scheme.STRIPE else STANDARD_HEADERS
+        )
         self._hmac_keys: list[bytes] = []
         self._ed25519_keys: list[Ed25519PublicKey] = []
         for position, key in enumerate(keys, start=1):
@@ -200,9 +209,10 @@ class Verifier:
         return self._verify_standard(headers, body, now)
 
     def _verify_standard(self, headers: Mapping[str, str], body: bytes, now: float) -> Verified:
-        event_id = _header(headers, "webhook-id", "svix-id")
-        timestamp_text = _header(headers, "webhook-timestamp", "svix-timestamp")
-        signatures = _header(headers, "webhook-signature", "svix-signature")
+        expected = self.expected_headers
+        event_id = _header(headers, expected, "webhook-id", "svix-id")
+        timestamp_text = _header(headers, expected, "webhook-timestamp", "svix-timestamp")
+        signatures = _header(headers, expected, "webhook-signature", "svix-signature")
         if not EVENT_ID_PATTERN.fullmatch(event_id):
             raise InvalidSignature("malformed webhook-id")
         timestamp = _timestamp(timestamp_text, now, self.tolerance_seconds)
@@ -231,7 +241,7 @@ class Verifier:
         return False
 
     def _verify_stripe(self, headers: Mapping[str, str], body: bytes, now: float) -> Verified:
-        header = _header(headers, self.signature_header)
+        header = _header(headers, self.expected_headers, self.signature_header)
         timestamp_text: str | None = None
         candidates: list[str] = []
         for item in header.split(",")[: MAX_SIGNATURE_ENTRIES * 2]:

@@ -239,6 +239,19 @@ class TestStripe:
 
         assert Verified(None, NOW) == stripe("s", header="X-Acme-Sig").verify(sent, BODY, NOW)
 
+    @pytest.mark.parametrize("header", ["Rivya-Signature", "X-Acme-Sig"])
+    def test_missing_header_names_the_configured_one(self, header: str) -> None:
+        """Without its header, a stripe delivery is told the one header name it needs, as
+        configured (not the Standard Webhooks three)."""
+        sent = {"webhook-signature": "v1,AAAA"}  # a sender on the other scheme
+
+        with pytest.raises(MissingSignatureHeader) as caught:
+            stripe("s", header=header).verify(sent, BODY, NOW)
+
+        assert {"error": "missing_signature_header", "expected": [header]} == (
+            caught.value.payload()
+        )
+
     @pytest.mark.parametrize(
         "template",
         ["t={t},v1={bad},v1={good}", "v1={good},t={t}", "t={t}, v0={bad}, v1={GOOD}"],
@@ -339,8 +352,14 @@ class TestStandardRejections:
         else:
             sent[missing] = ""
 
-        with pytest.raises(MissingSignatureHeader):
+        with pytest.raises(MissingSignatureHeader) as caught:
             standard().verify(sent, BODY, now=NOW)
+
+        expected = ("webhook-id", "webhook-timestamp", "webhook-signature")
+        assert expected == caught.value.expected
+        assert {"error": "missing_signature_header", "expected": list(expected)} == (
+            caught.value.payload()
+        )
 
     @pytest.mark.parametrize(
         "timestamp",
