@@ -112,7 +112,7 @@ class WebhookEndpoint:
                 scope, receive, source, received_ms, context
             )
         except DeliveryRejected as exc:
-            status, payload, outcome = exc.status, {"error": exc.code}, "rejected"
+            status, payload, outcome = exc.status, exc.payload(), "rejected"
             context["error"] = exc.code
             if isinstance(exc, StorageUnavailable):
                 outcome = "unavailable"

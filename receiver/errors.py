@@ -7,6 +7,9 @@ data, so they are safe to log.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class ConfigError(Exception):
     """A setting is missing or invalid; start-up stops with this one line."""
@@ -20,6 +23,10 @@ class DeliveryRejected(Exception):
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail or self.code)
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON body of the answer: ``{"error": code}`` and what a subclass adds."""
+        return {"error": self.code}
 
 
 class UnknownSource(DeliveryRejected):
@@ -43,7 +50,18 @@ class UnsupportedMediaType(DeliveryRejected):
 
 
 class MissingSignatureHeader(DeliveryRejected):
+    """A header the source's scheme requires is absent. The answer names the headers the
+    scheme expects (SPEC §10): a sender signing with another scheme sees which at once.
+    Header names are configuration, not secrets."""
+
     status, code = 400, "missing_signature_header"
+
+    def __init__(self, detail: str | None = None, expected: Sequence[str] = ()) -> None:
+        super().__init__(detail)
+        self.expected = tuple(expected)
+
+    def payload(self) -> dict[str, Any]:
+        return {"error": self.code, "expected": list(self.expected)}
 
 
 class InvalidSignature(DeliveryRejected):

@@ -44,7 +44,7 @@ def build_event(
         event_type, record_key = identify(document)
     except UnmappableEvent as exc:
         # Authentic but unusable: store it as dead so ops can fix the mapping and replay.
-        state, last_error, reason_code = EventState.DEAD, f"unmappable: {exc.reason}", exc.code
+        state, last_error, reason_code = EventState.DEAD, exc.last_error, exc.code
         if document is not None:
             event_type = event_type_of(document)
     if event_id is None:

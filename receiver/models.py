@@ -96,6 +96,15 @@ class Record:
 
     def to_json(self) -> dict[str, Any]:
         """The record as a flat JSON object: times as ISO 8601, credits as numbers."""
+        return {**self.event_json(), "applied_at": format_time(self.applied_at)}
+
+    def event_json(self) -> dict[str, Any]:
+        """``to_json`` without ``applied_at``: the fields that come from the event alone.
+
+        They are the same on every attempt and replay of one event (the mapping is a pure
+        function of the stored body, its id and receive time), so the HTTP sink sends the
+        same bytes under one ``webhook-id`` (SPEC §9).
+        """
         return {
             "record_key": self.record_key,
             "client_request_id": self.client_request_id,
@@ -109,5 +118,4 @@ class Record:
             "final_credits": self.final_credits,
             "source_updated_at": format_time(self.source_updated_at),
             "last_event_id": self.last_event_id,
-            "applied_at": format_time(self.applied_at),
         }

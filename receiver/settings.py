@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from receiver.errors import ConfigError
 from receiver.redaction import Secret
-from receiver.signing import HMAC_PREFIX, Scheme, parse_keys
+from receiver.signing import HMAC_PREFIX, Scheme, key_warnings, parse_keys
 
 DEFAULT_SOURCE = "rivya"
 LogFormat = Literal["json", "console"]
@@ -25,6 +25,10 @@ _SOURCE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # with fullmatch: ``$`` allow
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,100}")
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+# Between receiver hosts (one accepts a copy, another the replay) whose clocks differ. NTP
+# keeps them within milliseconds; 5 s covers a host that has drifted, and keeps the floor
+# low enough (2 x 1 s + 5 s) for tests that wait for retention to run out.
+RETENTION_SKEW_MARGIN_SECONDS = 5
 
 
 def parse_duration(text: str) -> float:
@@ -69,6 +73,9 @@ class Settings:
     shutdown_drain_seconds: float = 2.0
     worker_concurrency: int = 16
     queue_shards: int = 1
+    # Valid but unwise choices (a webhook key under 16 bytes), one line each, never a secret:
+    # logged at start-up by ``serve`` and ``worker`` and listed by ``config check``.
+    warnings: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -126,6 +133,8 @@ class Settings:
             "rediss+cluster",
         ):
             raise ConfigError("RECEIVER_REDIS_URL: must be a redis://, rediss:// or unix:// URL")
+        retention_seconds = int(reader.duration("RECEIVER_RETENTION", "30d", minimum=1))
+        _check_retention(retention_seconds, sources)
         encryption = reader.secret("RECEIVER_ENCRYPTION_KEYS")
         encryption_keys = _encryption_keys(encryption)
         log_format = reader.choice("RECEIVER_LOG_FORMAT", "json", ("json", "console"))
@@ -135,7 +144,7 @@ class Settings:
             sink_url=Secret(sink_url),
             redis_url=redis_url,
             max_body_bytes=reader.integer("RECEIVER_MAX_BODY_BYTES", 262_144, minimum=1),
-            retention_seconds=int(reader.duration("RECEIVER_RETENTION", "30d", minimum=1)),
+            retention_seconds=retention_seconds,
             encryption_keys=encryption_keys,
             forward_secret=forward_secret,
             log_format="console" if log_format == "console" else "json",
@@ -153,6 +162,7 @@ class Settings:
             shutdown_drain_seconds=reader.duration("RECEIVER_SHUTDOWN_DRAIN", "2s", minimum=0),
             worker_concurrency=reader.integer("RECEIVER_WORKER_CONCURRENCY", 16, minimum=1),
             queue_shards=reader.integer("RECEIVER_QUEUE_SHARDS", 1, minimum=1, maximum=1024),
+            warnings=_warnings(sources, forward_secret),
         )
 
 
@@ -270,6 +280,52 @@ def _check_forward_secret(secret: Secret) -> None:
     keys = _check_keys("RECEIVER_FORWARD_SECRET", Scheme.STANDARD, secret.reveal(), 1)
     if len(keys) != 1 or not keys[0].reveal().startswith(HMAC_PREFIX):
         raise ConfigError("RECEIVER_FORWARD_SECRET: must be exactly one whsec_ key")
+
+
+def _warnings(
+    sources: Mapping[str, SourceConfig], forward_secret: Secret | None
+) -> tuple[str, ...]:
+    """Weak keys, each line starting with where the key was set."""
+    lines: list[str] = []
+    for name, source in sources.items():
+        where = (
+            "RECEIVER_WEBHOOK_SECRET"
+            if name == DEFAULT_SOURCE
+            else f"RECEIVER_CONFIG: sources.{name}.secret"
+        )
+        keys = [key.reveal() for key in source.keys]
+        lines += [f"{where}: {line}" for line in key_warnings(source.scheme, keys)]
+    if forward_secret is not None:
+        keys = [forward_secret.reveal()]
+        lines += [
+            f"RECEIVER_FORWARD_SECRET: {line}" for line in key_warnings(Scheme.STANDARD, keys)
+        ]
+    return tuple(lines)
+
+
+def _check_retention(retention_seconds: int, sources: Mapping[str, SourceConfig]) -> None:
+    """Refuse a retention that lets the same signed bytes in twice.
+
+    A delivery passes while its timestamp is within the tolerance of our clock, in either
+    direction: a copy stamped ``tolerance`` ahead of us is accepted, and so is one that
+    arrives when the stamp is ``tolerance`` behind, i.e. up to 2 x tolerance later. The
+    dedup entry (kept for the retention, from the first copy on) must outlive that window,
+    plus RETENTION_SKEW_MARGIN_SECONDS for the clocks of several receiver hosts.
+    """
+    longest = max(sources.values(), key=lambda source: source.tolerance_seconds)
+    minimum = 2 * longest.tolerance_seconds + RETENTION_SKEW_MARGIN_SECONDS
+    if retention_seconds < minimum:
+        setting = (
+            "RECEIVER_TOLERANCE_SECONDS"
+            if longest.name == DEFAULT_SOURCE
+            else f"RECEIVER_CONFIG sources.{longest.name}.tolerance_seconds"
+        )
+        raise ConfigError(
+            f"RECEIVER_RETENTION: {retention_seconds}s would let a replay of the same signed "
+            f"delivery in again; it must be at least {minimum}s (twice the "
+            f"{longest.tolerance_seconds}s tolerance of source {longest.name}, {setting}, "
+            f"plus {RETENTION_SKEW_MARGIN_SECONDS}s for clock skew)"
+        )
 
 
 def _default_source(reader: _EnvReader) -> SourceConfig:

@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import hmac
 import re
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -32,6 +33,12 @@ ED25519_PREFIX = "whpk_"
 MAX_SIGNATURE_ENTRIES = 16
 MAX_EVENT_ID_LENGTH = 255
 _KEY_SEPARATORS = re.compile(r"[\s,]+")
+# Shorter shared keys are accepted (a sender's choice) but reported (start-up, config check).
+MIN_KEY_BYTES = 16
+_STANDARD_ONLY = frozenset("+/")
+_URLSAFE_ONLY = frozenset("-_")
+_BASE64_CHARS = frozenset(string.ascii_letters + string.digits) | _STANDARD_ONLY | _URLSAFE_ONLY
+_URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 # Matched with ``fullmatch``: ``$`` would let a trailing newline into ids (and log lines).
 EVENT_ID_PATTERN = re.compile(rf"[\x21-\x7e]{{1,{MAX_EVENT_ID_LENGTH}}}")
 
@@ -62,18 +69,70 @@ def parse_keys(scheme: Scheme, raw: str) -> list[str]:
     return keys
 
 
+def key_warnings(scheme: Scheme, keys: Sequence[str]) -> list[str]:
+    """Why some valid keys are weak (shorter than MIN_KEY_BYTES), one line per key, each
+    naming the key by position and its length, never its value. ``keys`` are valid.
+
+    The lines avoid the text ``whsec_``: log redaction masks it wherever it appears.
+    """
+    warnings: list[str] = []
+    for position, key in enumerate(keys, start=1):
+        if scheme is Scheme.STRIPE:
+            size = len(key.encode())  # the whole string is the key
+        elif key.startswith(HMAC_PREFIX):
+            size = len(_key_material(key, HMAC_PREFIX, position))
+        else:
+            continue  # an Ed25519 public key is always 32 bytes
+        if size < MIN_KEY_BYTES:
+            unit = "byte" if size == 1 else "bytes"
+            warnings.append(
+                f"key {position}: only {size} {unit} of key material; use at least "
+                f"{MIN_KEY_BYTES} (`receiver gen-secret` makes 32)"
+            )
+    return warnings
+
+
 def _standard_key(key: str, position: int) -> bytes | Ed25519PublicKey:
     if key.startswith(HMAC_PREFIX):
-        material = _b64decode(key[len(HMAC_PREFIX) :])
-        if not material:
-            raise ValueError(f"key {position}: whsec_ key is not valid base64")
-        return material
+        return _key_material(key, HMAC_PREFIX, position)
     if key.startswith(ED25519_PREFIX):
-        material = _b64decode(key[len(ED25519_PREFIX) :])
-        if material is None or len(material) != 32:
-            raise ValueError(f"key {position}: whpk_ key is not 32 bytes of base64")
+        material = _key_material(key, ED25519_PREFIX, position)
+        if len(material) != 32:
+            raise ValueError(
+                f"key {position}: whpk_ key is {len(material)} bytes; an Ed25519 public key is 32"
+            )
         return Ed25519PublicKey.from_public_bytes(material)
     raise ValueError(f"key {position}: must start with whsec_ or whpk_")
+
+
+def _key_material(key: str, prefix: str, position: int) -> bytes:
+    """The bytes after ``prefix``, or ValueError saying what is wrong (never the key).
+
+    Standard, URL-safe (``-_``) and unpadded base64 are all accepted. The reference
+    libraries differ here: the Python, Ruby and PHP ones decode unpadded text but drop
+    ``-`` and ``_`` silently (a different key, which then never verifies), Go, Java, C#
+    and Elixir refuse both. A sender that wrote its secret in URL-safe base64 signs with
+    the bytes URL-safe decoding gives back, so that is what we take.
+    """
+    where = f"key {position}: {prefix}"
+    text = key[len(prefix) :]
+    core = text.rstrip("=")  # padding carries no information: any amount is accepted
+    if not core:
+        raise ValueError(f"{where} has no key material after the prefix")
+    if "=" in core:
+        raise ValueError(f"{where} key has '=' before its end (padding goes only at the end)")
+    bad = next((n for n, char in enumerate(core, start=1) if char not in _BASE64_CHARS), None)
+    if bad is not None:
+        raise ValueError(
+            f"{where} key has a character outside base64 (A-Z a-z 0-9 + / or - _) "
+            f"at position {bad} after the prefix"
+        )
+    if _STANDARD_ONLY & set(core) and _URLSAFE_ONLY & set(core):
+        raise ValueError(f"{where} key mixes standard (+ /) and URL-safe (- _) base64")
+    if len(core) % 4 == 1:
+        raise ValueError(f"{where} key has a length base64 cannot have (a character too many?)")
+    standard = core.translate(_URLSAFE_TO_STANDARD) + "=" * (-len(core) % 4)
+    return binascii.a2b_base64(standard.encode("ascii"), strict_mode=True)
 
 
 def _b64decode(text: str) -> bytes | None:
@@ -85,12 +144,17 @@ def _b64decode(text: str) -> bytes | None:
         return None
 
 
-def _header(headers: Mapping[str, str], *names: str) -> str:
+# What a 400 for a missing header names (SPEC §10): the scheme's own header names; the
+# svix- aliases are accepted too, but not advertised.
+STANDARD_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+
+def _header(headers: Mapping[str, str], expected: Sequence[str], *names: str) -> str:
     for name in names:
         value = headers.get(name)
         if value:
             return value
-    raise MissingSignatureHeader(f"missing header {names[0]}")
+    raise MissingSignatureHeader(f"missing header {names[0]}", expected)
 
 
 def _timestamp(text: str, now: float, tolerance: int) -> int:
@@ -117,6 +181,10 @@ class Verifier:
         self.scheme = scheme
         self.tolerance_seconds = tolerance_seconds
         self.signature_header = signature_header.lower()
+        # As configured (``Rivya-Signature``): the names a 400 tells the sender to send.
+        self.expected_headers: tuple[str, ...] = (
+            (signature_header,) if scheme is Scheme.STRIPE else STANDARD_HEADERS
+        )
         self._hmac_keys: list[bytes] = []
         self._ed25519_keys: list[Ed25519PublicKey] = []
         for position, key in enumerate(keys, start=1):
@@ -141,9 +209,10 @@ class Verifier:
         return self._verify_standard(headers, body, now)
 
     def _verify_standard(self, headers: Mapping[str, str], body: bytes, now: float) -> Verified:
-        event_id = _header(headers, "webhook-id", "svix-id")
-        timestamp_text = _header(headers, "webhook-timestamp", "svix-timestamp")
-        signatures = _header(headers, "webhook-signature", "svix-signature")
+        expected = self.expected_headers
+        event_id = _header(headers, expected, "webhook-id", "svix-id")
+        timestamp_text = _header(headers, expected, "webhook-timestamp", "svix-timestamp")
+        signatures = _header(headers, expected, "webhook-signature", "svix-signature")
         if not EVENT_ID_PATTERN.fullmatch(event_id):
             raise InvalidSignature("malformed webhook-id")
         timestamp = _timestamp(timestamp_text, now, self.tolerance_seconds)
@@ -172,7 +241,7 @@ class Verifier:
         return False
 
     def _verify_stripe(self, headers: Mapping[str, str], body: bytes, now: float) -> Verified:
-        header = _header(headers, self.signature_header)
+        header = _header(headers, self.expected_headers, self.signature_header)
         timestamp_text: str | None = None
         candidates: list[str] = []
         for item in header.split(",")[: MAX_SIGNATURE_ENTRIES * 2]:

@@ -228,7 +228,7 @@ class Worker:
                 to_apply.append((entry, event, self._record_of(event)))
                 continue
             except UnmappableEvent as exc:
-                error, code = f"unmappable: {exc.reason}", exc.code
+                error, code = exc.last_error, exc.code
             except BodyDecryptError as exc:
                 error, code = str(exc), ReasonCode.UNDECRYPTABLE
             except Exception:
@@ -252,7 +252,8 @@ class Worker:
     def _record_of(self, event: StoredEvent) -> Record:
         body = self.runtime.cipher.open(event.body, event.encrypted)
         received = datetime.fromtimestamp(event.received_ms / 1000, UTC)
-        # The record is made just now, so its applied_at is the time of this attempt.
+        # The record is made just now, so its applied_at is the time of this attempt (the
+        # stores keep it; the HTTP sink leaves it out, so its body is the same every time).
         return map_event(parse_body(body), event.event_id, received).record
 
     async def _apply_batch(

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.factories import base_env
@@ -28,6 +29,7 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
         pytest.param("RECEIVER_WEBHOOK_SECRET", "whsec_not*base64", id="secret"),
         pytest.param("RECEIVER_SINK", "ftp://user:hunter2@host/x", id="sink-scheme"),
         pytest.param("RECEIVER_LOG_LEVEL", "loud", id="log-level"),
+        pytest.param("RECEIVER_RETENTION", "3s", id="retention-under-tolerance"),
     ],
 )
 def test_bad_setting_is_one_line_naming_the_variable(
@@ -90,3 +92,17 @@ def test_worker_with_http_sink_needs_the_forward_secret(tmp_path: Path, redis_ur
     assert 1 == result.returncode
     assert "RECEIVER_FORWARD_SECRET: required" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_logs_a_warning_for_a_short_key(tmp_path: Path, redis_url: str) -> None:
+    """serve starts with a 1-byte webhook key, and says at start-up that it is weak, by
+    position and length only."""
+    env = base_env(tmp_path, redis_url, RECEIVER_SINK="log:", RECEIVER_WEBHOOK_SECRET="whsec_YQ")
+    with ServiceProcess(env, tmp_path / "serve.log") as service:
+        eventually(lambda: '"started"' in service.output(), what="serve to start")
+    lines = [orjson.loads(line) for line in service.output().splitlines()]
+    warnings = [line for line in lines if line["event"] == "config_warning"]
+    assert [("warning", "RECEIVER_WEBHOOK_SECRET: key 1: only 1 byte of key material; "
+             "use at least 16 (`receiver gen-secret` makes 32)")] == [
+        (line["level"], line["detail"]) for line in warnings
+    ]  # fmt: skip

@@ -12,6 +12,7 @@ import orjson
 from receiver.signing import sign_standard
 from tests.conftest import TEST_SECRET
 from tests.factories import base_env, envelope, generation, signed_headers
+from tests.helpers import eventually
 from tests.redis_proc import RedisProcess
 from tests.servers import ServiceProcess
 
@@ -113,3 +114,30 @@ def test_no_secret_in_any_output(tmp_path: Path) -> None:
     for line in output.splitlines():
         parsed = orjson.loads(line)  # every line of stdout is JSON
         assert {"event", "level", "timestamp"} <= set(parsed)
+
+
+def test_log_sink_prints_no_secret(tmp_path: Path, redis_url: str, clean_redis: object) -> None:
+    """With RECEIVER_SINK=log:, the record lines on stdout are redacted like every log line:
+    an API key, a bearer token and a signed URL query from a signed event never appear."""
+    env = base_env(tmp_path, redis_url, RECEIVER_SINK="log:")
+    gen = generation(
+        status="failed",
+        client_request_id=API_KEY,
+        error={"code": "upstream", "message": f"Authorization: Bearer {API_KEY}"},
+    )
+    gen["result"] = {
+        "primary_url": f"https://cdn.example/r.png?X-Amz-Signature={URL_SIGNATURE}",
+        "urls": [f"https://cdn.example/r.png?X-Amz-Signature={URL_SIGNATURE}"],
+    }
+    body = orjson.dumps(envelope(gen))
+    service = ServiceProcess(env, tmp_path / "serve.log")
+    with service, httpx.Client(base_url=service.url, timeout=10) as client:
+        headers = signed_headers(body)
+        assert client.post("/webhooks/rivya", content=body, headers=headers).status_code == 202
+        eventually(lambda: "record_applied" in service.output(), what="the record line")
+    output = service.output()
+    lines = [orjson.loads(line) for line in output.splitlines()]  # every line is JSON
+    (record_line,) = [line for line in lines if line["event"] == "record_applied"]
+    assert gen["id"] == record_line["record_key"]
+    leaked = [secret for secret in (API_KEY, URL_SIGNATURE, TEST_SECRET) if secret in output]
+    assert leaked == []

@@ -611,6 +611,18 @@ class TestConfig:
             line.startswith("WARNING: redis appendonly") for line in result.stdout.splitlines()
         )
 
+    def test_check_warns_about_a_short_key(self, services: Services) -> None:
+        """A webhook key under 16 bytes is accepted, and config check warns about it by
+        position and length, without printing it."""
+        short = "whsec_" + base64.b64encode(b"short-key-8").decode().rstrip("=")
+        result = cli(services.env(RECEIVER_WEBHOOK_SECRET=short), "config", "check")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert (
+            "WARNING: RECEIVER_WEBHOOK_SECRET: key 1: only 11 bytes of key material; "
+            "use at least 16 (`receiver gen-secret` makes 32)"
+        ) in result.stdout.splitlines()
+        assert short.removeprefix("whsec_") not in result.stdout + result.stderr
+
     def test_check_unreachable_redis_exits_1(self, services: Services) -> None:
         """An unreachable Redis fails the check with one clear ``redis`` line."""
         env = services.env(RECEIVER_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
@@ -699,15 +711,21 @@ def test_cli_shares_or_starts_embedded_redis(tmp_path: Path) -> None:
 
 
 def test_retention_expires_event_and_dedup(services: Services, rdb: redis.Redis) -> None:
-    """After the retention period the event is gone and the same delivery is new again."""
-    service = services.start(RECEIVER_RETENTION="2s")
+    """After the retention period the event is gone and the same delivery is new again, but
+    the very bytes first sent (headers and all) are not: their timestamp is out of tolerance
+    before the dedup entry expires (the shortest retention allowed is 2 x 3 s + 5 s; 3 s, not
+    1 s, because signing floors the time to the second and the machine may be slow)."""
+    service = services.start(RECEIVER_TOLERANCE_SECONDS="3", RECEIVER_RETENTION="11s")
     event_id = new_id("evt")
     body = orjson.dumps(envelope(generation(), event_id))
-    assert post(service, body, event_id).status_code == 202
-    assert post(service, body, event_id).status_code == 200
+    first_copy = signed_headers(body, event_id)
+    assert httpx.post(service.url, content=body, headers=first_copy).status_code == 202
+    assert httpx.post(service.url, content=body, headers=first_copy).status_code == 200
     eventually(lambda: not rdb.exists(event_key(event_id)), WAIT_SECONDS, "the event to expire")
     assert not rdb.exists(history_key(event_id))
     assert cli(service.env, "events", "show", event_id).returncode == 1
+    replayed = httpx.post(service.url, content=body, headers=first_copy)
+    assert (401, "timestamp_out_of_tolerance") == (replayed.status_code, replayed.json()["error"])
     assert post(service, body, event_id).status_code == 202
 
 

@@ -12,8 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from receiver.models import STATUS_RANK, Record
+from receiver.models import STATUS_RANK, ReasonCode, Record
 from receiver.rivya import (
+    MAX_RESULT_URLS,
+    MAX_TEXT_LENGTH,
     MappedEvent,
     UnmappableEvent,
     event_type_of,
@@ -98,13 +100,18 @@ class TestParseBody:
             (b"\xff\xfe{}", "not_json"),
             (b"{'a': 1}", "not_json"),
             (b"NaN", "not_json"),
+            (b'{"a": Infinity}', "not_json"),
+            (b'{"final_credits": 1e400}', "invalid_number"),
+            (b'{"final_credits": -1e400}', "invalid_number"),
+            (b"[" * 1025 + b"]" * 1025, "too_deep"),
             (b"[]", "not_an_object"),
             (b'"text"', "not_an_object"),
             (b"42", "not_an_object"),
             (b"null", "not_an_object"),
         ],
-        ids=["empty", "truncated", "not-utf8", "single-quotes", "nan", "array", "string",
-             "number", "null"],
+        ids=["empty", "truncated", "not-utf8", "single-quotes", "nan", "infinity-literal",
+             "overflows-double", "overflows-double-negative", "deeper-than-1024", "array",
+             "string", "number", "null"],
     )  # fmt: skip
     def test_rejected(self, body: bytes, reason: str) -> None:
         """A body that is not a JSON object is Unmappable with its reason."""
@@ -302,8 +309,99 @@ class TestMapEvent:
         assert expected == mapped({"data": GENERATION}, event_id=expected).record.last_event_id
 
 
+def with_values(**fields: Any) -> dict[str, Any]:
+    """The SPEC example's envelope with some generation fields replaced."""
+    return {"type": "generation.succeeded", "data": {**GENERATION, **fields}}
+
+
+def unmappable(document: dict[str, Any]) -> UnmappableEvent:
+    with pytest.raises(UnmappableEvent) as caught:
+        map_event(document, "msg_1", RECEIVED_AT)
+    return caught.value
+
+
+class TestNumbersAndShapes:
+    """A signed body is untrusted: values no store can hold make the event dead, with a
+    reason, when it is mapped (at ingest and in the worker alike)."""
+
+    @pytest.mark.parametrize(
+        "value",
+        [2**63, 2**64 - 1, 2**53 + 1, -1, -0.5, float("nan"), float("inf"), float("-inf"),
+         1.8446744073709552e19],
+        ids=["2^63", "2^64-1", "2^53+1", "negative", "negative-fraction", "nan", "inf",
+             "-inf", "past-2^64-as-float"],
+    )  # fmt: skip
+    @pytest.mark.parametrize("field", ["reserved_credits", "final_credits"])
+    def test_credits_out_of_range_are_invalid_number(self, field: str, value: float) -> None:
+        """Credits outside 0..2^53 (or not finite) are invalid_number, naming the field only."""
+        caught = unmappable(with_values(**{field: value}))
+
+        assert ("invalid_number", ReasonCode.INVALID_NUMBER) == (caught.reason, caught.code)
+        assert f"unmappable: invalid_number: {field} is outside 0..2^53" == caught.last_error
+
+    @pytest.mark.parametrize(
+        "value",
+        [0, 2**53, 0.5, 1e-300, 2.0**53],
+        ids=["zero", "2^53", "half", "tiny", "float-2^53"],
+    )
+    def test_credits_in_range_are_kept(self, value: float) -> None:
+        """Every credit amount from 0 to 2^53 is kept exactly."""
+        record = mapped(with_values(final_credits=value)).record
+
+        assert value == record.final_credits
+
+    def test_two_to_the_63_from_the_wire(self) -> None:
+        """The body that killed the SQLite group writer (credits 2^63) is invalid_number."""
+        body = EXAMPLE.replace(b'"final_credits": 1', b'"final_credits": 9223372036854775808')
+        document = parse_body(body)
+
+        assert ReasonCode.INVALID_NUMBER == unmappable(document).code
+
+    @pytest.mark.parametrize(
+        ("fields", "where"),
+        [
+            ({"model": "m" * (MAX_TEXT_LENGTH + 1)}, "model"),
+            ({"client_request_id": "order\x00-1"}, "client_request_id"),
+            ({"result": {"primary_url": "https://x/" + "a" * MAX_TEXT_LENGTH, "urls": []}},
+             "result.primary_url"),
+            ({"result": {"urls": ["https://x/a.png", "https://x/\x00"]}}, "result.urls"),
+            ({"error": {"code": "x", "message": "e" * (MAX_TEXT_LENGTH + 1)}}, "error.message"),
+            ({"error": {"code": "\x00", "message": "boom"}}, "error.code"),
+        ],
+        ids=["long-model", "nul-in-client-request-id", "long-primary-url", "nul-in-a-url",
+             "long-error-message", "nul-in-error-code"],
+    )  # fmt: skip
+    def test_text_no_store_holds_is_invalid_text(self, fields: dict[str, Any], where: str) -> None:
+        """Text longer than the bound, or holding NUL (PostgreSQL refuses it), is invalid_text."""
+        caught = unmappable(with_values(**fields))
+
+        assert ("invalid_text", ReasonCode.UNMAPPABLE) == (caught.reason, caught.code)
+        assert caught.last_error.startswith(f"unmappable: invalid_text: {where}: ")
+
+    def test_longest_text_is_kept(self) -> None:
+        """A text of exactly the bound is kept whole."""
+        model = "m" * MAX_TEXT_LENGTH
+        assert model == mapped(with_values(model=model)).record.model
+
+    def test_too_many_urls(self) -> None:
+        """More result URLs than the bound is too_many_urls; the bound itself is kept."""
+        urls = [f"https://media.example/{n}.png" for n in range(MAX_RESULT_URLS + 1)]
+        caught = unmappable(with_values(result={"urls": urls}))
+        kept = mapped(with_values(result={"urls": urls[:-1]})).record
+
+        assert "too_many_urls" == caught.reason
+        assert MAX_RESULT_URLS == len(kept.result_urls)
+
+    def test_deep_unknown_fields_are_ignored(self) -> None:
+        """Deep nesting in fields the record does not use (below orjson's 1024) maps fine."""
+        deep = b"[" * 1000 + b"]" * 1000
+        body = EXAMPLE[:-2] + b', "extra": ' + deep + b"}}"
+
+        assert EXAMPLE_RECORD == mapped(parse_body(body)).record
+
+
 REASONS = {"no_generation_object", "missing_task_id", "missing_status", "unknown_status",
-           "bad_updated_at"}  # fmt: skip
+           "bad_updated_at", "invalid_number", "invalid_text", "too_many_urls"}  # fmt: skip
 JSON_KEYS = st.sampled_from(
     ["id", "status", "type", "data", "object", "generation", "result", "urls", "error",
      "code", "message", "updated_at", "created_at", "final_credits", "model", "primary_url"]
@@ -311,9 +409,12 @@ JSON_KEYS = st.sampled_from(
 JSON_SCALARS = st.one_of(
     st.none(),
     st.booleans(),
-    st.integers(-(2**63), 2**63 - 1),
+    # orjson yields ints up to 2^64 - 1 and floats beyond; the credit bound is 2^53.
+    st.integers(-(2**63), 2**64 - 1),
+    st.sampled_from([2**53, 2**53 + 1, 2**63, -1, 0]),
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=20),
+    st.sampled_from(["with\x00nul", "x" * (MAX_TEXT_LENGTH + 1)]),
     st.sampled_from(["queued", "processing", "succeeded", "failed", "2026-05-10T00:00:00Z"]),
 )
 JSON_VALUES = st.recursive(
@@ -360,7 +461,7 @@ class TestNeverCrashes:
         result = parsed(body)
 
         if isinstance(result, UnmappableEvent):
-            assert result.reason in {"not_json", "not_an_object"}
+            assert result.reason in {"not_json", "not_an_object", "invalid_number", "too_deep"}
         else:
             assert isinstance(result, dict)
 
@@ -398,8 +499,20 @@ class TestIdentify:
             {"data": {**GENERATION, "updated_at": "yesterday"}},
             {"data": {**GENERATION, "status": "exploded"}},
             {"data": {"id": 42, "status": "queued"}},
+            {"data": {**GENERATION, "final_credits": 2**63}},
+            {"data": {**GENERATION, "model": "z\x00"}},
+            {"data": {**GENERATION, "result": {"urls": ["u"] * (MAX_RESULT_URLS + 1)}}},
         ],
-        ids=["succeeded", "failed", "bad_updated_at", "unknown_status", "numeric_id"],
+        ids=[
+            "succeeded",
+            "failed",
+            "bad_updated_at",
+            "unknown_status",
+            "numeric_id",
+            "invalid_number",
+            "invalid_text",
+            "too_many_urls",
+        ],
     )
     def test_agrees_with_map_event_on_known_shapes(self, document: dict[str, Any]) -> None:
         expected = mapped_identity(document)

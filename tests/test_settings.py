@@ -182,6 +182,96 @@ class TestValues:
         assert variable in KNOWN_VARIABLES
 
 
+class TestRetentionFloor:
+    """The dedup entry must outlive the window in which the same signed bytes verify."""
+
+    @pytest.mark.parametrize(
+        ("tolerance", "retention", "minimum"),
+        [("300", "3s", 605), ("300", "604s", 605), ("1", "6s", 7), ("60", "2m", 125)],
+        ids=["default-tolerance-3s", "one-short", "tolerance-1s", "tolerance-60s"],
+    )
+    def test_too_short_is_refused(
+        self, tmp_path: Path, tolerance: str, retention: str, minimum: int
+    ) -> None:
+        """A retention under twice the tolerance plus the 5 s margin stops start-up with one
+        line naming RECEIVER_RETENTION, the tolerance and the minimum."""
+        message = config_error(
+            env(tmp_path, RECEIVER_TOLERANCE_SECONDS=tolerance, RECEIVER_RETENTION=retention)
+        )
+
+        assert message.startswith("RECEIVER_RETENTION: ")
+        assert f"at least {minimum}s" in message
+        assert f"{tolerance}s tolerance of source rivya, RECEIVER_TOLERANCE_SECONDS" in message
+        assert "\n" not in message
+
+    @pytest.mark.parametrize(
+        ("tolerance", "retention"), [("300", "605s"), ("1", "7s"), ("300", "30d")], ids=str
+    )
+    def test_long_enough_is_accepted(self, tmp_path: Path, tolerance: str, retention: str) -> None:
+        """The floor itself and anything above it start."""
+        settings = Settings.from_env(
+            env(tmp_path, RECEIVER_TOLERANCE_SECONDS=tolerance, RECEIVER_RETENTION=retention)
+        )
+
+        assert int(parse_duration(retention)) == settings.retention_seconds
+
+    def test_longest_tolerance_of_any_source_counts(self, tmp_path: Path) -> None:
+        """A config-file source with a longer tolerance raises the floor, and is named."""
+        toml = f'[sources.slow]\nsecret = "{TEST_SECRET}"\ntolerance_seconds = 3600'
+        config = write(tmp_path, "r.toml", toml)
+
+        message = config_error(env(tmp_path, RECEIVER_CONFIG=config, RECEIVER_RETENTION="1h"))
+
+        assert message.startswith("RECEIVER_RETENTION: 3600s would let a replay")
+        assert "at least 7205s" in message
+        assert "source slow, RECEIVER_CONFIG sources.slow.tolerance_seconds" in message
+
+
+class TestWarnings:
+    def test_none_for_good_keys(self, tmp_path: Path) -> None:
+        """Keys of 16 bytes or more (and public keys) raise no warning."""
+        settings = Settings.from_env(
+            env(tmp_path, RECEIVER_WEBHOOK_SECRET=f"{TEST_SECRET} {PUBLIC_KEY}")
+        )
+
+        assert () == settings.warnings
+
+    def test_short_keys_everywhere(self, tmp_path: Path) -> None:
+        """A short key is a warning naming where it was set, for every source and the
+        forward secret, never the key itself."""
+        short = "whsec_" + base64.b64encode(LEAK.encode()).decode()
+        config = write(tmp_path, "r.toml", f'[sources.acme]\nscheme = "stripe"\nsecret = "{LEAK}"')
+        settings = Settings.from_env(
+            env(
+                tmp_path,
+                RECEIVER_WEBHOOK_SECRET=f"{TEST_SECRET} {short}",
+                RECEIVER_CONFIG=config,
+                RECEIVER_SINK="https://hooks.example/in",
+                RECEIVER_FORWARD_SECRET=short,
+            )
+        )
+        advice = "use at least 16 (`receiver gen-secret` makes 32)"
+
+        assert (
+            f"RECEIVER_WEBHOOK_SECRET: key 2: only 7 bytes of key material; {advice}",
+            f"RECEIVER_CONFIG: sources.acme.secret: key 1: only 7 bytes of key material; {advice}",
+            f"RECEIVER_FORWARD_SECRET: key 1: only 7 bytes of key material; {advice}",
+        ) == settings.warnings
+        assert LEAK not in repr(settings.warnings)
+
+    @pytest.mark.parametrize(
+        "secret",
+        ["whsec_" + base64.b64encode(b"unpadded-key-of-25-bytes!").decode().rstrip("="),
+         "whsec_" + base64.urlsafe_b64encode(b"\xfb\xff" * 12).decode()],
+        ids=["unpadded", "url-safe"],
+    )  # fmt: skip
+    def test_unpadded_and_url_safe_keys_are_accepted(self, tmp_path: Path, secret: str) -> None:
+        """whsec_ keys written unpadded or in URL-safe base64 start the service."""
+        settings = Settings.from_env(env(tmp_path, RECEIVER_WEBHOOK_SECRET=secret))
+
+        assert (Secret(secret),) == settings.sources["rivya"].keys
+
+
 class TestSecretFiles:
     @pytest.mark.parametrize(
         ("variable", "value", "read"),
@@ -415,9 +505,10 @@ class TestKeysAndSinks:
 
     @pytest.mark.parametrize(
         "secret",
-        [TEST_SECRET.removeprefix("whsec_"), "whsec_not base64", "whsec_abc", "whsec_",
-         "whpk_" + base64.b64encode(b"\x01" * 31).decode(), "sk_test_abc"],
-        ids=["no-prefix", "space-inside", "bad-padding", "empty", "short-public-key", "other"],
+        [TEST_SECRET.removeprefix("whsec_"), "whsec_n ot base64", "whsec_abcde", "whsec_",
+         "whpk_" + base64.b64encode(b"\x01" * 31).decode(), "sk_test_abc", "whsec_ab=cd"],
+        ids=["no-prefix", "space-inside", "impossible-length", "empty", "short-public-key",
+             "other", "inner-padding"],
     )  # fmt: skip
     def test_standard_rejects_bad_key(self, tmp_path: Path, secret: str) -> None:
         """For ``standard`` a key without whsec_/whpk_ or with bad base64 stops start-up."""

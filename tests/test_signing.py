@@ -27,7 +27,15 @@ from receiver.errors import (
     MissingSignatureHeader,
     TimestampOutOfTolerance,
 )
-from receiver.signing import Scheme, Verified, Verifier, parse_keys, sign_standard, sign_stripe
+from receiver.signing import (
+    Scheme,
+    Verified,
+    Verifier,
+    key_warnings,
+    parse_keys,
+    sign_standard,
+    sign_stripe,
+)
 
 NOW = 1_700_000_000
 KEYS = [b"first-key-material-24byt", b"second-key-material-24by", b"unknown-key-material-24b"]
@@ -231,6 +239,19 @@ class TestStripe:
 
         assert Verified(None, NOW) == stripe("s", header="X-Acme-Sig").verify(sent, BODY, NOW)
 
+    @pytest.mark.parametrize("header", ["Rivya-Signature", "X-Acme-Sig"])
+    def test_missing_header_names_the_configured_one(self, header: str) -> None:
+        """Without its header, a stripe delivery is told the one header name it needs, as
+        configured (not the Standard Webhooks three)."""
+        sent = {"webhook-signature": "v1,AAAA"}  # a sender on the other scheme
+
+        with pytest.raises(MissingSignatureHeader) as caught:
+            stripe("s", header=header).verify(sent, BODY, NOW)
+
+        assert {"error": "missing_signature_header", "expected": [header]} == (
+            caught.value.payload()
+        )
+
     @pytest.mark.parametrize(
         "template",
         ["t={t},v1={bad},v1={good}", "v1={good},t={t}", "t={t}, v0={bad}, v1={GOOD}"],
@@ -331,8 +352,14 @@ class TestStandardRejections:
         else:
             sent[missing] = ""
 
-        with pytest.raises(MissingSignatureHeader):
+        with pytest.raises(MissingSignatureHeader) as caught:
             standard().verify(sent, BODY, now=NOW)
+
+        expected = ("webhook-id", "webhook-timestamp", "webhook-signature")
+        assert expected == caught.value.expected
+        assert {"error": "missing_signature_header", "expected": list(expected)} == (
+            caught.value.payload()
+        )
 
     @pytest.mark.parametrize(
         "timestamp",
@@ -427,9 +454,10 @@ class TestParseKeys:
     @pytest.mark.parametrize(
         ("raw", "position", "fragment"),
         [("{0} c2VjcmV0LXRleHQ=", 2, "must start with"),
-         ("whsec_c2VjcmV0LXRleHQ!! {0}", 1, "not valid base64"),
-         ("{0} {0} whsec_", 3, "not valid base64"), ("whpk_c2VjcmV0LXRleHQ=", 1, "32 bytes"),
-         ("whpk_!!c2VjcmV0LXRleHQ", 1, "32 bytes")],
+         ("whsec_c2VjcmV0LXRleHQ!! {0}", 1, "character outside base64"),
+         ("{0} {0} whsec_", 3, "no key material"),
+         ("whpk_c2VjcmV0LXRleHQ=", 1, "11 bytes; an Ed25519 public key is 32"),
+         ("whpk_!!c2VjcmV0LXRleHQ", 1, "character outside base64")],
         ids=["no-prefix", "bad-base64", "empty-material", "short-public-key", "bad-public-key"],
     )  # fmt: skip
     def test_errors_name_position_not_key(self, raw: str, position: int, fragment: str) -> None:
@@ -454,3 +482,103 @@ class TestParseKeys:
         """Building a standard Verifier from a bad key fails early, not per request."""
         with pytest.raises(ValueError, match="key 1"):
             Verifier(Scheme.STANDARD, ["not-a-key"])
+
+
+def reference_signature(secret: str | bytes, msg_id: str, body: bytes) -> str:
+    """A webhook-signature made by the standardwebhooks library, at NOW."""
+    return Webhook(secret).sign(msg_id, datetime.fromtimestamp(NOW, tz=UTC), body.decode())
+
+
+# 33 bytes whose base64 uses both ``+`` and ``/`` (standard) or ``-`` and ``_`` (URL-safe).
+ODD_KEY = bytes([0xFB, 0xEF, 0xBE, 0xFF, 0xFF, 0xFF] * 5 + [1, 2, 3])
+PLAIN_KEY = b"receiver-unpadded-key-16+"  # 25 bytes: base64 needs one '=' of padding
+
+
+class TestKeyFormats:
+    """Keys after ``whsec_`` in every base64 form a sender may write them in."""
+
+    def test_unpadded_secret_verifies_reference_signature(self) -> None:
+        """An unpadded whsec_ secret verifies a delivery the standardwebhooks library signed
+        with the very same secret text."""
+        padded = base64.b64encode(PLAIN_KEY).decode()
+        assert padded.endswith("=")
+        secret = "whsec_" + padded.rstrip("=")
+        signature = reference_signature(secret, "msg_unpadded", BODY)
+
+        verified = standard(secret).verify(headers(signature, "msg_unpadded"), BODY, now=NOW)
+
+        assert Verified("msg_unpadded", NOW) == verified
+
+    def test_url_safe_secret_verifies_a_signature_with_its_bytes(self) -> None:
+        """A URL-safe whsec_ secret (padded or not) is decoded as URL-safe: it verifies a
+        delivery the standardwebhooks library signed with the bytes it encodes."""
+        url_safe = base64.urlsafe_b64encode(ODD_KEY).decode()
+        assert "-" in url_safe
+        assert "_" in url_safe
+        signature = reference_signature(ODD_KEY, "msg_urlsafe", BODY)
+
+        for secret in ("whsec_" + url_safe, "whsec_" + url_safe.rstrip("=")):
+            verified = standard(secret).verify(headers(signature, "msg_urlsafe"), BODY, now=NOW)
+            assert Verified("msg_urlsafe", NOW) == verified
+
+    def test_every_form_of_one_key_signs_alike(self) -> None:
+        """Standard, unpadded and URL-safe spellings of one key are the same key."""
+        forms = [
+            base64.b64encode(ODD_KEY).decode(),
+            base64.b64encode(ODD_KEY).decode().rstrip("="),
+            base64.urlsafe_b64encode(ODD_KEY).decode(),
+            base64.urlsafe_b64encode(ODD_KEY).decode().rstrip("="),
+        ]
+        expected = hand_standard(ODD_KEY, "msg_1", NOW, BODY)
+
+        assert [expected] * 4 == [sign_standard("whsec_" + f, "msg_1", NOW, BODY) for f in forms]
+
+    @pytest.mark.parametrize(
+        ("key", "message"),
+        [
+            ("whsec_", "key 1: whsec_ has no key material after the prefix"),
+            ("whsec_==", "key 1: whsec_ has no key material after the prefix"),
+            ("whpk_", "key 1: whpk_ has no key material after the prefix"),
+            ("whsec_c2Vj*cmV0", "key 1: whsec_ key has a character outside base64 "
+             "(A-Z a-z 0-9 + / or - _) at position 5 after the prefix"),
+            ("whsec_c2Vjcm=V0", "key 1: whsec_ key has '=' before its end "
+             "(padding goes only at the end)"),
+            ("whsec_c2V+cm_0", "key 1: whsec_ key mixes standard (+ /) and URL-safe (- _) base64"),
+            ("whsec_c2VjcmV0L", "key 1: whsec_ key has a length base64 cannot have "
+             "(a character too many?)"),
+            ("whpk_" + base64.b64encode(b"k" * 31).decode(),
+             "key 1: whpk_ key is 31 bytes; an Ed25519 public key is 32"),
+        ],
+        ids=["whsec-alone", "only-padding", "whpk-alone", "bad-character", "inner-padding",
+             "mixed-alphabets", "impossible-length", "short-public-key"],
+    )  # fmt: skip
+    def test_each_malformed_form_has_its_message(self, key: str, message: str) -> None:
+        """Each way a key can be malformed gets its own message, which never echoes the key."""
+        with pytest.raises(ValueError, match=r"^key 1: ") as caught:
+            parse_keys(Scheme.STANDARD, key)
+
+        assert message == str(caught.value)
+
+    @pytest.mark.parametrize(
+        ("scheme", "key", "expected"),
+        [
+            (Scheme.STANDARD, "whsec_YQ", ["key 1: only 1 byte of key material; use at least "
+                                           "16 (`receiver gen-secret` makes 32)"]),
+            (Scheme.STANDARD, "whsec_" + base64.b64encode(b"k" * 15).decode(),
+             ["key 1: only 15 bytes of key material; use at least 16 "
+              "(`receiver gen-secret` makes 32)"]),
+            (Scheme.STANDARD, "whsec_" + base64.b64encode(b"k" * 16).decode(), []),
+            (Scheme.STANDARD, "whpk_" + base64.b64encode(b"k" * 32).decode(), []),
+            (Scheme.STRIPE, "short", ["key 1: only 5 bytes of key material; use at least 16 "
+                                      "(`receiver gen-secret` makes 32)"]),
+            (Scheme.STRIPE, "whsec_longer-than-16", []),
+        ],
+        ids=["1-byte", "15-bytes", "16-bytes", "public-key", "stripe-short", "stripe-long"],
+    )  # fmt: skip
+    def test_short_keys_are_warned_about(
+        self, scheme: Scheme, key: str, expected: list[str]
+    ) -> None:
+        """A shared key under 16 bytes is valid but gets a warning naming its position."""
+        assert [key] == parse_keys(scheme, key)
+
+        assert expected == key_warnings(scheme, [key])

@@ -3,25 +3,33 @@
 The server (uvicorn in a thread) plays a downstream system: it verifies the Standard
 Webhooks signature with ``receiver.signing.Verifier``, keeps records with the ordering
 guard (409 for stale, 2xx again for a ``webhook-id`` it already holds), records every
-request, and offers ``/status/{code}`` and ``/slow`` for the error mapping.
+request, and offers ``/status/{code}`` and ``/slow`` for the error mapping, ``/verified``
+(checked by the ``standardwebhooks`` reference library instead) and ``/huge`` (a 200 MB
+answer when armed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import socket
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
+import standardwebhooks
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from receiver.errors import (
@@ -31,10 +39,12 @@ from receiver.errors import (
     TransientSinkError,
 )
 from receiver.models import STATUS_RANK, ApplyOutcome, Record, parse_time
+from receiver.settings import Settings
 from receiver.signing import Scheme, Verifier
 from receiver.sinks.base import find_factory
 from receiver.sinks.http import HttpSink
 from tests.conftest import TEST_SECRET, free_port
+from tests.helpers import eventually
 from tests.sink_contract import (
     Backend,
     SinkContract,
@@ -46,6 +56,8 @@ from tests.sink_contract import (
 
 OTHER_SECRET = "whsec_b3RoZXItc2VjcmV0LWZvci1yb3RhdGlvbi0wMQ=="
 SLOW_SECONDS = 1.0
+HUGE_CHUNK = b"x" * (1024 * 1024)
+HUGE_CHUNKS = 200  # a 200 MB answer
 
 
 @dataclass
@@ -54,6 +66,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     verified: bool
+    client_port: int = 0  # the same port twice: the same (reused) connection
 
 
 class Downstream:
@@ -61,13 +74,17 @@ class Downstream:
 
     def __init__(self) -> None:
         self.verifier = Verifier(Scheme.STANDARD, [TEST_SECRET])
+        self.reference = standardwebhooks.Webhook(TEST_SECRET)
         self.received: list[Received] = []
         self.records: dict[str, dict[str, Any]] = {}
+        self.huge_answers_left = 0
         self.app = Starlette(
             routes=[
                 Route("/records", self.records_endpoint, methods=["POST"]),
                 Route("/status/{code:int}", self.status_endpoint, methods=["POST"]),
                 Route("/slow", self.slow_endpoint, methods=["POST"]),
+                Route("/verified", self.verified_endpoint, methods=["POST"]),
+                Route("/huge", self.huge_endpoint, methods=["POST"]),
             ]
         )
 
@@ -82,7 +99,8 @@ class Downstream:
             verified = True
         except DeliveryRejected:
             verified = False
-        received = Received(request.url.path, headers, body, verified)
+        port = request.client.port if request.client else 0
+        received = Received(request.url.path, headers, body, verified, port)
         self.received.append(received)
         return received
 
@@ -118,6 +136,31 @@ class Downstream:
         await self._receive(request)
         await asyncio.sleep(SLOW_SECONDS)
         return Response(status_code=200)
+
+    async def verified_endpoint(self, request: Request) -> Response:
+        """Checked by the reference library, as a downstream built on it would."""
+        body = await request.body()
+        headers = dict(request.headers)
+        try:
+            self.reference.verify(body, headers, json_parse=False)
+            verified = True
+        except standardwebhooks.WebhookVerificationError:
+            verified = False
+        self.received.append(Received(request.url.path, headers, body, verified))
+        return Response(status_code=204 if verified else 401)
+
+    async def huge_endpoint(self, request: Request) -> Response:
+        """A 200 MB answer while ``huge_answers_left``, an empty one after."""
+        await self._receive(request)
+        if self.huge_answers_left <= 0:
+            return Response(status_code=204)
+        self.huge_answers_left -= 1
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(HUGE_CHUNKS):
+                yield HUGE_CHUNK
+
+        return StreamingResponse(chunks(), status_code=200)
 
 
 @dataclass
@@ -178,7 +221,7 @@ async def backend(server: Server, tmp_path: Path) -> AsyncIterator[Backend]:
     async def read(key: str) -> dict[str, Any] | None:
         return server.downstream.records.get(key)
 
-    backend = Backend(lambda: HttpSink(url, settings), read)
+    backend = Backend(lambda: HttpSink(url, settings), read, keeps_applied_at=False)
     yield backend
     await backend.aclose()
 
@@ -279,7 +322,8 @@ class TestSigning:
         ]
         assert request.verified
         assert request.headers["content-type"] == "application/json"
-        assert orjson.loads(request.body) == record.to_json()
+        assert orjson.loads(request.body) == record.event_json()
+        assert "applied_at" not in orjson.loads(request.body), "the attempt's time is not sent"
         assert abs(int(request.headers["webhook-timestamp"]) - time.time()) < 5
 
     async def test_same_webhook_id_on_retry(self, make_sink: Any, server: Server) -> None:
@@ -297,6 +341,30 @@ class TestSigning:
         assert [r.headers["webhook-id"] for r in attempts] == [record.last_event_id] * 3
         assert all(r.verified for r in attempts)
 
+    async def test_same_body_on_every_attempt(self, make_sink: Any, server: Server) -> None:
+        """Attempts of one event send the same bytes, however far apart (applied_at, the
+        attempt's own time, once changed them); only the timestamp and signature move."""
+        record = full_record(new_key())
+        sink = make_sink("/status/503")
+        with pytest.raises(TransientSinkError):
+            await sink.apply(record)
+        first_second = int(
+            server.downstream.requests_to("/status/503")[-1].headers["webhook-timestamp"]
+        )
+        # The next attempt falls in a later second, so its signature differs.
+        eventually(lambda: int(time.time()) > first_second, what="the next second")
+        with pytest.raises(TransientSinkError):
+            await sink.apply(dataclasses.replace(record, applied_at=datetime.now(UTC)))
+        first, second = [
+            r
+            for r in server.downstream.requests_to("/status/503")
+            if r.headers["webhook-id"] == record.last_event_id
+        ]
+        assert first.body == second.body
+        assert first.headers["webhook-signature"] != second.headers["webhook-signature"]
+        assert first.verified
+        assert second.verified
+
     async def test_wrong_secret_is_rejected_downstream(self, make_sink: Any) -> None:
         """The downstream really checks: a sink with another secret gets 401, permanent."""
         sink = make_sink("/records", RECEIVER_FORWARD_SECRET=OTHER_SECRET)
@@ -308,3 +376,151 @@ class TestSigning:
         settings = sink_settings(tmp_path, "log:", RECEIVER_FORWARD_SECRET="")
         with pytest.raises(ConfigError, match="RECEIVER_FORWARD_SECRET"):
             find_factory("https")("https://example.invalid/hook", settings)
+
+
+class TestReplay:
+    def test_replay_sends_the_same_bytes_and_id(
+        self, server: Server, tmp_path: Path, redis_url: str, clean_redis: Any
+    ) -> None:
+        """A delivered event and its replay reach the downstream as the same body under the
+        same webhook-id, each signed afresh and verified by the standardwebhooks library."""
+        from receiver.keys import member_of
+        from receiver.redis_client import create_client
+        from receiver.store import EventStore
+        from tests.factories import base_env, event_body, signed_headers
+        from tests.servers import ServiceThread
+
+        url = server.base_url + "/verified"
+        settings = Settings.from_env(
+            base_env(tmp_path, redis_url, RECEIVER_SINK=url, RECEIVER_FORWARD_SECRET=TEST_SECRET)
+        )
+        event_id = f"msg_{uuid.uuid4().hex}"
+        body = event_body()
+
+        def forwarded() -> list[Received]:
+            return [
+                r
+                for r in server.downstream.requests_to("/verified")
+                if r.headers["webhook-id"] == event_id
+            ]
+
+        with ServiceThread(settings, run_worker=True) as service:
+            headers = signed_headers(body, event_id=event_id)
+            assert (
+                202
+                == httpx.post(
+                    f"{service.url}/webhooks/rivya", content=body, headers=headers
+                ).status_code
+            )
+            eventually(lambda: len(forwarded()) == 1, what="the first forward")
+            first_second = int(forwarded()[0].headers["webhook-timestamp"])
+            eventually(lambda: int(time.time()) > first_second, what="the next second")
+
+            async def requeue() -> bool:
+                client = create_client(redis_url)
+                try:
+                    return await EventStore(client, retention_seconds=3600).requeue(
+                        member_of("rivya", event_id), by="test"
+                    )
+                finally:
+                    await client.aclose()
+
+            assert asyncio.run(requeue())
+            eventually(lambda: len(forwarded()) == 2, what="the replayed forward")
+        first, replayed = forwarded()
+        assert (first.body, first.headers["webhook-id"]) == (
+            replayed.body,
+            replayed.headers["webhook-id"],
+        )
+        assert first.verified
+        assert replayed.verified
+        assert first.headers["webhook-timestamp"] != replayed.headers["webhook-timestamp"]
+
+
+def peak_rss_kib() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0])
+
+
+class TestAnswers:
+    async def test_huge_answer_is_not_read(self, make_sink: Any, server: Server) -> None:
+        """A 200 MB answer is not read: its status decides, peak memory barely moves, and
+        its connection is dropped rather than drained (the next request opens another)."""
+        sink = make_sink("/huge")
+        server.downstream.huge_answers_left = 1
+        await asyncio.to_thread(Path("/proc/self/clear_refs").write_text, "5")  # peak := now
+        before = peak_rss_kib()
+
+        assert await sink.apply(make_record(new_key(), "succeeded")) is ApplyOutcome.APPLIED
+
+        grown_mib = (peak_rss_kib() - before) / 1024
+        assert grown_mib < 32, f"peak RSS grew by {grown_mib:.0f} MiB"
+        assert await sink.apply(make_record(new_key(), "queued")) is ApplyOutcome.APPLIED
+        huge, small = server.downstream.requests_to("/huge")[-2:]
+        assert huge.client_port != small.client_port
+
+    async def test_small_answers_keep_the_connection(self, make_sink: Any, server: Server) -> None:
+        """Answers under the bound are read to their end, so one connection serves them all."""
+        sink = make_sink("/records")
+        records = [make_record(new_key(), "queued") for _ in range(3)]
+        for record in records:
+            assert await sink.apply(record) is ApplyOutcome.APPLIED
+        ids = {record.last_event_id for record in records}
+        ports = {
+            r.client_port for r in server.downstream.received if r.headers["webhook-id"] in ids
+        }
+        assert 1 == len(ports)
+
+
+class ProxyListener:
+    """A TCP listener standing in for an HTTP proxy: it records who connects."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.settimeout(0.2)
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            conn.close()
+
+    def __enter__(self) -> ProxyListener:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+class TestEnvironment:
+    async def test_proxy_variables_are_ignored(
+        self, make_sink: Any, server: Server, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """HTTP_PROXY (and friends) in the environment never see the sink URL: the record
+        goes straight to the downstream."""
+        with ProxyListener() as proxy:
+            for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+                monkeypatch.setenv(name, proxy.url)
+            for name in ("NO_PROXY", "no_proxy"):
+                monkeypatch.delenv(name, raising=False)
+            record = make_record(new_key(), "queued")
+            assert await make_sink("/records").apply(record) is ApplyOutcome.APPLIED
+        assert 0 == proxy.connections
+        ids = [r.headers["webhook-id"] for r in server.downstream.requests_to("/records")]
+        assert record.last_event_id in ids

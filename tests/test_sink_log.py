@@ -49,9 +49,36 @@ class TestLogSink:
         assert "X-Amz-Signature=abc" not in out
         entry = orjson.loads(out)
         expected = record.to_json()
-        expected["primary_url"] = "https://media.example/result.png?***"
-        expected["result_urls"] = ["https://cdn.example/a.png?***", "https://cdn.example/b.png"]
+        # mask_url's ``?***`` then the log redaction's own mark, as in every log line.
+        expected["primary_url"] = "https://media.example/result.png?[REDACTED]"
+        expected["result_urls"] = [
+            "https://cdn.example/a.png?[REDACTED]",
+            "https://cdn.example/b.png",
+        ]
         assert {name: entry[name] for name in expected} == expected
+
+    async def test_every_field_is_redacted(
+        self, sink: LogSink, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Secret-looking values in any field (an API key, a bearer token, a webhook secret,
+        URL credentials) are masked like in every log line; plain fields stay as they are."""
+        secrets = {
+            "client_request_id": "rvya_sk_live_LEAK0123456789",
+            "error_message": "upstream said: Bearer LEAKTOKEN0123456789 for whsec_LEAKSECRET0123",
+            "model": "https://user:LEAKPASSWORD@models.example/z?sig=LEAKSIG",
+        }
+        record = replace(full_record(new_key()), **secrets)
+        await sink.apply(record)
+        out = capsys.readouterr().out
+        for needle in ("LEAK0123456789", "LEAKTOKEN", "LEAKSECRET", "LEAKPASSWORD", "LEAKSIG"):
+            assert needle not in out
+        entry = orjson.loads(out)
+        assert "[REDACTED]" in entry["client_request_id"]
+        assert "[REDACTED]" in entry["error_message"]
+        plain = ("record_key", "status", "source_updated_at", "last_event_id", "final_credits")
+        assert {name: record.to_json()[name] for name in plain} == {
+            name: entry[name] for name in plain
+        }
 
     async def test_always_applied(self, sink: LogSink, capsys: pytest.CaptureFixture[str]) -> None:
         """There is no stored state to guard: even an older event is printed and applied."""

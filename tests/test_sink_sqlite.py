@@ -150,6 +150,24 @@ class TestStorage:
         assert isinstance(outcomes[1], PermanentSinkError)
         assert [read_row(path, key) is not None for key in keys] == [True, False, True]
 
+    async def test_a_value_the_driver_cannot_bind_fails_alone(self, tmp_path: Path) -> None:
+        """A record the mapping would refuse (credits 2^63, built elsewhere) fails alone with
+        its real cause; the rest of its group commits and the sink keeps working."""
+        path = tmp_path / "records.db"
+        url = f"sqlite:///{path}"
+        sink = SqliteSink(url, sink_settings(tmp_path, url))
+        keys = [new_key(), new_key(), new_key()]
+        records = [make_record(key, "queued") for key in keys]
+        records[1] = make_record(keys[1], "queued", final_credits=2**63)
+        async with asyncio.timeout(5):  # a dead group writer would leave this waiting
+            outcomes = await sink.apply_many(records)
+            later = await sink.apply(make_record(new_key(), "queued"))
+        await sink.aclose()
+        assert outcomes[0] is outcomes[2] is later is ApplyOutcome.APPLIED
+        assert isinstance(outcomes[1], PermanentSinkError)
+        assert "OverflowError" in str(outcomes[1])
+        assert [read_row(path, key) is not None for key in keys] == [True, False, True]
+
     async def test_writes_do_not_block_the_event_loop(self, tmp_path: Path) -> None:
         """While a write waits for a lock, the event loop keeps running other tasks."""
         path = tmp_path / "records.db"

@@ -218,6 +218,61 @@ class TestBatches:
         assert 4 == len(downstream.requests)
 
 
+class TestUntrustedNumbers:
+    async def test_credits_past_2_63_are_dead_at_once_and_the_next_event_applies(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+    ) -> None:
+        """An event whose credits overflow SQLite (2^63), stored pending (by a version that did
+        not check it at ingest), is dead with invalid_number on its first attempt, and the
+        event read with it in the same batch is applied: no writer dies, nobody times out."""
+        import hashlib
+
+        from receiver.models import EventState
+        from receiver.runtime import Runtime
+        from receiver.store import IncomingEvent, now_ms
+
+        settings = worker_settings(tmp_path, redis_url, f"sqlite:///{tmp_path}/records.db")
+        bodies = {
+            "msg_huge": event_body(task_id="task_huge").replace(
+                b'"final_credits":1', b'"final_credits":9223372036854775808'
+            ),
+            "msg_next": event_body(task_id="task_next"),
+        }
+        assert b"9223372036854775808" in bodies["msg_huge"]
+        runtime = await Runtime.open(settings, with_sink=True)
+        try:
+            for event_id, body in bodies.items():
+                await runtime.store.accept(
+                    IncomingEvent(
+                        source="rivya",
+                        event_id=event_id,
+                        body=body,
+                        body_sha256=hashlib.sha256(body).hexdigest(),
+                        encrypted=False,
+                        received_ms=now_ms(),
+                        signed_ts=int(time.time()),
+                        event_type="generation.succeeded",
+                        record_key=event_id.replace("msg_", "task_"),
+                        state=EventState.PENDING,
+                    )
+                )
+            await run_worker_until(runtime, clean_redis, "msg_next", b"applied")
+        finally:
+            await runtime.aclose()
+        huge, following = state_of(clean_redis, "msg_huge"), state_of(clean_redis, "msg_next")
+        assert (b"dead", b"1", b"invalid_number") == (
+            huge[b"state"],
+            huge[b"attempts"],
+            huge[b"reason_code"],
+        )
+        assert b"final_credits is outside 0..2^53" in huge[b"last_error"]
+        assert (b"applied", b"1") == (following[b"state"], following[b"attempts"])
+        rows = sqlite3.connect(tmp_path / "records.db").execute(
+            "SELECT record_key FROM generations"
+        )
+        assert [("task_next",)] == rows.fetchall()
+
+
 class TestRetries:
     def test_outage_is_retried_then_applied(
         self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis

@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from receiver.errors import ConfigError
-from receiver.logs import configure_logging
+from receiver.logs import configure_logging, get_logger
 from receiver.redaction import redact_text
 from receiver.redis_client import REDIS_ERRORS
 from receiver.settings import DEFAULT_SOURCE, Settings
@@ -80,6 +80,9 @@ def load_settings(*, service: bool = False, needs: tuple[str, ...] = ()) -> Sett
     if SIGNING in needs:
         settings.require_signing_keys()
     configure_logging(settings.log_level, settings.log_format, to_stderr=not service)
+    if service:  # `config check` lists them itself; other commands stay quiet
+        for warning in settings.warnings:
+            get_logger("receiver.config").warning("config_warning", detail=warning)
     return settings
 
 

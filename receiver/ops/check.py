@@ -90,8 +90,9 @@ def _failure(exc: BaseException) -> str:
 async def check_config(
     settings: Settings, wait_seconds: float = CHECK_TIMEOUT_SECONDS
 ) -> ConfigReport:
-    """Probe Redis and the sink and read the Redis settings durability depends on."""
-    report = ConfigReport(describe_settings(settings))
+    """Probe Redis and the sink and read the Redis settings durability depends on; the
+    settings' own warnings (weak keys) come first."""
+    report = ConfigReport(describe_settings(settings), warnings=list(settings.warnings))
     await _check_redis(settings, wait_seconds, report)
     await _check_sink(settings, wait_seconds, report)
     return report

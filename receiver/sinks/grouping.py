@@ -4,6 +4,11 @@ A sink hands ``GroupCommit`` a function that writes a whole group in one transac
 answers with one outcome (or sink error) per record; each caller of ``apply`` waits for
 its own answer, which only comes after the group's commit. Under load one fsync and one
 round of transaction overhead then cover many records; alone, a record is a group of one.
+
+The writer task is shared by every caller, so nothing a group raises may end it: a group
+whose write fails with anything (a sink error, or a bug such as a value the driver cannot
+bind) answers each of its callers with that exception, and the writer goes on with the
+next group. A writer that died instead would leave every caller waiting for its timeout.
 """
 
 from __future__ import annotations
@@ -12,11 +17,11 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from receiver.errors import SinkError
+from receiver.errors import PermanentSinkError, SinkError
 from receiver.models import ApplyOutcome
 
 T = TypeVar("T")
-GroupWriter = Callable[[list[T]], Awaitable[list[ApplyOutcome | SinkError]]]
+GroupWriter = Callable[[list[T]], Awaitable[Sequence[ApplyOutcome | Exception]]]
 # Records written in one transaction at most; more wait for the next one.
 MAX_GROUP = 256
 
@@ -33,15 +38,16 @@ class GroupCommit(Generic[T]):
         [future] = self._enqueue([item])
         return await future
 
-    async def apply_many(self, items: Sequence[T]) -> list[ApplyOutcome | SinkError]:
-        """``apply`` for several items at once: one outcome or sink error per item, in order."""
+    async def apply_many(self, items: Sequence[T]) -> list[ApplyOutcome | Exception]:
+        """``apply`` for several items at once: one outcome or exception per item, in order
+        (a sink error, or whatever else failed the item's group)."""
         futures = self._enqueue(items)
-        results: list[ApplyOutcome | SinkError] = []
+        results: list[ApplyOutcome | Exception] = []
         try:
             for future in futures:
                 try:
                     results.append(await future)
-                except SinkError as exc:
+                except Exception as exc:  # the item's answer, handed back as apply_all does
                     results.append(exc)
         except asyncio.CancelledError:
             for future in futures:  # the writer skips them; nobody waits for their answers
@@ -63,8 +69,22 @@ class GroupCommit(Generic[T]):
             group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
             try:
                 results = await self._write_group([item for item, _ in group])
+                if len(results) != len(group):
+                    raise PermanentSinkError(
+                        f"sink bug: {len(results)} answers for a group of {len(group)}"
+                    )
             except SinkError as exc:  # the group failed as a whole
                 results = [exc] * len(group)
+            except Exception as exc:
+                # Not a sink error: a bug (an OverflowError from a driver, a TypeError). It
+                # fails this group with its own type and message, which the worker records
+                # (redacted) as "unexpected", logs with its traceback and retries.
+                results = [exc] * len(group)
+            except BaseException:
+                # Cancelled (loop shutdown): nobody will answer this group, so say so.
+                for _, future in group:
+                    future.cancel()
+                raise
             for (_, future), result in zip(group, results, strict=True):
                 if future.done():  # the caller gave up (timeout, shutdown)
                     continue

@@ -1,8 +1,16 @@
 """HTTP sink: POST the normalized record, signed with Standard Webhooks (SPEC §5, §9).
 
 The downstream system guards order itself: 2xx means applied, 409 means stale. The
-``webhook-id`` is the event id, the same on every retry and replay, so the downstream can
-deduplicate a redelivery (PITFALLS "Processing").
+``webhook-id`` is the event id, the same on every retry and replay, and so is the body: the
+record's own fields (``Record.event_json``), without the attempt's ``applied_at``. Only
+``webhook-timestamp`` (the attempt's time) and with it the signature change per attempt, so
+a downstream that deduplicates by id (as Standard Webhooks says it should) sees one message
+(PITFALLS "Processing").
+
+The downstream's answer is untrusted too: only its status matters, so at most
+``MAX_ANSWER_BYTES`` of its body are read (raw, never decompressed), and the client ignores
+the environment (``trust_env=False``): no ``HTTP_PROXY`` sees the sink URL with its token,
+no ``.netrc`` adds credentials.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ if TYPE_CHECKING:
     from receiver.settings import Settings
 
 USER_AGENT = "receiver-http-sink/0.1"
+# Enough for any status page or error document; past it the connection is dropped instead
+# of read (a 200 MB answer once took the worker's RSS to 498 MB).
+MAX_ANSWER_BYTES = 64 * 1024
 # Worth retrying (SPEC §5): the downstream timed out or is rate limiting; 5xx too.
 TRANSIENT_STATUSES = frozenset({408, 429})
 STALE_STATUS = 409
@@ -49,8 +60,9 @@ class HttpSink:
         self._client: httpx.AsyncClient | None = None
 
     async def apply(self, record: Record) -> ApplyOutcome:
-        body = orjson.dumps(record.to_json())
-        # A fresh timestamp per attempt, so a late retry is not outside the tolerance.
+        body = orjson.dumps(record.event_json())
+        # A fresh timestamp per attempt, so a late retry is not outside the tolerance; it is
+        # also the attempt's time, signed, for a downstream that wants one.
         timestamp = int(time.time())
         signature = sign_standard(self._key, record.last_event_id, timestamp, body)
         headers = {
@@ -59,8 +71,7 @@ class HttpSink:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature,
         }
-        response = await self._send("POST", content=body, headers=headers)
-        status = response.status_code
+        status = await self._send("POST", content=body, headers=headers)
         if 200 <= status < 300:
             return ApplyOutcome.APPLIED
         if status == STALE_STATUS:
@@ -85,15 +96,21 @@ class HttpSink:
 
     async def _send(
         self, method: str, *, content: bytes | None = None, headers: dict[str, str] | None = None
-    ) -> httpx.Response:
+    ) -> int:
+        """The answer's status; its body is read up to MAX_ANSWER_BYTES and dropped."""
         if self._client is None:
             self._client = httpx.AsyncClient(
                 timeout=self._timeout,
                 follow_redirects=False,
                 headers={"user-agent": USER_AGENT},
+                trust_env=False,
             )
         try:
-            return await self._client.request(method, self._url, content=content, headers=headers)
+            async with self._client.stream(
+                method, self._url, content=content, headers=headers
+            ) as response:
+                await _drain(response)
+                return response.status_code
         except httpx.UnsupportedProtocol as exc:
             raise PermanentSinkError(self._describe(exc)) from exc
         except httpx.TransportError as exc:
@@ -110,3 +127,13 @@ class HttpSink:
         for hidden in self._hidden:
             detail = detail.replace(hidden, "***")
         return f"http sink {self._label}: {type(exc).__name__}: {detail}"
+
+
+async def _drain(response: httpx.Response) -> None:
+    """Read the answer's body if it is small, so the connection can be reused; a larger one
+    is left unread and the connection is closed with the response."""
+    received = 0
+    async for chunk in response.aiter_raw():
+        received += len(chunk)
+        if received > MAX_ANSWER_BYTES:
+            return

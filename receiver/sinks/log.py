@@ -1,7 +1,9 @@
 """Log sink (``log:``): one JSON line per record on stdout, for development (SPEC §5).
 
-Result URLs are often signed, temporary links, so their query strings are masked
-before they reach stdout (SPEC §8).
+stdout is an output like any log, so the line passes the same redaction as every log
+line (SPEC §8): result URLs (often signed, temporary links) lose their query strings, and
+any field that holds a secret-looking value (an ``rvya_sk_`` key in a client request id,
+a bearer token in an error message) is masked.
 """
 
 from __future__ import annotations
@@ -13,24 +15,27 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from receiver.models import ApplyOutcome, Record, format_time
-from receiver.redaction import mask_url
+from receiver.redaction import mask_url, redact_value
 
 if TYPE_CHECKING:
     from receiver.settings import Settings
 
 
 def log_line(record: Record) -> dict[str, Any]:
-    """The record as a log entry, with every URL masked."""
+    """The record as a log entry, with every URL masked and every field redacted."""
     fields = record.to_json()
     if record.primary_url is not None:
         fields["primary_url"] = mask_url(record.primary_url)
     fields["result_urls"] = [mask_url(url) for url in record.result_urls]
-    return {
-        "event": "record_applied",
-        "level": "info",
-        "timestamp": format_time(datetime.now(UTC)),
-        **fields,
-    }
+    line: dict[str, Any] = redact_value(
+        {
+            "event": "record_applied",
+            "level": "info",
+            "timestamp": format_time(datetime.now(UTC)),
+            **fields,
+        }
+    )
+    return line
 
 
 class LogSink:

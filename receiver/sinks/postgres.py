@@ -98,7 +98,7 @@ class PostgresSink:
     async def apply(self, record: Record) -> ApplyOutcome:
         return await self._groups.apply(record)
 
-    async def apply_many(self, records: Sequence[Record]) -> list[ApplyOutcome | SinkError]:
+    async def apply_many(self, records: Sequence[Record]) -> list[ApplyOutcome | Exception]:
         return await self._groups.apply_many(records)
 
     async def _write_group(self, records: list[Record]) -> list[ApplyOutcome | SinkError]:

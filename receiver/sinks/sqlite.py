@@ -56,6 +56,9 @@ CREATE TABLE IF NOT EXISTS generations (
 UPSERT = guarded_upsert(lambda name: f":{name}")
 
 STORED_EVENT = "SELECT last_event_id FROM generations WHERE record_key = ?"
+# What one row can fail with: SQLite's own errors, and the driver's refusal to bind an int
+# past 2^63 (the mapping refuses those first; this keeps a record built elsewhere alone).
+ROW_ERRORS = (sqlite3.Error, OverflowError)
 
 
 def database_path(url: str) -> str:
@@ -84,7 +87,7 @@ class SqliteSink:
     async def apply(self, record: Record) -> ApplyOutcome:
         return await self._groups.apply(flat_row(record))
 
-    async def apply_many(self, records: Sequence[Record]) -> list[ApplyOutcome | SinkError]:
+    async def apply_many(self, records: Sequence[Record]) -> list[ApplyOutcome | Exception]:
         return await self._groups.apply_many([flat_row(record) for record in records])
 
     async def _write_group(self, rows: list[dict[str, Any]]) -> list[ApplyOutcome | SinkError]:
@@ -112,6 +115,8 @@ class SqliteSink:
             return TransientSinkError(f"sqlite sink {self._label}: {exc}")
         if isinstance(exc, OSError):
             return TransientSinkError(f"sqlite sink {self._label}: {exc.strerror}")
+        if isinstance(exc, OverflowError):
+            return PermanentSinkError(f"sqlite sink {self._label}: OverflowError: {exc}")
         return PermanentSinkError(f"sqlite sink {self._label}: {exc}")
 
     # Everything below runs on the sink's own thread.
@@ -144,7 +149,7 @@ class SqliteSink:
             if self._apply_together(rows):
                 return [ApplyOutcome.APPLIED] * len(rows)
             return self._in_transaction(rows, isolate_rows=False)
-        except sqlite3.Error:
+        except ROW_ERRORS:
             return self._in_transaction(rows, isolate_rows=True)
 
     def _apply_together(self, rows: list[dict[str, Any]]) -> bool:
@@ -183,7 +188,7 @@ class SqliteSink:
                 connection.execute("SAVEPOINT record")
                 try:
                     results.append(self._apply_one(connection, values))
-                except sqlite3.Error as exc:  # this record fails alone
+                except ROW_ERRORS as exc:  # this record fails alone
                     connection.execute("ROLLBACK TO record")
                     results.append(self._sink_error(exc))
                 connection.execute("RELEASE record")
