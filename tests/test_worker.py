@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from receiver.worker import backoff_delay
 from tests.conftest import TEST_SECRET
 from tests.factories import base_env, event_body, signed_headers
 from tests.helpers import eventually
+from tests.redis_proc import RedisProcess
 from tests.servers import Downstream, ServiceThread
 
 
@@ -134,12 +135,24 @@ async def run_worker_until_applied(
     return stats
 
 
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[str, redis.Redis]]:
+    """A Redis server of this test's own: these tests read server-wide command counts,
+    which another test run on a shared server would skew."""
+    with RedisProcess(tmp_path / "private-redis") as server:
+        client = redis.Redis(port=server.port)
+        yield server.url, client
+        client.close()
+
+
 class TestBatches:
     async def test_backlog_is_applied_in_batches(
-        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+        self, tmp_path: Path, private_redis: tuple[str, redis.Redis]
     ) -> None:
         """A backlog is loaded, applied and finished a batch at a time, every event applied."""
         from receiver.runtime import Runtime
+
+        redis_url, clean_redis = private_redis
 
         settings = worker_settings(tmp_path, redis_url, f"sqlite:///{tmp_path}/records.db")
         events = [f"msg_batch_{n}" for n in range(40)]
@@ -164,14 +177,15 @@ class TestBatches:
     async def test_events_arriving_one_by_one_are_applied_together(
         self,
         tmp_path: Path,
-        redis_url: str,
-        clean_redis: redis.Redis,
+        private_redis: tuple[str, redis.Redis],
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """After a read that did not fill a batch the worker waits a moment (the linger), so
         events arriving one by one in that time are applied as one batch."""
         from receiver import worker as worker_module
         from receiver.runtime import Runtime
+
+        redis_url, clean_redis = private_redis
 
         monkeypatch.setattr(worker_module, "BATCH_LINGER_SECONDS", 1.0)
         settings = worker_settings(tmp_path, redis_url, f"sqlite:///{tmp_path}/records.db")
