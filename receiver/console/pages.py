@@ -8,6 +8,7 @@ with a redirect (or a confirmation page for bulk actions). Templates autoescape 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
@@ -47,7 +48,16 @@ def register_filters(environment: Environment) -> None:
         value, option=orjson.OPT_INDENT_2
     ).decode()
     environment.filters["iso"] = ops.iso_ms
+    environment.filters["clock"] = clock
     environment.filters["qs"] = lambda mapping: urlencode(mapping)
+
+
+def clock(ms: int) -> str:
+    """A time as people say it: ``14:02 UTC`` today, ``2026-11-30 14:02 UTC`` before."""
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    if moment.date() == datetime.now(UTC).date():
+        return moment.strftime("%H:%M UTC")
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def render(
