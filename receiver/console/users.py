@@ -136,6 +136,18 @@ class UserDirectory:
         where = "RECEIVER_ADMIN_USERS_FILE"
         try:
             stat = os.stat(self.path)
+        except FileNotFoundError:
+            # Not there (yet): nobody can sign in; it is picked up once it appears (a
+            # Kubernetes Secret marked optional, created after the pod started).
+            if initial:
+                log.warning("admin_users_file_missing", path=str(self.path))
+            self._users, self._mtime_ns = {}, -2
+            return
+        except OSError as exc:
+            raise ConfigError(
+                f"RECEIVER_ADMIN_USERS_FILE: cannot read {self.path}: {exc.strerror}"
+            ) from None
+        try:
             text = self.path.read_text(encoding="utf-8")
             users = parse_users(text, where)
         except (OSError, UnicodeDecodeError, ConfigError) as exc:
