@@ -32,6 +32,26 @@ def console_replay(audit_id: str) -> str:
     return f"{CONSOLE_TAG}:replay:{audit_id}"
 
 
+# Credit aggregates (receiver/ops/credits.py), one hash tag so a catch-up commits in one
+# MULTI: per shard, the last index entry counted; per day, each task's latest state and the
+# per-model sums. Day keys expire a day after the retention window has passed them.
+CREDITS_TAG = f"{PREFIX}:{{credits}}"
+CREDITS_DAYS = f"{CREDITS_TAG}:days"
+CREDITS_EXTRA_TTL_SECONDS = 86400
+
+
+def credits_cursor(shard: int) -> str:
+    return f"{CREDITS_TAG}:cursor:{shard}"
+
+
+def credits_tasks(day: str) -> str:
+    return f"{CREDITS_TAG}:tasks:{day}"
+
+
+def credits_day(day: str) -> str:
+    return f"{CREDITS_TAG}:day:{day}"
+
+
 def member_of(source: str, event_id: str) -> str:
     """The queue/index member naming one event; source names cannot contain ``|``."""
     return f"{source}{MEMBER_SEPARATOR}{event_id}"

@@ -247,6 +247,23 @@ def test_markup_in_a_signed_event_renders_as_text(
     assert dialogs.seen == []
 
 
+def test_credits_page_totals_match_the_events_sent(olga_page: Page) -> None:
+    """Two succeeded jobs of one credit each were sent: the totals say so, per model too."""
+
+    def counted() -> bool:
+        olga_page.goto("/credits")
+        total = olga_page.locator("#total-jobs")
+        return total.count() == 1 and total.inner_text() == "2"
+
+    eventually(counted, what="both jobs counted")
+    totals = [
+        olga_page.locator(f"#total-{name}").inner_text()
+        for name in ("succeeded", "failed", "reserved", "final", "uncharged")
+    ]
+    assert ["2", "0", "2", "2", "0"] == totals
+    expect(olga_page.locator("table.credits tbody")).to_contain_text(XSS_MODEL)
+
+
 def test_a_request_without_the_csrf_token_is_refused(olga_page: Page, sent: dict[str, str]) -> None:
     """The session cookie alone cannot replay: a form post without the CSRF token is 403."""
     response = olga_page.request.post(

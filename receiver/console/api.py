@@ -181,6 +181,12 @@ async def bulk_replay(console: AdminApp, request: Request, who: Principal) -> Re
     return _answer(answer, 200 if dry_run else 202)
 
 
+async def credits(console: AdminApp, _request: Request, _who: Principal) -> Response:
+    runtime = console.runtime
+    report = await ops.CreditLedger(runtime.store, runtime.cipher).report()
+    return _answer(report.to_json())
+
+
 async def not_yet(_console: AdminApp, _request: Request, _who: Principal) -> Response:
     raise ApiError(501, "not_implemented")
 
@@ -194,6 +200,6 @@ API: tuple[ApiRoute, ...] = (
     ApiRoute("GET", "/deliveries/rejected", not_yet),
     ApiRoute("GET", "/records/{record_key:path}", not_yet),
     ApiRoute("GET", "/status", status),
-    ApiRoute("GET", "/credits", not_yet),
+    ApiRoute("GET", "/credits", credits),
     ApiRoute("GET", "/audit", list_audit),
 )

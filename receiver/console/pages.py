@@ -49,6 +49,7 @@ def register_filters(environment: Environment) -> None:
     ).decode()
     environment.filters["iso"] = ops.iso_ms
     environment.filters["clock"] = clock
+    environment.filters["credits"] = lambda value: f"{value:g}"
     environment.filters["qs"] = lambda mapping: urlencode(mapping)
 
 
@@ -153,6 +154,7 @@ def routes(console: AdminApp) -> list[Route]:
         Route("/events/{event_id:path}", page(console, event), methods=["GET"]),
         Route("/failed", page(console, failed), methods=["GET"]),
         Route("/audit", page(console, audit), methods=["GET"]),
+        Route("/credits", page(console, credits), methods=["GET"]),
         Route("/replays/{audit_id}", page(console, replay_progress), methods=["GET"]),
         Route("/actions/replay", action(console, replay_one), methods=["POST"]),
         Route("/actions/bulk-replay", action(console, bulk_replay), methods=["POST"]),
@@ -276,6 +278,15 @@ async def audit(console: AdminApp, request: Request, who: Principal) -> Response
     entries = await ops.list_audit(console.runtime.client, limit)
     return render(console, request, "audit.html", who,
                   entries=[redact_value(entry.to_json()) for entry in entries])  # fmt: skip
+
+
+async def credits(console: AdminApp, request: Request, who: Principal) -> Response:
+    runtime = console.runtime
+    report = await ops.CreditLedger(runtime.store, runtime.cipher).report()
+    return render(
+        console, request, "credits.html", who,
+        report=report, refresh=REFRESH_SECONDS if report.pending else None,
+    )  # fmt: skip
 
 
 async def replay_progress(console: AdminApp, request: Request, who: Principal) -> Response:
