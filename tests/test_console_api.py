@@ -222,6 +222,14 @@ class TestSessions:
         assert {"error": "csrf_failed"} == bare.json()
         assert 200 == good.status_code
 
+    def test_every_role_can_sign_out(self, service: ServiceThread, vic: Person) -> None:
+        """A viewer signs out (the one POST not reserved to operators); the cookie is gone."""
+        with client(service) as http:
+            csrf = sign_in(http, vic)
+            response = http.post("/sign-out", data={"csrf": csrf})
+            after = http.get("/api/v1/events")
+        assert (303, 401) == (response.status_code, after.status_code)
+
     def test_a_cross_site_origin_is_refused(self, service: ServiceThread, olga: Person) -> None:
         """A POST whose Origin is another site is refused even with the right token."""
         with client(service) as http:

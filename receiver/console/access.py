@@ -65,16 +65,22 @@ def same_origin(request: Request) -> bool:
 
 
 async def admit(
-    console: AdminApp, request: Request, *, action: bool, csrf: str | None = None
+    console: AdminApp,
+    request: Request,
+    *,
+    action: bool,
+    csrf: str | None = None,
+    operator: bool = True,
 ) -> Principal:
     """The person behind ``request``, or AuthFailure: 401/429 unknown, 403 not allowed.
 
     ``csrf`` is the token the request presented (form field); the header is read here.
+    ``operator=False`` is for the one POST every role may make: signing out.
     """
     principal = await console.auth.principal(request)
     if not action:
         return principal
-    if not principal.can_act:
+    if operator and not principal.can_act:
         log.warning("admin_forbidden", actor=principal.name, path=request.url.path)
         raise AuthFailure(403, "forbidden")
     presented = csrf if csrf is not None else request.headers.get(CSRF_HEADER)

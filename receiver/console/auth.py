@@ -140,8 +140,10 @@ class SessionKey:
     async def get(self) -> bytes:
         now = time.monotonic()
         if self._key is None or now - self._read_at > CONSOLE_SESSION_KEY_CACHE_SECONDS:
-            await self._client.set(CONSOLE_SESSION_KEY, secrets.token_bytes(32), nx=True)
-            key = await self._client.get(CONSOLE_SESSION_KEY)
+            key = None
+            while key is None:  # deleted between the two calls: make a new one
+                await self._client.set(CONSOLE_SESSION_KEY, secrets.token_bytes(32), nx=True)
+                key = await self._client.get(CONSOLE_SESSION_KEY)
             self._key, self._read_at = bytes(key), now
         return self._key
 

@@ -19,6 +19,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from receiver import ops
+from receiver.app import check_dependencies
 from receiver.console import actions, views
 from receiver.console.access import BodyTooLarge, admit, read_form
 from receiver.console.auth import SESSION_COOKIE, AuthFailure, Principal, is_https
@@ -133,11 +134,15 @@ def page(console: AdminApp, handler: PageHandler) -> Callable[[Request], Awaitab
     return endpoint
 
 
-def action(console: AdminApp, handler: ActionHandler) -> Callable[[Request], Awaitable[Response]]:
+def action(
+    console: AdminApp, handler: ActionHandler, *, operator: bool = True
+) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         async def run() -> Response:
             form = await read_form(request)
-            who = await admit(console, request, action=True, csrf=form.get("csrf", ""))
+            who = await admit(
+                console, request, action=True, csrf=form.get("csrf", ""), operator=operator
+            )
             return await handler(console, request, who, form)
 
         return await _guarded(console, request, run)
@@ -148,7 +153,7 @@ def action(console: AdminApp, handler: ActionHandler) -> Callable[[Request], Awa
 def routes(console: AdminApp) -> list[Route]:
     return [
         Route("/sign-in", _sign_in_endpoint(console), methods=["GET", "POST"]),
-        Route("/sign-out", action(console, sign_out), methods=["POST"]),
+        Route("/sign-out", action(console, sign_out, operator=False), methods=["POST"]),
         Route("/", page(console, overview), methods=["GET"]),
         Route("/events", page(console, events), methods=["GET"]),
         Route("/events/{event_id:path}", page(console, event), methods=["GET"]),
@@ -220,6 +225,7 @@ async def sign_out(
 
 async def overview(console: AdminApp, request: Request, who: Principal) -> Response:
     runtime = console.runtime
+    failed_checks = await check_dependencies(runtime)
     stats = await runtime.store.queue_stats()
     dead = await ops.list_events(
         runtime.store, ops.EventFilter(source=None, state=EventState.DEAD, limit=FAILED_SCAN)
@@ -227,6 +233,8 @@ async def overview(console: AdminApp, request: Request, who: Principal) -> Respo
     return render(
         console, request, "overview.html", who,
         stats=stats, groups=views.group_failures(dead), refresh=5,
+        health={"redis": "redis" not in failed_checks,
+                **({"sink": "sink" not in failed_checks} if runtime.sink else {})},
     )  # fmt: skip
 
 
