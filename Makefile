@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= ./receiver-data
 export RECEIVER_DATA_DIR ?= $(DATA_DIR)
 
-.PHONY: run test lint typecheck pytest services bench lock clean
+.PHONY: run test lint typecheck pytest services browser screenshots bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,18 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 ## run: the service with its embedded defaults (embedded Redis, SQLite sink, dev secret)
 run: $(VENV)/.installed-run
-	@. scripts/dev-secret.sh && exec $(BIN)/receiver serve
+	@. scripts/dev-secret.sh && . scripts/dev-console.sh && exec $(BIN)/receiver serve
 
 ## test: lint, type-check and the whole test suite against real Redis and PostgreSQL
-test: $(VENV)/.installed-test services lint typecheck pytest
+test: $(VENV)/.installed-test services browser lint typecheck pytest
+
+# The console's browser tests drive Debian's Chromium; Playwright never downloads one.
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
+
+## screenshots: refresh docs/screenshots/*.png (the README's console pictures) from the browser tests
+screenshots: $(VENV)/.installed-test services browser
+	CONSOLE_SCREENSHOTS_DIR=docs/screenshots $(BIN)/pytest tests/test_console_browser.py -q
 
 services:
 	@scripts/ensure-services.sh

@@ -282,6 +282,8 @@ class Bench:
                 "RECEIVER_SINK": sink,
                 "RECEIVER_LOG_LEVEL": "info",
                 "RECEIVER_SHUTDOWN_DRAIN": "0s",
+                # The floor has no second listener; the admin port stays closed here.
+                "RECEIVER_ADMIN_ADDR": "",
             }
         )
         if self.args.receiver_src:

@@ -204,7 +204,8 @@ class ReceiverApp:
             routes=[
                 Route("/healthz", self.healthz, methods=["GET", "HEAD"]),
                 Route("/readyz", self.readyz, methods=["GET", "HEAD"]),
-                Route("/metrics", self.metrics, methods=["GET"]),
+                # ``/metrics``, the console and its API are on the admin listener only
+                # (SPEC §10, receiver/console/): here they answer 404 like any other path.
             ],
             exception_handlers={HTTPException: self._http_error},  # type: ignore[dict-item]
             lifespan=self._lifespan,
@@ -230,6 +231,11 @@ class ReceiverApp:
             await self._webhook(scope, receive, send)
         else:
             await self._starlette(scope, receive, send)
+
+    def lifespan(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """The runtime's life (Redis, store, sink, worker), for a caller that runs several
+        servers on one loop around one runtime (``serve`` with its admin listener)."""
+        return self._lifespan(self._starlette)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
@@ -280,22 +286,23 @@ class ReceiverApp:
             return JSONResponse({"error": "not_ready", "failed": failed}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    async def metrics(self, _request: Request) -> Response:
-        """Prometheus text: process counters plus Redis-backed gauges read at scrape time."""
-        failed = await check_dependencies(self.runtime)
-        metrics.READY.set(0 if failed or self.draining else 1)
-        with contextlib.suppress(*REDIS_ERRORS):
-            stats = await asyncio.wait_for(
-                self.runtime.store.queue_stats(), READINESS_TIMEOUT_SECONDS
-            )
-            metrics.QUEUE_BACKLOG.set(stats["backlog"])
-            metrics.QUEUE_PENDING.set(stats["pending"])
-            metrics.QUEUE_RETRYING.set(stats["retrying"])
-            metrics.DEAD_LETTERS.set(stats["dead"])
-        body = prometheus_client.generate_latest() + prometheus_client.generate_latest(
-            metrics.SERVICE_REGISTRY
-        )
-        return Response(body, media_type=prometheus_client.CONTENT_TYPE_LATEST)
+
+async def metrics_response(runtime: Runtime) -> Response:
+    """Prometheus text: process counters plus Redis-backed gauges read at scrape time.
+
+    Served by the admin listener (SPEC §10), from ``serve`` or ``console``."""
+    failed = await check_dependencies(runtime)
+    metrics.READY.set(0 if failed or runtime.draining else 1)
+    with contextlib.suppress(*REDIS_ERRORS, asyncio.TimeoutError):
+        stats = await asyncio.wait_for(runtime.store.queue_stats(), READINESS_TIMEOUT_SECONDS)
+        metrics.QUEUE_BACKLOG.set(stats["backlog"])
+        metrics.QUEUE_PENDING.set(stats["pending"])
+        metrics.QUEUE_RETRYING.set(stats["retrying"])
+        metrics.DEAD_LETTERS.set(stats["dead"])
+    body = prometheus_client.generate_latest() + prometheus_client.generate_latest(
+        metrics.SERVICE_REGISTRY
+    )
+    return Response(body, media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
 
 async def check_dependencies(runtime: Runtime) -> list[str]:

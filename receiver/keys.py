@@ -18,6 +18,38 @@ AUDIT_STREAM = f"{PREFIX}:audit"
 # The audit log is small and read rarely; a month of replays fits easily.
 AUDIT_MAX_ENTRIES = 100_000
 MEMBER_SEPARATOR = "|"
+# The console's own keys share one hash tag: they are few, small and never touched by ingest.
+CONSOLE_TAG = f"{PREFIX}:{{console}}"
+# The random key that signs console session cookies, so every replica accepts each other's
+# sessions. Deleting it signs everyone out (replicas pick the new one up within the TTL).
+CONSOLE_SESSION_KEY = f"{CONSOLE_TAG}:session-key"
+CONSOLE_SESSION_KEY_CACHE_SECONDS = 60
+# The members of a bulk replay started from the console, so its page can follow them.
+CONSOLE_REPLAY_TTL_SECONDS = 3600
+
+
+def console_replay(audit_id: str) -> str:
+    return f"{CONSOLE_TAG}:replay:{audit_id}"
+
+
+# Credit aggregates (receiver/ops/credits.py), one hash tag so a catch-up commits in one
+# MULTI: per shard, the last index entry counted; per day, each task's latest state and the
+# per-model sums. Day keys expire a day after the retention window has passed them.
+CREDITS_TAG = f"{PREFIX}:{{credits}}"
+CREDITS_DAYS = f"{CREDITS_TAG}:days"
+CREDITS_EXTRA_TTL_SECONDS = 86400
+
+
+def credits_cursor(shard: int) -> str:
+    return f"{CREDITS_TAG}:cursor:{shard}"
+
+
+def credits_tasks(day: str) -> str:
+    return f"{CREDITS_TAG}:tasks:{day}"
+
+
+def credits_day(day: str) -> str:
+    return f"{CREDITS_TAG}:day:{day}"
 
 
 def member_of(source: str, event_id: str) -> str:

@@ -71,6 +71,7 @@ _SECRET_KEY = re.compile(
 _SECRET_VALUE = re.compile(
     r"whsec_[A-Za-z0-9+/=_-]*"
     r"|rvya_sk_[A-Za-z0-9_-]*"
+    r"|rcvadm_[A-Za-z0-9_-]*"  # console/API access tokens (receiver admin-token)
     r"|(?i:bearer)\s+[A-Za-z0-9._~+/=-]+"
     r"|(?<=[a-z]://)[^\s/:@]*:[^\s/@]*@"  # user:password@ in any URL
     r"|v1a?,[A-Za-z0-9+/]{20,}={0,2}"  # Standard Webhooks signature entries
@@ -88,6 +89,7 @@ def may_hold_secret(text: str) -> bool:
         "://" in text
         or "whsec_" in text
         or "rvya_sk_" in text
+        or "rcvadm_" in text
         or "v1," in text
         or "v1=" in text
         or "v1a," in text

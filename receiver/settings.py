@@ -29,6 +29,8 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604
 # keeps them within milliseconds; 5 s covers a host that has drifted, and keeps the floor
 # low enough (2 x 1 s + 5 s) for tests that wait for retention to run out.
 RETENTION_SKEW_MARGIN_SECONDS = 5
+DEFAULT_ADMIN_ADDR = ("127.0.0.1", 8081)
+_ADDR = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):([0-9]{1,5})")
 
 
 def parse_duration(text: str) -> float:
@@ -76,6 +78,10 @@ class Settings:
     # Valid but unwise choices (a webhook key under 16 bytes), one line each, never a secret:
     # logged at start-up by ``serve`` and ``worker`` and listed by ``config check``.
     warnings: tuple[str, ...] = ()
+    # The admin listener (console, API, metrics, detailed readiness; SPEC §10); None: off.
+    admin_addr: tuple[str, int] | None = DEFAULT_ADMIN_ADDR
+    admin_users_file: Path | None = None
+    admin_session_seconds: float = 8 * 3600.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -163,6 +169,9 @@ class Settings:
             worker_concurrency=reader.integer("RECEIVER_WORKER_CONCURRENCY", 16, minimum=1),
             queue_shards=reader.integer("RECEIVER_QUEUE_SHARDS", 1, minimum=1, maximum=1024),
             warnings=_warnings(sources, forward_secret),
+            admin_addr=_admin_addr(environ),
+            admin_users_file=_optional_path(reader.text("RECEIVER_ADMIN_USERS_FILE", "")),
+            admin_session_seconds=reader.duration("RECEIVER_ADMIN_SESSION_TTL", "8h", minimum=60),
         )
 
 
@@ -196,6 +205,9 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "RECEIVER_SHUTDOWN_DRAIN",
     "RECEIVER_WORKER_CONCURRENCY",
     "RECEIVER_QUEUE_SHARDS",
+    "RECEIVER_ADMIN_ADDR",
+    "RECEIVER_ADMIN_USERS_FILE",
+    "RECEIVER_ADMIN_SESSION_TTL",
 )
 
 
@@ -417,3 +429,23 @@ def _encryption_keys(raw: Secret | None) -> tuple[Secret, ...]:
                 "(32 url-safe base64 bytes; `receiver gen-key` makes one)"
             ) from None
     return tuple(Secret(key) for key in keys)
+
+
+def _admin_addr(environ: Mapping[str, str]) -> tuple[str, int] | None:
+    """``host:port`` (``[::1]:8081`` for IPv6); unset: the default, set but empty: off."""
+    if "RECEIVER_ADMIN_ADDR" not in environ:
+        return DEFAULT_ADMIN_ADDR
+    raw = environ["RECEIVER_ADMIN_ADDR"].strip()
+    if not raw:
+        return None
+    match = _ADDR.fullmatch(raw)
+    if match is None or not 1 <= int(match.group(3)) <= 65535:
+        raise ConfigError(
+            f"RECEIVER_ADMIN_ADDR: expected host:port (e.g. 127.0.0.1:8081, [::1]:8081), "
+            f"or empty to turn the admin listener off; got {raw[:60]!r}"
+        )
+    return (match.group(1) or match.group(2), int(match.group(3)))
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text).expanduser() if text else None

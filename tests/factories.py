@@ -86,6 +86,9 @@ def base_env(tmp_path: Any, redis_url: str | None, **extra: str) -> dict[str, st
         "RECEIVER_DATA_DIR": str(tmp_path),
         "RECEIVER_SINK": f"sqlite:///{tmp_path}/records.db",
         "RECEIVER_SHUTDOWN_DRAIN": "0s",
+        # Tests run side by side (and beside other checkouts): the admin listener is off
+        # unless a test gives it a free port (``ServiceProcess(admin=True)``).
+        "RECEIVER_ADMIN_ADDR": "",
     }
     if redis_url is not None:
         env["RECEIVER_REDIS_URL"] = redis_url

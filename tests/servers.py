@@ -15,39 +15,70 @@ from typing import IO, Any
 import uvicorn
 
 from receiver.app import create_app
+from receiver.console import AdminApp, create_admin_app
+from receiver.server import CompanionServer, GracefulServer, bind, serve_together
 from receiver.settings import Settings
 from tests.conftest import free_port, wait_for_port
 
 
 class ServiceThread:
-    """``create_app(settings)`` served by uvicorn on a real socket, in a background thread."""
+    """``create_app(settings)`` served by uvicorn on a real socket, in a background thread.
 
-    def __init__(self, settings: Settings, *, run_worker: bool = False) -> None:
+    With ``admin=True`` the admin listener (console, API, metrics) runs beside it on its own
+    port, around the same runtime, as ``receiver serve`` runs them.
+    """
+
+    def __init__(
+        self, settings: Settings, *, run_worker: bool = False, admin: bool = False
+    ) -> None:
         self.port = free_port()
+        self.admin_port = free_port() if admin else None
         self.app = create_app(settings, run_worker=run_worker)
-        config = uvicorn.Config(
-            self.app,
+        self.server = GracefulServer(self._config(self.app, self.port), self.app, 0)
+        self.admin_app: AdminApp | None = None
+        self._admin_server: CompanionServer | None = None
+        if self.admin_port is not None:
+            self.admin_app = create_admin_app(settings)
+            self.admin_app.attach(lambda: self.app.runtime)
+            self._admin_server = CompanionServer(self._config(self.admin_app, self.admin_port))
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _config(app: Any, port: int) -> uvicorn.Config:
+        return uvicorn.Config(
+            app,
             host="127.0.0.1",
-            port=self.port,
+            port=port,
             log_config=None,
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=5,
         )
-        self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def admin_url(self) -> str:
+        assert self.admin_port is not None, "started without admin=True"
+        return f"http://127.0.0.1:{self.admin_port}"
+
     def _run(self) -> None:
-        asyncio.run(self.server.serve())
+        companions = []
+        if self._admin_server is not None and self.admin_port is not None:
+            companions.append((self._admin_server, bind("127.0.0.1", self.admin_port)))
+        asyncio.run(
+            serve_together(
+                self.server, bind("127.0.0.1", self.port), companions, self.app.lifespan()
+            )
+        )
 
     def __enter__(self) -> ServiceThread:
         self._thread.start()
         deadline = time.monotonic() + 15
-        while not self.server.started:
+        servers = [self.server] + ([self._admin_server] if self._admin_server else [])
+        while not all(server.started for server in servers):
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError("test service did not start")
             time.sleep(0.02)
@@ -62,10 +93,19 @@ class ServiceProcess:
     """``python -m receiver <command>`` as a real process with its output in a file."""
 
     def __init__(
-        self, env: dict[str, str], log_path: Path, *args: str, port: int | None = None
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        *args: str,
+        port: int | None = None,
+        admin: bool = False,
     ) -> None:
         self.env = env
         self.port = port if port is not None else free_port()
+        # The admin listener on a free port of its own (``admin_url``), or off.
+        self.admin_port = free_port() if admin else None
+        if self.admin_port is not None:
+            self.env = {**env, "RECEIVER_ADMIN_ADDR": f"127.0.0.1:{self.admin_port}"}
         args = args or ("serve",)
         if args[0] == "serve" and "--port" not in args:
             args = (*args, "--port", str(self.port))
@@ -78,18 +118,28 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def admin_url(self) -> str:
+        assert self.admin_port is not None, "started without admin=True"
+        return f"http://127.0.0.1:{self.admin_port}"
+
     def start(self, wait: bool = True) -> ServiceProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "receiver", *self.args],
-            env=self.env,
+            env=self.env
+            if self.admin_port is not None
+            else {"RECEIVER_ADMIN_ADDR": "", **self.env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-        if wait and self.args[0] == "serve":
+        if wait and self.args[0] in ("serve", "console"):
             try:
-                wait_for_port(self.port, 30)
+                if self.args[0] == "serve":
+                    wait_for_port(self.port, 30)
+                if self.admin_port is not None:
+                    wait_for_port(self.admin_port, 30)
             except TimeoutError:
                 self.stop()
                 raise RuntimeError(f"service did not start:\n{self.output()}") from None

@@ -38,13 +38,20 @@ def settings_for(tmp_path: Path, redis_url: str, **extra: str) -> Settings:
 
 @pytest.fixture
 def service(tmp_path: Path, redis_url: str, clean_redis: redis.Redis) -> Iterator[ServiceThread]:
-    with ServiceThread(settings_for(tmp_path, redis_url)) as running:
+    with ServiceThread(settings_for(tmp_path, redis_url), admin=True) as running:
         yield running
 
 
 @pytest.fixture
 def http(service: ServiceThread) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=service.url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+def admin(service: ServiceThread) -> Iterator[httpx.Client]:
+    """The admin listener of the same service (metrics live there, SPEC §10)."""
+    with httpx.Client(base_url=service.admin_url, timeout=10) as client:
         yield client
 
 
@@ -217,7 +224,7 @@ class TestAccept:
         assert clean_redis.xlen(all_shards(1)[0].stream) == 1
 
     def test_conflict_keeps_first_copy_and_counts(
-        self, http: httpx.Client, clean_redis: redis.Redis
+        self, http: httpx.Client, admin: httpx.Client, clean_redis: redis.Redis
     ) -> None:
         """Same id, different body: answered as duplicate, first copy stands, counted."""
         first_body, second_body = event_body(task_id="task_a"), event_body(task_id="task_b")
@@ -226,7 +233,7 @@ class TestAccept:
             content=first_body,
             headers=signed_headers(first_body, event_id="msg_c"),
         )
-        before = _metric(http, 'receiver_conflicts_total{source="rivya"}')
+        before = _metric(admin, 'receiver_conflicts_total{source="rivya"}')
         response = http.post(
             "/webhooks/rivya",
             content=second_body,
@@ -235,7 +242,7 @@ class TestAccept:
         assert (response.status_code, response.json()["status"]) == (200, "duplicate")
         stored = clean_redis.hget(all_shards(1)[0].event(member_of("rivya", "msg_c")), "body")
         assert stored == first_body
-        assert _metric(http, 'receiver_conflicts_total{source="rivya"}') == before + 1
+        assert _metric(admin, 'receiver_conflicts_total{source="rivya"}') == before + 1
 
     @pytest.mark.parametrize(
         ("body", "reason", "code"),
@@ -354,11 +361,12 @@ class TestStripeScheme:
 
 
 class TestOperationalRoutes:
-    def test_health_ready_metrics(self, http: httpx.Client) -> None:
-        """/healthz and /readyz answer 200 and /metrics speaks Prometheus text."""
+    def test_health_ready_metrics(self, http: httpx.Client, admin: httpx.Client) -> None:
+        """/healthz and /readyz answer 200; /metrics speaks Prometheus text on the admin port."""
         assert http.get("/healthz").status_code == 200
         assert http.get("/readyz").json() == {"status": "ready"}
-        text = http.get("/metrics").text
+        assert http.get("/metrics").status_code == 404
+        text = admin.get("/metrics").text
         for name in (
             "receiver_requests_total",
             "receiver_request_duration_seconds",
@@ -373,17 +381,19 @@ class TestOperationalRoutes:
         response = http.get("/nothing-here")
         assert (response.status_code, response.json()) == (404, {"error": "not_found"})
 
-    def test_verification_failures_are_counted_by_reason(self, http: httpx.Client) -> None:
+    def test_verification_failures_are_counted_by_reason(
+        self, http: httpx.Client, admin: httpx.Client
+    ) -> None:
         """A bad signature increments the failure counter for its reason."""
         metric = 'receiver_verification_failures_total{reason="invalid_signature"}'
-        before = _metric(http, metric)
+        before = _metric(admin, metric)
         body = event_body()
         http.post(
             "/webhooks/rivya",
             content=body,
             headers={**signed_headers(body), "webhook-signature": "v1,AAAA"},
         )
-        assert _metric(http, metric) == before + 1
+        assert _metric(admin, metric) == before + 1
 
 
 def _metric(http: httpx.Client, sample: str) -> float:

@@ -73,6 +73,7 @@ YAML_FILES = [
 ]
 SERVE_PORT = 8000  # the port the Dockerfile's CMD, compose and Kubernetes agree on
 ADMIN_PORT = 8081  # RECEIVER_ADMIN_ADDR's port (SPEC §10): /metrics, console, API
+ADMIN_URLS: dict[str, str] = {}  # the test service's public URL -> its admin listener
 # SPEC §10's defaults for the limits the edge (the Ingress) must match: headers up to
 # RECEIVER_MAX_HEADER_BYTES, and RECEIVER_READ_TIMEOUT to receive them.
 MAX_HEADER_BYTES = 32 * 1024
@@ -295,12 +296,14 @@ def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     directory = tmp_path_factory.mktemp("deploy-service")
     flush(redis_url)
     port = free_port()
+    admin_port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
     environment.update(
         RECEIVER_REDIS_URL=redis_url,
         RECEIVER_DATA_DIR=str(directory / "data"),
         RECEIVER_WEBHOOK_SECRET=TEST_SECRET,
         RECEIVER_SHUTDOWN_DRAIN="0s",
+        RECEIVER_ADMIN_ADDR=f"127.0.0.1:{admin_port}",
     )
     log_path = directory / "service.log"
     with log_path.open("wb") as log:
@@ -309,6 +312,7 @@ def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             env=environment, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
+    ADMIN_URLS[url] = f"http://127.0.0.1:{admin_port}"
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -331,14 +335,25 @@ def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture(scope="module")
-def exported_series(service: str) -> dict[str, str]:
+def admin(service: str) -> str:
+    """The admin listener of the same ``serve``: /metrics and the probes live there."""
+    return ADMIN_URLS[service]
+
+
+def url_for_port(port: int | str, service: str, admin: str) -> str:
+    """The test service's URL for a declared container port (by number or by name)."""
+    return admin if port in (ADMIN_PORT, "admin") else service
+
+
+@pytest.fixture(scope="module")
+def exported_series(admin: str) -> dict[str, str]:
     """Every series name the service's /metrics can show, mapped to its metric family.
 
     Labelled metrics with no sample yet still print ``# HELP``/``# TYPE`` lines, so the
     families come from those, and the series names from the family's type: a histogram is
     only queryable as ``_bucket``/``_sum``/``_count``, never by its bare name.
     """
-    response = httpx.get(f"{service}/metrics", timeout=5)
+    response = httpx.get(f"{admin}/metrics", timeout=5)
     assert response.status_code == 200
     series: dict[str, str] = {}
     for line in response.text.splitlines():
@@ -520,7 +535,12 @@ class TestKubernetes:
 
     @pytest.mark.parametrize(("pid", "probe", "container"), PROBES, ids=[p[0] for p in PROBES])
     def test_probe_path_is_a_route(
-        self, pid: str, probe: dict[str, Any], container: dict[str, Any], service: str
+        self,
+        pid: str,
+        probe: dict[str, Any],
+        container: dict[str, Any],
+        service: str,
+        admin: str,
     ) -> None:
         """Each HTTP probe asks a declared port, on a path the running service answers 200."""
         port = probe["httpGet"]["port"]
@@ -528,7 +548,8 @@ class TestKubernetes:
             p["containerPort"] for p in container["ports"]
         }
         assert port in declared
-        response = httpx.get(f"{service}{probe['httpGet']['path']}", timeout=5)
+        base = url_for_port(port, service, admin)
+        response = httpx.get(f"{base}{probe['httpGet']['path']}", timeout=5)
         assert response.status_code == 200, response.text
 
     def test_serve_probes_readiness_and_liveness_separately(self) -> None:
@@ -548,7 +569,7 @@ class TestKubernetes:
         if context.info_name == "serve":
             assert context.params["no_worker"] is True, "workers run in their own Deployment"
             assert context.params["host"] == "0.0.0.0"
-            assert ports == {context.params["port"]}
+            assert ports == {context.params["port"], ADMIN_PORT}
         elif context.params.get("metrics_port") is not None:
             # A declared port must be reachable from outside the container, not loopback.
             assert context.params["metrics_host"] == "0.0.0.0"
@@ -690,7 +711,9 @@ class TestPodsStart:
         pod = deployment["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         contents = {"webhook-secret": TEST_SECRET, "redis-url": redis_url,
-                    "sink-url": f"sqlite:///{tmp_path}/records.db"}  # fmt: skip
+                    "sink-url": f"sqlite:///{tmp_path}/records.db",
+                    # receiver-admin-users' key: a users-file line (a hash, never a token)
+                    "users": "ops viewer sha256:" + "0" * 64}  # fmt: skip
         # Each mounted Secret volume becomes a directory holding only its listed keys.
         files: dict[str, str] = {}
         for mount in container["volumeMounts"]:
@@ -708,7 +731,11 @@ class TestPodsStart:
             directory, _, file_name = entry["value"].rpartition("/")
             environment[entry["name"]] = f"{files.get(directory, directory)}/{file_name}"
         # What must differ on a test machine: state under tmp_path, no drain wait.
-        environment.update(RECEIVER_DATA_DIR=str(tmp_path / "data"), RECEIVER_SHUTDOWN_DRAIN="0s")
+        environment.update(
+            RECEIVER_DATA_DIR=str(tmp_path / "data"),
+            RECEIVER_SHUTDOWN_DRAIN="0s",
+            RECEIVER_ADMIN_ADDR=f"127.0.0.1:{free_port()}",
+        )
         port = free_port()
         args = list(container["args"])
         for option in ("--port", "--metrics-port"):
@@ -1084,14 +1111,22 @@ class TestCompose:
             process.terminate()
             process.wait(15)
 
-    def test_health_checks_ask_real_routes(self, service: str) -> None:
-        """The compose and Dockerfile health checks ask the served port, on a route that is 200."""
-        commands = [" ".join(compose()["services"]["receiver"]["healthcheck"]["test"])]
-        commands += instruction(final_stage(), "HEALTHCHECK")
-        for command in commands:
+    def test_health_checks_ask_real_routes(self, service: str, admin: str) -> None:
+        """Compose checks the admin port, the Dockerfile the public one; each route is 200."""
+        compose_check = " ".join(compose()["services"]["receiver"]["healthcheck"]["test"])
+        checks = [(compose_check, ADMIN_PORT)]
+        checks += [(command, SERVE_PORT) for command in instruction(final_stage(), "HEALTHCHECK")]
+        for command, expected in checks:
             port, path = healthcheck_url(command)
-            assert port == SERVE_PORT
-            assert httpx.get(f"{service}{path}", timeout=5).status_code == 200
+            assert port == expected
+            base = url_for_port(port, service, admin)
+            assert httpx.get(f"{base}{path}", timeout=5).status_code == 200
+
+    def test_admin_port_is_never_published(self) -> None:
+        """The admin listener binds all interfaces in the container, and no port maps it."""
+        receiver = compose()["services"]["receiver"]
+        assert receiver["environment"]["RECEIVER_ADMIN_ADDR"] == f"0.0.0.0:{ADMIN_PORT}"
+        assert all(str(ADMIN_PORT) not in str(mapping) for mapping in receiver["ports"])
 
 
 # --- redis.conf ----------------------------------------------------------------------

@@ -141,3 +141,88 @@ def test_log_sink_prints_no_secret(tmp_path: Path, redis_url: str, clean_redis: 
     assert gen["id"] == record_line["record_key"]
     leaked = [secret for secret in (API_KEY, URL_SIGNATURE, TEST_SECRET) if secret in output]
     assert leaked == []
+
+
+def test_no_secret_in_any_console_page_or_api_answer(tmp_path: Path, redis_url: str) -> None:
+    """Every console page and API answer, for both roles, and the service log hold no secret:
+    not the signing or forward secret, an API key, a signed URL's query, a signature, nor
+    the console tokens themselves."""
+    import redis
+
+    from receiver.console.api import API
+    from receiver.console.users import Role
+    from tests.console_helpers import sign_in, write_users
+
+    redis.Redis.from_url(redis_url).flushdb()
+    people = write_users(tmp_path / "users", ("olga", Role.OPERATOR), ("vic", Role.VIEWER))
+    env = base_env(
+        tmp_path,
+        redis_url,
+        RECEIVER_SINK=f"http://127.0.0.1:9/x?token={URL_SIGNATURE}",
+        RECEIVER_FORWARD_SECRET=FORWARD_SECRET,
+        RECEIVER_ADMIN_USERS_FILE=str(tmp_path / "users"),
+        RECEIVER_MAX_ATTEMPTS="1",
+    )
+    gen = generation(
+        result={
+            "primary_url": f"https://cdn.example/r.png?X-Amz-Signature={URL_SIGNATURE}",
+            "urls": [f"https://cdn.example/r.png?X-Amz-Signature={URL_SIGNATURE}"],
+        },
+        client_request_id=API_KEY,
+        error={"code": "x", "message": f"key {FORWARD_SECRET} and Bearer {API_KEY}"},
+    )
+    body = orjson.dumps(envelope(gen))
+    headers = signed_headers(body)
+    service = ServiceProcess(env, tmp_path / "serve.log", admin=True)
+    answers: list[str] = []
+    with service:
+        with httpx.Client(base_url=service.url, timeout=10) as public:
+            assert public.post("/webhooks/rivya", content=body, headers=headers).status_code == 202
+        event_id = headers["webhook-id"]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            state = httpx.get(
+                f"{service.admin_url}/api/v1/events/{event_id}", headers=people["olga"].bearer
+            ).json()
+            if state.get("state") == "dead":
+                break
+            time.sleep(0.1)
+        for person in people.values():
+            with httpx.Client(base_url=service.admin_url, timeout=10) as admin:
+                answers.append(admin.get("/sign-in").text)
+                csrf = sign_in(admin, person)
+                for path in ("/", "/events", f"/events/{event_id}", "/failed", "/audit"):
+                    answers.append(admin.get(path).text)
+                preview = admin.post(
+                    "/actions/bulk-replay",
+                    data={"csrf": csrf, "state": "dead", "step": "preview"},
+                )
+                answers.append(preview.text)
+                for route in API:
+                    path = "/api/v1" + route.path.replace("{event_id:path}", event_id).replace(
+                        "{record_key:path}", gen["id"]
+                    )
+                    if route.method == "GET":
+                        answers.append(admin.get(path, headers=person.bearer).text)
+                answers.append(
+                    admin.post(
+                        "/api/v1/replays",
+                        json={"filter": {"state": "dead"}, "dry_run": True},
+                        headers=person.bearer,
+                    ).text
+                )
+                answers.append(admin.get("/metrics").text)
+                answers.append(admin.get("/readyz").text)
+    output = service.output()
+    secrets = [
+        TEST_SECRET,
+        TEST_SECRET.removeprefix("whsec_"),
+        FORWARD_SECRET,
+        API_KEY,
+        URL_SIGNATURE,
+        headers["webhook-signature"].removeprefix("v1,"),
+        *(person.token for person in people.values()),
+    ]
+    assert [s for s in secrets if any(s in answer for answer in answers)] == []
+    assert [s for s in secrets if s in output] == []
+    assert any("[REDACTED]" in answer for answer in answers), "the body was shown, redacted"

@@ -101,7 +101,8 @@ def serve(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen[by
     with log_path.open("wb") as log_file:
         return subprocess.Popen(
             [sys.executable, "-m", "receiver", "serve", "--port", str(port)],
-            env=env,
+            # Tests run side by side: no one may take the default admin port 8081.
+            env={"RECEIVER_ADMIN_ADDR": "", **env},
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -216,6 +216,7 @@ class TestServe:
             RECEIVER_DATA_DIR=str(data_dir),
             RECEIVER_WEBHOOK_SECRET=TEST_SECRET,
             RECEIVER_SHUTDOWN_DRAIN="1s",
+            RECEIVER_ADMIN_ADDR=f"127.0.0.1:{free_port()}",  # never the shared default 8081
             PYTHONDONTWRITEBYTECODE="1",
         )
         log_path = data_dir.parent / "serve.log"

@@ -11,10 +11,10 @@ import click
 from receiver.cli.common import ReceiverGroup
 from receiver.cli.config import config, sink
 from receiver.cli.events import events
-from receiver.cli.keys import gen_key, gen_secret
+from receiver.cli.keys import admin_token, gen_key, gen_secret
 from receiver.cli.replay import replay
 from receiver.cli.send_test import send_test
-from receiver.cli.service import serve, worker
+from receiver.cli.service import console, serve, worker
 
 __all__ = ["main"]
 
@@ -25,5 +25,8 @@ def main() -> None:
     """Receive signed Rivya webhooks, store them durably, apply them to one record each."""
 
 
-for _command in (serve, worker, events, replay, send_test, config, sink, gen_secret, gen_key):
+for _command in (
+    serve, worker, console, events, replay, send_test, config, sink, gen_secret, gen_key,
+    admin_token,
+):  # fmt: skip
     main.add_command(_command)

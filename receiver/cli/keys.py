@@ -20,3 +20,28 @@ def gen_key() -> None:
     from cryptography.fernet import Fernet
 
     click.echo(Fernet.generate_key().decode())
+
+
+@click.command("admin-token")
+@click.argument("name")
+@click.argument("role", type=click.Choice(["viewer", "operator"]))
+def admin_token(name: str, role: str) -> None:
+    """Print a new console/API token for NAME (line 1) and its users-file line (line 2).
+
+    The token is shown once and never stored: only its hash goes into
+    RECEIVER_ADMIN_USERS_FILE. Give the token to NAME; append the line to the file.
+    """
+    from receiver.console.users import Role, new_token, users_file_line
+
+    token = new_token()
+    try:
+        line = users_file_line(name, Role(role), token)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    click.echo(token)
+    click.echo(line)
+    click.echo(
+        "receiver: line 1 is the token (shown once; give it to the person), line 2 goes "
+        "into RECEIVER_ADMIN_USERS_FILE",
+        err=True,
+    )

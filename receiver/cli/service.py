@@ -7,11 +7,16 @@ worker, the sink; ``worker`` needs only Redis and the sink (issue 14).
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import click
 
 from receiver.cli.common import SIGNING, fail, load_settings, run_async
 from receiver.logs import get_logger
+
+if TYPE_CHECKING:
+    from receiver.console import AdminApp
+    from receiver.settings import Settings
 
 log = get_logger("receiver.cli")
 
@@ -27,20 +32,74 @@ def serve(host: str, port: int, no_worker: bool) -> None:
     async def run() -> None:
         from receiver.app import create_app
         from receiver.runtime import Runtime
-        from receiver.server import GracefulServer, uvicorn_config
+        from receiver.server import (
+            CompanionServer,
+            GracefulServer,
+            ListenError,
+            bind,
+            serve_together,
+            uvicorn_config,
+        )
 
+        try:
+            public_socket = bind(host, port)
+            admin_socket = bind(*settings.admin_addr) if settings.admin_addr else None
+        except ListenError as exc:
+            fail(str(exc))
+        admin = _admin_app(settings) if admin_socket is not None else None
         runtime = await Runtime.open(settings, with_sink=True, adopt_orphan=True)
         app = create_app(settings, run_worker=not no_worker, runtime=runtime)
         config = uvicorn_config(app, host, port, settings.shutdown_timeout_seconds)
         server = GracefulServer(config, app, settings.shutdown_drain_seconds)
+        companions = []
+        if admin is not None and admin_socket is not None:
+            admin.attach(lambda: runtime)
+            admin_host, admin_port = admin_socket.getsockname()[:2]
+            admin_config = uvicorn_config(
+                admin, admin_host, admin_port, settings.shutdown_timeout_seconds
+            )
+            companions.append((CompanionServer(admin_config), admin_socket))
+            log.info("admin_listening", addr=f"{admin_host}:{admin_port}")
         if settings.embedded_redis and runtime.embedded is not None:
             log.info("embedded_redis", socket=str(runtime.embedded.socket_path))
+        log.info("listening", addr=f"{host}:{port}")
+        await serve_together(server, public_socket, companions, app.lifespan())
+
+    run_async(run)
+
+
+def _admin_app(settings: Settings) -> AdminApp:
+    from receiver.console import create_admin_app
+
+    return create_admin_app(settings)
+
+
+@click.command()
+def console() -> None:
+    """Run the admin listener alone: the console, its API, /metrics (Redis only)."""
+    settings = load_settings(service=True)
+    if settings.admin_addr is None:
+        fail("RECEIVER_ADMIN_ADDR is empty: the console has no address to listen on")
+    host, port = settings.admin_addr
+
+    async def run() -> None:
+        from receiver.server import (
+            GracefulServer,
+            ListenError,
+            bind,
+            serve_together,
+            uvicorn_config,
+        )
+
         try:
-            await server.serve()
-        except SystemExit:
-            # uvicorn exits 3 when it cannot start (a port in use); SPEC §7 says 1.
-            await runtime.aclose()
-            fail(f"could not listen on {host}:{port}")
+            admin_socket = bind(host, port)
+        except ListenError as exc:
+            fail(str(exc))
+        admin = _admin_app(settings)
+        config = uvicorn_config(admin, host, port, settings.shutdown_timeout_seconds)
+        server = GracefulServer(config, admin, 0)
+        log.info("admin_listening", addr=f"{host}:{port}")
+        await serve_together(server, admin_socket, [], admin.lifespan())
 
     run_async(run)
 

@@ -8,6 +8,7 @@ for raw data. Callers use ``from receiver import ops`` and the names re-exported
 
 from receiver.ops.audit import AuditEntry, audit_filter, current_user, list_audit, write_audit
 from receiver.ops.check import Check, ConfigReport, check_config, describe_settings, init_sink
+from receiver.ops.credits import CreditLedger, CreditReport, CreditRow
 from receiver.ops.events import (
     EventDetail,
     EventFilter,
@@ -35,6 +36,9 @@ __all__ = [
     "AuditEntry",
     "Check",
     "ConfigReport",
+    "CreditLedger",
+    "CreditReport",
+    "CreditRow",
     "Delivery",
     "EventDetail",
     "EventFilter",

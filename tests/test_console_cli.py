@@ -1,0 +1,108 @@
+"""The console's commands and settings as processes: ``receiver console``, ``admin-token``,
+``RECEIVER_ADMIN_ADDR`` and ``RECEIVER_ADMIN_USERS_FILE`` (SPEC §10)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from receiver.console.users import Role, hash_token
+from receiver.errors import ConfigError
+from receiver.settings import DEFAULT_ADMIN_ADDR, Settings
+from tests.console_helpers import write_users
+from tests.factories import base_env
+from tests.servers import ServiceProcess
+from tests.test_cli import run_cli
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("127.0.0.1:9001", ("127.0.0.1", 9001), id="ipv4"),
+        pytest.param("0.0.0.0:8081", ("0.0.0.0", 8081), id="all"),
+        pytest.param("[::1]:8081", ("::1", 8081), id="ipv6"),
+        pytest.param("admin.local:80", ("admin.local", 80), id="name"),
+        pytest.param("", None, id="empty-disables"),
+    ],
+)
+def test_admin_addr_values(value: str, expected: tuple[str, int] | None) -> None:
+    """host:port (IPv6 in brackets) is the listener; set but empty turns it off."""
+    assert expected == Settings.from_env({"RECEIVER_ADMIN_ADDR": value}).admin_addr
+
+
+def test_admin_addr_defaults_to_loopback() -> None:
+    """Unset, the admin listener is on 127.0.0.1:8081 (never reachable from outside)."""
+    assert DEFAULT_ADMIN_ADDR == Settings.from_env({}).admin_addr == ("127.0.0.1", 8081)
+
+
+@pytest.mark.parametrize("value", ["8081", "host", "127.0.0.1:99999", "a b:1", ":8081"])
+def test_a_bad_admin_addr_names_the_variable(value: str) -> None:
+    """A malformed address is a ConfigError naming RECEIVER_ADMIN_ADDR."""
+    with pytest.raises(ConfigError, match="RECEIVER_ADMIN_ADDR"):
+        Settings.from_env({"RECEIVER_ADMIN_ADDR": value})
+
+
+def test_admin_token_prints_a_token_and_its_line(tmp_path: Path) -> None:
+    """Line 1 is a fresh 32-byte token, line 2 the users-file line holding only its hash."""
+    first = run_cli(base_env(tmp_path, None), "admin-token", "alice", "operator")
+    second = run_cli(base_env(tmp_path, None), "admin-token", "alice", "operator")
+    token, line = first.stdout.splitlines()
+    assert 0 == first.returncode
+    assert token.startswith("rcvadm_")
+    assert len(token) >= len("rcvadm_") + 43
+    assert f"alice operator {hash_token(token)}" == line
+    assert token not in line
+    assert second.stdout.splitlines()[0] != token, "a new token every time"
+
+
+@pytest.mark.parametrize(("name", "role"), [("bad name", "viewer"), ("bob", "admin")])
+def test_admin_token_refuses_bad_names_and_roles(tmp_path: Path, name: str, role: str) -> None:
+    """A name with spaces or an unknown role is a usage error (exit 2), nothing printed."""
+    result = run_cli(base_env(tmp_path, None), "admin-token", name, role)
+    assert (2, "") == (result.returncode, result.stdout)
+
+
+def test_a_bad_users_file_stops_start_up_with_one_line(tmp_path: Path, redis_url: str) -> None:
+    """A users-file line holding a token instead of a hash: exit 1, the line number, no token."""
+    users = tmp_path / "users"
+    users.write_text("alice operator rcvadm_pastedTheTokenByMistake\n")
+    env = base_env(
+        tmp_path, redis_url, RECEIVER_ADMIN_USERS_FILE=str(users), RECEIVER_ADMIN_ADDR="127.0.0.1:1"
+    )
+    result = run_cli(env, "console")
+    assert 1 == result.returncode
+    assert "RECEIVER_ADMIN_USERS_FILE: line 1" in result.stderr
+    assert "pastedTheToken" not in result.stderr + result.stdout
+
+
+def test_a_taken_admin_port_stops_serve_with_one_line(tmp_path: Path, redis_url: str) -> None:
+    """serve exits 1 naming the admin address when it is taken; it does not half-start."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = base_env(tmp_path, redis_url, RECEIVER_ADMIN_ADDR=f"127.0.0.1:{port}")
+        result = run_cli(env, "serve", "--port", "0")
+    assert 1 == result.returncode
+    assert f"could not listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_console_runs_alone_without_the_signing_secret(
+    tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+) -> None:
+    """`receiver console` needs Redis only: it serves the API and metrics, no webhooks."""
+    people = write_users(tmp_path / "users", ("olga", Role.OPERATOR))
+    env = base_env(tmp_path, redis_url, RECEIVER_ADMIN_USERS_FILE=str(tmp_path / "users"))
+    del env["RECEIVER_WEBHOOK_SECRET"]
+    with ServiceProcess(env, tmp_path / "console.log", "console", admin=True) as console:
+        events = httpx.get(
+            f"{console.admin_url}/api/v1/events", headers=people["olga"].bearer, timeout=10
+        )
+        metrics = httpx.get(f"{console.admin_url}/metrics", timeout=10)
+        webhook = httpx.post(f"{console.admin_url}/webhooks/rivya", content=b"{}", timeout=10)
+    assert (200, 200, 404) == (events.status_code, metrics.status_code, webhook.status_code)
