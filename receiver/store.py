@@ -34,7 +34,8 @@ CLUSTER_POLL_MS = 50
 # Events one finish script records at most (Lua's unpack and Redis's latency both like it short).
 MAX_FINISH_BATCH = 128
 # A hash gone with more than this left of its retention was lost, not expired: margin for
-# clock skew between this host and Redis, which set the hash's TTL.
+# clock skew between this host and Redis, which set the hash's TTL (a tenth of a short
+# retention at most).
 LOST_SLACK_MS = 60_000
 # The Lua scripts under lua/, each loaded once and run by SHA.
 SCRIPTS = ("accept", "finish", "retry", "promote", "requeue", "release", "vanished", "consumers")
@@ -406,7 +407,8 @@ class EventStore:
             (keys.event(member), keys.history(member), keys.stream, keys.index, keys.dead),
             (
                 entry.entry_id, CONSUMER_GROUP, member, now_ms(), self.retention_ms,
-                LOST_SLACK_MS, source, event_id, last_error, history,
+                min(LOST_SLACK_MS, self.retention_ms // 10), source, event_id, last_error,
+                history,
             ),
         )  # fmt: skip
         return Vanished(_text(result))
