@@ -359,7 +359,8 @@ class EventStore:
         After a Redis failure a worker takes back what it held at once, instead of waiting
         for another consumer to reclaim it after the visibility timeout; this also finds
         entries of a read whose reply was lost with the connection. Each entry's delivery
-        count goes up by one, as for any redelivery.
+        count goes up by one, as for any redelivery, and comes back with it, so an entry
+        that fails its worker every time is still told apart as poison.
         """
         held: list[QueueEntry] = []
         for shard in all_shards(self.shards):
@@ -369,11 +370,22 @@ class EventStore:
                     CONSUMER_GROUP, consumer, {shard.stream: after}, count=HELD_PAGE
                 )
                 page = [item for _, items in response or [] for item in items]
-                for entry_id, fields in page:
+                if not page:
+                    break
+                deliveries = {
+                    _text(pending["message_id"]): int(pending["times_delivered"])
+                    for pending in await self.client.xpending_range(
+                        shard.stream, CONSUMER_GROUP, min=page[0][0], max=page[-1][0],
+                        count=len(page), consumername=consumer,
+                    )
+                }  # fmt: skip
+                for raw_id, fields in page:
                     if not fields:  # trimmed away by retention: nothing left to do
-                        await self.client.xack(shard.stream, CONSUMER_GROUP, entry_id)
+                        await self.client.xack(shard.stream, CONSUMER_GROUP, raw_id)
                         continue
-                    held.append(QueueEntry(shard, _text(entry_id), fields[b"m"].decode()))
+                    entry_id = _text(raw_id)
+                    member = fields[b"m"].decode()
+                    held.append(QueueEntry(shard, entry_id, member, deliveries.get(entry_id, 1)))
                 if len(page) < HELD_PAGE:
                     break
                 after = _text(page[-1][0])

@@ -50,7 +50,11 @@ BATCH_LINGER_SECONDS = 0.01
 READ_RETRY_SECONDS = 0.5
 MAINTENANCE_INTERVAL_SECONDS = 0.5
 # While Redis is away, how often (at most) the worker asks whether it is back.
+RECOVERY_POLL_MIN_SECONDS = 0.05
 RECOVERY_POLL_MAX_SECONDS = 1.0
+# A recovery this soon after the last one means something keeps failing, not a blip: the
+# worker then backs off between recoveries instead of spinning.
+RECOVERY_REPEAT_SECONDS = 5.0
 # Without RECEIVER_MAX_ATTEMPTS, an entry handed out more often than this without ever
 # finishing is a poison event.
 DEFAULT_ABANDON_AFTER = 8
@@ -103,7 +107,8 @@ class Worker:
         self._reading_stopped = asyncio.Event()
         # Set by any failed Redis call: take back what this consumer holds once it answers.
         self._recovering = False
-        self._recovery_delay = 0.05
+        self._recovery_delay = RECOVERY_POLL_MIN_SECONDS
+        self._recovered_at = -RECOVERY_REPEAT_SECONDS
         # The event the open circuit probes the sink with, held between probes.
         self._probe_entry: QueueEntry | None = None
         self._running = False
@@ -242,8 +247,12 @@ class Worker:
 
         In-flight batches end first (they fail fast against a dead Redis, or finish), so
         none of their entries is taken twice. ``prepare()`` again: a Redis that came back
-        without its data has lost the scripts and the consumer group too.
+        without its data has lost the scripts and the consumer group too. An entry taken
+        back too often without finishing is poison, as on a reclaim.
         """
+        if time.monotonic() - self._recovered_at < RECOVERY_REPEAT_SECONDS:
+            await self._pause(self._recovery_delay)
+            self._recovery_delay = min(self._recovery_delay * 2, RECOVERY_POLL_MAX_SECONDS)
         try:
             await self.store.client.ping()
             await self.store.prepare()
@@ -256,11 +265,20 @@ class Worker:
             await self._pause(self._recovery_delay)
             self._recovery_delay = min(self._recovery_delay * 2, RECOVERY_POLL_MAX_SECONDS)
             return
+        if time.monotonic() - self._recovered_at >= RECOVERY_REPEAT_SECONDS:
+            self._recovery_delay = RECOVERY_POLL_MIN_SECONDS
+        self._recovered_at = time.monotonic()
         self._recovering = False
-        self._recovery_delay = 0.05
         probe = self._probe_entry
         entries = [entry for entry in held if probe is None or entry.entry_id != probe.entry_id]
         log.info("redis_recovered", held_events=len(entries))
+        try:
+            for entry in [entry for entry in entries if entry.deliveries > self._abandon_after]:
+                await self._abandon(entry)
+        except REDIS_ERRORS as exc:
+            self._redis_failed("maintenance_failed", exc)
+            return
+        entries = [entry for entry in entries if entry.deliveries <= self._abandon_after]
         for start in range(0, len(entries), self._batch_limit):
             chunk = entries[start : start + self._batch_limit]
             for _ in chunk:

@@ -184,6 +184,7 @@ class TestAcceptScript:
         others = await store.read("other", 10, 10)
         held = await store.held_by("mine")
         assert [entry.entry_id for entry in mine] == [entry.entry_id for entry in held]
+        assert {2} == {entry.deliveries for entry in held}  # read, then taken back
         assert 2 == len(others)
         shard = all_shards(1)[0]
         await store.touch(held[0], "mine")

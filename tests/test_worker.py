@@ -432,6 +432,46 @@ class TestPoisonEvents:
         shard = all_shards(1)[0]
         assert 0 == clean_redis.xpending(shard.stream, CONSUMER_GROUP)["pending"]
 
+    async def test_an_entry_taken_back_too_often_after_failures_is_dead(
+        self, tmp_path: Path
+    ) -> None:
+        """The worker's own entries taken back after a Redis failure still count their
+        deliveries: one past the limit is dead as poison instead of looping."""
+        from receiver.runtime import Runtime
+        from receiver.worker import Worker
+
+        server = RedisProcess(tmp_path / "redis").start()
+        client = redis.Redis(port=server.port)
+        try:
+            settings = worker_settings(tmp_path, server.url, "log:", RECEIVER_MAX_ATTEMPTS="3")
+            runtime = await Runtime.open(settings, with_sink=True)
+            try:
+                with ServiceThread(settings) as service:  # ingest only
+                    deliver(service, event_body(task_id="task_loop"), "msg_loop")
+                await runtime.store.read("looping", 10, 100)
+                for _ in range(2):  # taken back twice already: handed out three times
+                    await runtime.store.held_by("looping")
+                worker = Worker(runtime, runtime.sink, name="looping")  # type: ignore[arg-type]
+                task = asyncio.create_task(worker.run())
+                await asyncio.sleep(0.3)
+                # A Redis failure (its connections dropped, on this test's own server): the
+                # worker takes back what it holds.
+                client.client_kill_filter(_type="normal", skipme=True)
+                for _ in range(200):  # polling Redis: the state changes in the worker
+                    if state_of(client, "msg_loop").get(b"state") == b"dead":
+                        break
+                    await asyncio.sleep(0.05)
+                await worker.stop(5)
+                await task
+            finally:
+                await runtime.aclose()
+            stored = state_of(client, "msg_loop")
+        finally:
+            client.close()
+            server.stop()
+        assert (b"dead", b"poison") == (stored[b"state"], stored[b"reason_code"])
+        assert stored[b"last_error"].startswith(b"abandoned: taken 4 times")
+
 
 def metric(name: str, labels: dict[str, str] | None = None) -> float:
     """A sample of this process's default Prometheus registry (0 when it has none yet)."""
