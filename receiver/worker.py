@@ -45,9 +45,6 @@ READ_BLOCK_MS = 500
 # modest rate events are applied several at a time (one round trip, transaction and fsync
 # for all) instead of one by one. It adds at most this much to receive->applied.
 BATCH_LINGER_SECONDS = 0.01
-# After a failed read, before the next attempt: a Redis that answers but refuses the read
-# (an error reply) must not turn the loop into a busy one.
-READ_RETRY_SECONDS = 0.5
 MAINTENANCE_INTERVAL_SECONDS = 0.5
 # While Redis is away, how often (at most) the worker asks whether it is back.
 RECOVERY_POLL_MIN_SECONDS = 0.05
@@ -174,8 +171,6 @@ class Worker:
             self._redis_failed("queue_read_failed", exc)
         for _ in range(free - len(entries)):
             self._slots.release()
-        if self._recovering:
-            await self._pause(READ_RETRY_SECONDS)
         if entries:
             await self._spawn_or_release(entries)
             if len(entries) < self._batch_limit:
