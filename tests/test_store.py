@@ -228,6 +228,25 @@ class TestAcceptScript:
         # The sender's retry of a lost event is stored anew.
         assert AcceptResult.NEW == await store.accept(incoming("e_lost"))
 
+    async def test_the_receive_time_of_a_vanished_event_comes_from_the_index(
+        self, redis_client: redis.Redis
+    ) -> None:
+        """A member trimmed from an index that still exists is past its retention (expired);
+        only with the index itself gone does the entry id's time decide (here: lost)."""
+        store = EventStore(redis_client, retention_seconds=60)
+        await store.prepare()
+        shard = all_shards(1)[0]
+        await store.accept(incoming("e_kept"))
+        await store.accept(incoming("e_trimmed"))
+        await redis_client.delete(shard.event("rivya|e_trimmed"))
+        await redis_client.zrem(shard.index, "rivya|e_trimmed")
+        [_, trimmed] = await store.read("c1", 10, 10)
+        assert Vanished.EXPIRED == await store.vanished(trimmed, last_error="x", history=b"{}")
+        await store.accept(incoming("e_evicted"))
+        await redis_client.delete(shard.event("rivya|e_evicted"), shard.index)
+        [evicted] = await store.read("c1", 10, 10)
+        assert Vanished.LOST == await store.vanished(evicted, last_error="x", history=b"{}")
+
     async def test_finish_keeps_history_expiring_with_the_event(
         self, redis_client: redis.Redis
     ) -> None:

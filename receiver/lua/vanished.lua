@@ -3,8 +3,10 @@
 -- lost with writes a crashed Redis never persisted). Decide which, record it, and
 -- acknowledge the entry, in one step.
 --
--- The receive time comes from the index (scored by it) or, if that entry is gone too, from
--- the stream entry id (its enqueue time in ms, never earlier than the receipt). A lost
+-- The receive time comes from the index (scored by it). Housekeeping trims index members
+-- past the retention, so a member missing from an index that exists has expired; only an
+-- index gone altogether (evicted itself) leaves the stream entry id to go by (its enqueue
+-- time in ms: the receipt for the entry ingest queued, later for a retry or a replay). A lost
 -- event leaves a tombstone for the rest of its retention: a small hash in state dead with
 -- reason_code lost, in the dead set and the index, so `events list --status dead` shows it.
 -- It has no body: a replay refuses it, and a sender's retry of the same id is accepted as
@@ -19,7 +21,10 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   outcome = 'present'
 else
   local received = tonumber(redis.call('ZSCORE', KEYS[4], ARGV[3]))
-  if not received then received = tonumber(string.match(ARGV[1], '^(%d+)')) end
+  if not received and redis.call('EXISTS', KEYS[4]) == 0 then
+    received = tonumber(string.match(ARGV[1], '^(%d+)'))
+  end
+  received = received or 0  -- trimmed from the index: past its retention
   -- What is left of its retention: more than the slack (clock skew between us and Redis,
   -- which set the TTL) means the hash should still be there.
   local left = received + tonumber(ARGV[5]) - tonumber(ARGV[4])
