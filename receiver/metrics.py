@@ -59,6 +59,21 @@ EVENT_LATENCY = Histogram(
     "Time from receiving an event to its outcome (applied, stale or dead).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
 )
+EVENTS_LOST = Counter(
+    "receiver_events_lost_total",
+    "Queued events whose stored event vanished from Redis before their retention ended "
+    "(eviction, or a Redis that lost writes): recorded dead with reason_code lost.",
+    ["source"],
+)
+# The worker's view of its sink (set by the worker; serve's in-process worker too).
+SINK_CIRCUIT_OPEN = Gauge(
+    "receiver_sink_circuit_open",
+    "1 while the worker's circuit breaker holds events back from a failing sink, else 0.",
+)
+SINK_UP = Gauge(
+    "receiver_sink_up",
+    "1 when the sink answered the worker's last batch or probe, 0 when it failed for all.",
+)
 # Gauges read from Redis when ``/metrics`` of ``serve`` is scraped. They live in their own
 # registry so a worker's metrics port (the default registry) does not export them as 0.
 SERVICE_REGISTRY = CollectorRegistry()

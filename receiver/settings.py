@@ -67,9 +67,12 @@ class Settings:
     log_format: LogFormat = "json"
     log_level: str = "info"
     visibility_timeout_seconds: float = 30.0
-    max_attempts: int = 8
+    # None: no count limit, only the time budget (retry_for_seconds) ends the retries.
+    max_attempts: int | None = None
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 300.0
+    retry_for_seconds: float = 86400.0
+    circuit_failures: int = 5
     sink_timeout_seconds: float = 10.0
     shutdown_timeout_seconds: float = 25.0
     shutdown_drain_seconds: float = 2.0
@@ -158,9 +161,11 @@ class Settings:
             visibility_timeout_seconds=reader.duration(
                 "RECEIVER_VISIBILITY_TIMEOUT", "30s", minimum=0.1
             ),
-            max_attempts=reader.integer("RECEIVER_MAX_ATTEMPTS", 8, minimum=1),
+            max_attempts=reader.optional_integer("RECEIVER_MAX_ATTEMPTS", minimum=1),
             retry_base_seconds=reader.duration("RECEIVER_RETRY_BASE", "1s", minimum=0.001),
             retry_max_seconds=reader.duration("RECEIVER_RETRY_MAX", "300s", minimum=0.001),
+            retry_for_seconds=reader.duration("RECEIVER_RETRY_FOR", "24h", minimum=0.001),
+            circuit_failures=reader.integer("RECEIVER_CIRCUIT_FAILURES", 5, minimum=1),
             sink_timeout_seconds=reader.duration("RECEIVER_SINK_TIMEOUT", "10s", minimum=0.1),
             shutdown_timeout_seconds=reader.duration(
                 "RECEIVER_SHUTDOWN_TIMEOUT", "25s", minimum=0.1
@@ -200,6 +205,8 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "RECEIVER_MAX_ATTEMPTS",
     "RECEIVER_RETRY_BASE",
     "RECEIVER_RETRY_MAX",
+    "RECEIVER_RETRY_FOR",
+    "RECEIVER_CIRCUIT_FAILURES",
     "RECEIVER_SINK_TIMEOUT",
     "RECEIVER_SHUTDOWN_TIMEOUT",
     "RECEIVER_SHUTDOWN_DRAIN",
@@ -250,6 +257,12 @@ class _EnvReader:
             bound = f"between {minimum} and {maximum}" if maximum else f"at least {minimum}"
             raise ConfigError(f"{name}: must be {bound}, got {value}")
         return value
+
+    def optional_integer(self, name: str, *, minimum: int = 0) -> int | None:
+        """A whole number, or None when the variable is unset (no default stands in)."""
+        if not self._env.get(name, "").strip():
+            return None
+        return self.integer(name, minimum, minimum=minimum)
 
     def duration(self, name: str, default: str, *, minimum: float) -> float:
         raw = self._env.get(name, "").strip() or default

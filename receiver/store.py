@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from importlib import resources
 from typing import Any
 
@@ -18,7 +18,14 @@ import orjson
 from redis.exceptions import ResponseError
 
 from receiver.batching import AutoPipeline, Script
-from receiver.keys import CONSUMER_GROUP, ShardKeys, all_shards, keys_for, member_of
+from receiver.keys import (
+    CONSUMER_GROUP,
+    MEMBER_SEPARATOR,
+    ShardKeys,
+    all_shards,
+    keys_for,
+    member_of,
+)
 from receiver.models import EventState
 from receiver.redis_client import is_cluster
 
@@ -26,6 +33,22 @@ from receiver.redis_client import is_cluster
 CLUSTER_POLL_MS = 50
 # Events one finish script records at most (Lua's unpack and Redis's latency both like it short).
 MAX_FINISH_BATCH = 128
+# A hash gone with more than this left of its retention was lost, not expired: margin for
+# clock skew between this host and Redis, which set the hash's TTL (a tenth of a short
+# retention at most).
+LOST_SLACK_MS = 60_000
+# The Lua scripts under lua/, each loaded once and run by SHA.
+SCRIPTS = ("accept", "finish", "retry", "promote", "requeue", "release", "vanished", "consumers")
+# Entries of its own pending list a worker takes back per read after a Redis failure.
+HELD_PAGE = 100
+
+
+class Vanished(StrEnum):
+    """What vanished.lua found for an entry whose event hash was gone."""
+
+    PRESENT = "present"  # stored again meanwhile (a sender's retry): its own entry carries it
+    EXPIRED = "expired"  # retention ran out first
+    LOST = "lost"  # gone while it should still be stored
 
 
 class AcceptResult(IntEnum):
@@ -78,6 +101,13 @@ class StoredEvent:
     encrypted: bool
     body_sha256: str
     content_type: str
+    # When its first transient failure happened (0: none yet): the retry budget's start.
+    first_failed_ms: int = 0
+
+    @property
+    def is_tombstone(self) -> bool:
+        """The trace of a lost event (vanished.lua): no body, nothing to apply."""
+        return not self.body_sha256
 
     @classmethod
     def from_hash(cls, member: str, fields: Mapping[bytes, bytes]) -> StoredEvent:
@@ -100,6 +130,7 @@ class StoredEvent:
             encrypted=text(b"encrypted") == "1",
             body_sha256=text(b"body_sha256"),
             content_type=text(b"content_type"),
+            first_failed_ms=int(text(b"first_failed_ms") or 0),
         )
 
 
@@ -196,10 +227,7 @@ class EventStore:
         self.pipeline = AutoPipeline(client)
         self._next_shard = 0
         self._backlog_seen = False  # the last read found entries: try the cheap read first
-        self._scripts = {
-            name: Script(self.pipeline, load_lua(name))
-            for name in ("accept", "finish", "retry", "promote", "requeue", "release")
-        }
+        self._scripts = {name: Script(self.pipeline, load_lua(name)) for name in SCRIPTS}
 
     def keys(self, member: str) -> ShardKeys:
         return keys_for(member, self.shards)
@@ -325,6 +353,78 @@ class EventStore:
                 )
         return claimed
 
+    async def held_by(self, consumer: str) -> list[QueueEntry]:
+        """Every entry pending under ``consumer``: its own history (``XREADGROUP … 0``).
+
+        After a Redis failure a worker takes back what it held at once, instead of waiting
+        for another consumer to reclaim it after the visibility timeout; this also finds
+        entries of a read whose reply was lost with the connection. Each entry's delivery
+        count goes up by one, as for any redelivery, and comes back with it, so an entry
+        that fails its worker every time is still told apart as poison.
+        """
+        held: list[QueueEntry] = []
+        for shard in all_shards(self.shards):
+            after = "0"
+            while True:
+                response = await self.client.xreadgroup(
+                    CONSUMER_GROUP, consumer, {shard.stream: after}, count=HELD_PAGE
+                )
+                page = [item for _, items in response or [] for item in items]
+                if not page:
+                    break
+                deliveries = {
+                    _text(pending["message_id"]): int(pending["times_delivered"])
+                    for pending in await self.client.xpending_range(
+                        shard.stream, CONSUMER_GROUP, min=page[0][0], max=page[-1][0],
+                        count=len(page), consumername=consumer,
+                    )
+                }  # fmt: skip
+                for raw_id, fields in page:
+                    if not fields:  # trimmed away by retention: nothing left to do
+                        await self.client.xack(shard.stream, CONSUMER_GROUP, raw_id)
+                        continue
+                    entry_id = _text(raw_id)
+                    member = fields[b"m"].decode()
+                    held.append(QueueEntry(shard, entry_id, member, deliveries.get(entry_id, 1)))
+                if len(page) < HELD_PAGE:
+                    break
+                after = _text(page[-1][0])
+        return held
+
+    async def touch(self, entry: QueueEntry, consumer: str) -> None:
+        """Reset the idle time of an entry this consumer keeps holding (the circuit's probe
+        event), so no other worker reclaims it; JUSTID leaves its delivery count alone."""
+        await self.client.xclaim(
+            entry.shard.stream, CONSUMER_GROUP, consumer, 0, [entry.entry_id], justid=True
+        )
+
+    async def remove_idle_consumers(self, keep: str, min_idle_ms: int, limit: int) -> list[str]:
+        """Delete consumers that hold nothing and were idle ``min_idle_ms`` (at most
+        ``limit`` per shard); the names removed."""
+        removed: list[str] = []
+        for shard in all_shards(self.shards):
+            names = await self._scripts["consumers"](
+                (shard.stream,), (CONSUMER_GROUP, min_idle_ms, keep, limit)
+            )
+            removed += [_text(name) for name in names]
+        return removed
+
+    async def vanished(self, entry: QueueEntry, *, last_error: str, history: bytes) -> Vanished:
+        """Record an entry whose event hash is gone (expired, or a lost event's tombstone)
+        and acknowledge it; see ``lua/vanished.lua``."""
+        member = entry.member
+        keys = entry.shard
+        source, _, event_id = member.partition(MEMBER_SEPARATOR)
+        result = await self._scripts["vanished"](
+            (keys.event(member), keys.history(member), keys.stream, keys.index, keys.dead),
+            (
+                entry.entry_id, CONSUMER_GROUP, member, now_ms(), self.retention_ms,
+                min(LOST_SLACK_MS, self.retention_ms // 10), source, event_id, last_error,
+                history,
+            ),
+        )  # fmt: skip
+        return Vanished(_text(result))
+
     async def load(self, member: str) -> StoredEvent | None:
         """The stored event, or None if unknown or expired."""
         [event] = await self.load_many([member])
@@ -391,7 +491,12 @@ class EventStore:
             await asyncio.gather(*calls)
 
     async def schedule_retry(
-        self, entry: QueueEntry, attempts: int, last_error: str, delay_seconds: float
+        self,
+        entry: QueueEntry,
+        attempts: int,
+        last_error: str,
+        delay_seconds: float,
+        first_failed_ms: int = 0,
     ) -> None:
         keys = entry.shard
         member = entry.member
@@ -413,6 +518,7 @@ class EventStore:
                 ),
                 member,
                 now + int(delay_seconds * 1000),
+                first_failed_ms or now,
             ),
         )
 

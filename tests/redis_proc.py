@@ -12,10 +12,13 @@ from tests.conftest import free_port, wait_for_port
 class RedisProcess:
     """redis-server on a free TCP port, data under ``directory``."""
 
-    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+    def __init__(
+        self, directory: Path, *, appendonly: bool = False, appendfsync: str = "everysec"
+    ) -> None:
         self.directory = directory
         self.port = free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -37,6 +40,8 @@ class RedisProcess:
                 "",
                 "--appendonly",
                 "yes" if self.appendonly else "no",
+                "--appendfsync",
+                self.appendfsync,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -51,6 +56,12 @@ class RedisProcess:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
+            self.process.wait(10)
+
+    def kill(self) -> None:
+        """SIGKILL: Redis alone crashes, keeping only what its AOF already holds."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
             self.process.wait(10)
 
     def __enter__(self) -> RedisProcess:

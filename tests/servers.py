@@ -193,11 +193,15 @@ class Downstream:
     """A real HTTP server standing in for the downstream system of the HTTP sink.
 
     It answers with ``statuses`` in turn (the last one repeats) and records what it got.
+    A test may replace ``statuses`` (``[503]``: down, ``[200]``: back) and set ``delay``
+    (seconds every POST waits before its answer) while it runs. ``HEAD`` always gets 200,
+    like a downstream whose front answers while its writes fail.
     """
 
     def __init__(self, *statuses: int, first_delay: float = 0.0) -> None:
         self.statuses = list(statuses) or [200]
         self.first_delay = first_delay
+        self.delay = 0.0
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.port = free_port()
         config = uvicorn.Config(
@@ -233,6 +237,8 @@ class Downstream:
         status = self.statuses[max(index, 0)] if scope["method"] == "POST" else 200
         if scope["method"] == "POST" and len(self.requests) == 1 and self.first_delay:
             await asyncio.sleep(self.first_delay)  # a slow downstream holds the first event
+        if scope["method"] == "POST" and self.delay:
+            await asyncio.sleep(self.delay)
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 

@@ -30,6 +30,8 @@ BASE_TIME = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)
 STATUSES = ("queued", "processing", "succeeded", "failed")
 ISO_TIME = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"
 WORKERS = 3
+# Races a concurrency test repeats: each round is one chance for the interleaving it checks.
+ROUNDS = 25
 
 Reader = Callable[[str], Awaitable[dict[str, Any] | None]]
 
@@ -243,6 +245,27 @@ class SinkContract:
         assert await backend.sink.apply(record) is ApplyOutcome.APPLIED
         assert await backend.sink.apply(again) is ApplyOutcome.APPLIED
         assert await backend.read(key) == backend.expected(record)
+
+    @pytest.mark.parametrize("stored_before", [True, False], ids=["update", "insert"])
+    async def test_a_redelivery_racing_its_original_is_applied(
+        self, backend: Backend, stored_before: bool
+    ) -> None:
+        """The same event applied by several workers at once (a reclaim racing the original
+        delivery) is applied for every one of them, never stale, and written once.
+
+        Each worker decides from the row as the guard saw it, not from an earlier
+        snapshot: a PostgreSQL statement that read ``last_event_id`` beside its upsert saw
+        the row as it was before a concurrent commit and called the redelivery stale.
+        """
+        workers = backend.workers()
+        for _ in range(ROUNDS):
+            key = new_key()
+            if stored_before:
+                assert await workers[0].apply(make_record(key, "queued")) is ApplyOutcome.APPLIED
+            event = make_record(key, "succeeded", 2, final_credits=1.0)
+            outcomes = await asyncio.gather(*(worker.apply(event) for worker in workers))
+            assert [ApplyOutcome.APPLIED] * len(workers) == outcomes
+            assert backend.expected(event) == await backend.read(key)
 
     async def test_redelivery_after_a_newer_event_is_stale(self, backend: Backend) -> None:
         """An old event delivered again after a newer one is stale, not applied."""

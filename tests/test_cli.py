@@ -3,13 +3,16 @@ each process needs only the settings it uses."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
+from tests.conftest import free_port, wait_for_port
 from tests.factories import base_env
 from tests.helpers import eventually
 from tests.servers import ServiceProcess
@@ -106,3 +109,41 @@ def test_serve_logs_a_warning_for_a_short_key(tmp_path: Path, redis_url: str) ->
              "use at least 16 (`receiver gen-secret` makes 32)")] == [
         (line["level"], line["detail"]) for line in warnings
     ]  # fmt: skip
+
+
+def test_worker_metrics_port_in_use_exits_1(tmp_path: Path, redis_url: str) -> None:
+    """A worker whose --metrics-port is taken says so in one line and exits 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = base_env(tmp_path, redis_url, RECEIVER_SINK="log:")
+        result = run_cli(env, "worker", "--metrics-port", str(port))
+    assert 1 == result.returncode
+    assert result.stderr.startswith(f"receiver: could not listen on 127.0.0.1:{port}")
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.usefixtures("clean_redis")
+def test_worker_listener_answers_health_readiness_and_metrics(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """`receiver worker --metrics-port` serves /healthz, /readyz and /metrics, and stops
+    cleanly on SIGTERM."""
+    port = free_port()
+    env = base_env(tmp_path, redis_url, RECEIVER_SINK="log:")
+    worker = ServiceProcess(env, tmp_path / "worker.log", "worker", "--metrics-port", str(port))
+    with worker:
+        wait_for_port(port)
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            return httpx.get(f"{url}/readyz").status_code == 200
+
+        eventually(ready, what="the worker to be ready")
+        health = httpx.get(f"{url}/healthz")
+        exported = httpx.get(f"{url}/metrics").text
+        code = worker.stop()
+    assert (200, 0) == (health.status_code, code)
+    assert "receiver_sink_up 1.0" in exported
+    assert "receiver_sink_circuit_open 0.0" in exported

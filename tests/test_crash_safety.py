@@ -18,7 +18,10 @@ import pytest
 import redis
 
 from receiver.keys import all_shards, member_of
+from receiver.settings import Settings
+from tests.conftest import free_port, wait_for_port
 from tests.factories import base_env, envelope, generation, signed_headers
+from tests.helpers import eventually
 from tests.servers import ServiceProcess
 
 pytestmark = pytest.mark.slow
@@ -274,3 +277,155 @@ def signed_secret() -> str:
     from tests.conftest import TEST_SECRET
 
     return TEST_SECRET
+
+
+# --- recovery (issue 13) ---------------------------------------------------------------
+
+
+def worker_state(port: int) -> tuple[float, int, list[str]]:
+    """A worker process's view: receiver_sink_circuit_open, /readyz status, what it names."""
+    exported = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    [circuit] = [
+        float(line.split()[1])
+        for line in exported.splitlines()
+        if line.startswith("receiver_sink_circuit_open ")
+    ]
+    ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+    return circuit, ready.status_code, ready.json().get("failed", [])
+
+
+def send_all(url: str, events: list[tuple[str, bytes]]) -> None:
+    """Deliver each (event id, body); every one must be acknowledged."""
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for event_id, body in events:
+            headers = signed_headers(body, event_id=event_id)
+            response = client.post("/webhooks/rivya", content=body, headers=headers)
+            assert response.status_code == 202, response.text
+
+
+def fields_of(client: redis.Redis, event_ids: list[str], name: str) -> list[bytes | None]:
+    shard = all_shards(1)[0]
+    with client.pipeline(transaction=False) as pipe:
+        for event_id in event_ids:
+            pipe.hget(shard.event(member_of("rivya", event_id)), name)
+        return pipe.execute()
+
+
+def new_events(prefix: str, count: int) -> list[tuple[str, bytes]]:
+    return [
+        (f"{prefix}_{n}", orjson.dumps(envelope(generation(task_id=f"task_{prefix}_{n}"))))
+        for n in range(count)
+    ]
+
+
+def test_sink_outage_dead_letters_nothing_and_the_circuit_holds_events_back(
+    tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+) -> None:
+    """A sink down for the scaled-down equivalent of minutes (many times the old 8-attempt
+    budget): nothing goes dead; the worker's circuit opens (metric, readiness naming the
+    sink, log line) although the downstream still answers HEAD; events that arrive behind
+    it are not even attempted; when the sink is back everything is applied, each waiting
+    event at its first attempt, and the circuit closes."""
+    from tests.servers import Downstream
+
+    with Downstream(200) as downstream:
+        metrics_port = free_port()
+        env = base_env(
+            tmp_path, redis_url, RECEIVER_SINK=downstream.url,
+            RECEIVER_FORWARD_SECRET=signed_secret(), RECEIVER_RETRY_BASE="50ms",
+            RECEIVER_RETRY_MAX="200ms", RECEIVER_CIRCUIT_FAILURES="3", RECEIVER_LOG_LEVEL="info",
+        )  # fmt: skip
+        ingest = ServiceProcess(env, tmp_path / "serve.log", "serve", "--no-worker").start()
+        worker = ServiceProcess(
+            env, tmp_path / "worker.log", "worker", "--metrics-port", str(metrics_port)
+        ).start(wait=False)
+        try:
+            wait_for_port(metrics_port, 30)
+            before = new_events("before", 5)
+            send_all(ingest.url, before)
+            wait_for_final_states(clean_redis, {e for e, _ in before}, timeout=30)
+
+            downstream.statuses = [503]
+            outage_started = time.monotonic()
+            failing = new_events("failing", 10)
+            send_all(ingest.url, failing)
+            eventually(lambda: worker_state(metrics_port)[0] == 1, 30, "the circuit to open")
+            assert (1.0, 503, ["sink"]) == worker_state(metrics_port)
+            waiting = new_events("waiting", 10)
+            send_all(ingest.url, waiting)
+            posts_when_open = len(downstream.requests)
+            samples = []
+            while time.monotonic() - outage_started < OUTAGE_SECONDS:
+                samples.append(worker_state(metrics_port)[0])
+                assert 0 == clean_redis.zcard(all_shards(1)[0].dead), "an event went dead"
+                time.sleep(0.2)
+            attempts_behind = fields_of(clean_redis, [e for e, _ in waiting], "attempts")
+            posts_while_open = len(downstream.requests) - posts_when_open
+
+            downstream.statuses = [200]
+            everything = {e for e, _ in before + failing + waiting}
+            states = wait_for_final_states(clean_redis, everything, timeout=30)
+            eventually(lambda: worker_state(metrics_port)[:2] == (0, 200), 30, "closed, ready")
+        finally:
+            worker.stop()
+            ingest.stop()
+    assert {b"applied"} == set(states.values())
+    assert {1.0} == set(samples), "the circuit closed during the outage"
+    assert [b"0"] * len(waiting) == attempts_behind, "events behind the circuit were attempted"
+    assert [b"1"] * len(waiting) == fields_of(clean_redis, [e for e, _ in waiting], "attempts")
+    # Probes only: without the circuit, 20 events retrying every 0.1-0.2 s would have
+    # sent several hundred requests in this time.
+    assert posts_while_open < 60, posts_while_open
+    output = worker.output()
+    assert '"event":"sink_circuit_opened"' in output
+    assert '"event":"sink_circuit_closed"' in output
+    assert '"probe":"apply"' in output
+
+
+OUTAGE_SECONDS = 6.0
+
+
+def test_redis_blip_resumes_held_events_within_seconds(tmp_path: Path) -> None:
+    """Redis killed (SIGKILL, AOF fsync always) while the worker's sink calls are in flight
+    and restarted: the events it held are applied within seconds of Redis's return, not
+    after the visibility timeout (60 s here); the worker's readiness names redis meanwhile."""
+    from tests.redis_proc import RedisProcess
+    from tests.servers import Downstream, ServiceThread
+
+    server = RedisProcess(tmp_path / "redis", appendonly=True, appendfsync="always").start()
+    try:
+        with Downstream(200) as downstream:
+            metrics_port = free_port()
+            env = base_env(
+                tmp_path, server.url, RECEIVER_SINK=downstream.url,
+                RECEIVER_FORWARD_SECRET=signed_secret(), RECEIVER_VISIBILITY_TIMEOUT="60s",
+                RECEIVER_LOG_LEVEL="info",
+            )  # fmt: skip
+            held = new_events("held", 5)
+            with ServiceThread(Settings.from_env(env)) as service:  # ingest only
+                send_all(service.url, held)
+            downstream.delay = 1.5  # the sink answers after Redis is gone
+            worker = ServiceProcess(
+                env, tmp_path / "worker.log", "worker", "--metrics-port", str(metrics_port)
+            ).start(wait=False)
+            try:
+                eventually(lambda: len(downstream.requests) >= 5, 30, "the sink calls")
+                server.kill()
+                eventually(lambda: worker_state(metrics_port)[2] == ["redis"], 15, "not ready")
+                time.sleep(2.0)  # the sink has answered; recording the outcomes failed
+                downstream.delay = 0
+                server.start()
+                restarted = time.monotonic()
+                client = redis.Redis(port=server.port)
+                states = wait_for_final_states(client, {e for e, _ in held}, timeout=50)
+                resumed_in = time.monotonic() - restarted
+            finally:
+                worker.stop()
+    finally:
+        server.stop()
+    assert {b"applied"} == set(states.values())
+    assert resumed_in < 15, f"held events waited {resumed_in:.1f}s"
+    assert '"event":"redis_recovered"' in worker.output()
+    # Each was applied twice, harmlessly: the same webhook-id both times.
+    ids = Counter(headers["webhook-id"] for headers, _ in downstream.requests)
+    assert {event_id: 2 for event_id, _ in held} == dict(ids)

@@ -335,6 +335,45 @@ def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture(scope="module")
+def worker_service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``python -m receiver worker --metrics-port`` against the test Redis; its listener's URL."""
+    directory = tmp_path_factory.mktemp("deploy-worker")
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+    environment.update(
+        RECEIVER_REDIS_URL=redis_url,
+        RECEIVER_DATA_DIR=str(directory / "data"),
+        RECEIVER_SINK="log:",
+    )
+    log_path = directory / "worker.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "receiver", "worker", "--metrics-port", str(port)],
+            env=environment, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"receiver worker did not start:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
 def admin(service: str) -> str:
     """The admin listener of the same ``serve``: /metrics and the probes live there."""
     return ADMIN_URLS[service]
@@ -420,6 +459,22 @@ class TestParse:
                 assert rule["labels"]["severity"] in ("critical", "warning", "info")
                 assert rule["annotations"]["summary"]
 
+    def test_recovery_faults_have_alerts(self) -> None:
+        """A sink circuit open for minutes and any lost event each page someone (issue 13):
+        critical, on the metrics the worker sets, the circuit after a few minutes (a blip
+        closes it within seconds), a lost event at once."""
+        rules = {
+            rule["alert"]: rule
+            for group in load_yaml(ALERTS)[0]["groups"]
+            for rule in group["rules"]
+        }
+        circuit, lost = rules["ReceiverSinkCircuitOpen"], rules["ReceiverEventsLost"]
+        assert "receiver_sink_circuit_open" in circuit["expr"]
+        assert 120 <= parse_duration(circuit["for"]) <= 900
+        assert "receiver_events_lost_total" in lost["expr"]
+        assert "for" not in lost
+        assert {"critical"} == {circuit["labels"]["severity"], lost["labels"]["severity"]}
+
 
 # --- settings ------------------------------------------------------------------------
 
@@ -479,6 +534,12 @@ class TestMetrics:
         used = metrics_used(path)
         assert used, "no receiver_ metric found: the extraction is broken"
         assert used - exported_series.keys() == set()
+
+    def test_worker_exports_its_sink_state(self, worker_service: str) -> None:
+        """A worker process's own /metrics carries the circuit and sink gauges the alert uses."""
+        exported = httpx.get(f"{worker_service}/metrics", timeout=5).text
+        assert "receiver_sink_circuit_open 0.0" in exported
+        assert "receiver_sink_up 1.0" in exported
 
     def test_dashboard_shows_every_metric(self, exported_series: dict[str, str]) -> None:
         """Each receiver_* metric family the service exports has a dashboard panel."""
@@ -541,14 +602,19 @@ class TestKubernetes:
         container: dict[str, Any],
         service: str,
         admin: str,
+        request: pytest.FixtureRequest,
     ) -> None:
-        """Each HTTP probe asks a declared port, on a path the running service answers 200."""
+        """Each HTTP probe asks a declared port, on a path its container's running process
+        answers 200: serve, or a worker's own listener (``--metrics-port``)."""
         port = probe["httpGet"]["port"]
         declared = {p["name"] for p in container["ports"]} | {
             p["containerPort"] for p in container["ports"]
         }
         assert port in declared
-        base = url_for_port(port, service, admin)
+        if container["args"][0] == "worker":
+            base = request.getfixturevalue("worker_service")
+        else:
+            base = url_for_port(port, service, admin)
         response = httpx.get(f"{base}{probe['httpGet']['path']}", timeout=5)
         assert response.status_code == 200, response.text
 
@@ -1110,6 +1176,14 @@ class TestCompose:
         finally:
             process.terminate()
             process.wait(15)
+
+    def test_worker_health_check_asks_its_own_listener(self, worker_service: str) -> None:
+        """The compose worker's health check asks /healthz on its --metrics-port, which a
+        running worker answers 200."""
+        worker = compose()["services"]["worker"]
+        port, path = healthcheck_url(" ".join(worker["healthcheck"]["test"]))
+        assert port == parse_cli(worker["command"]).params["metrics_port"]
+        assert httpx.get(f"{worker_service}{path}", timeout=5).status_code == 200
 
     def test_health_checks_ask_real_routes(self, service: str, admin: str) -> None:
         """Compose checks the admin port, the Dockerfile the public one; each route is 200."""

@@ -10,7 +10,7 @@ import httpx
 import orjson
 
 from receiver.signing import sign_standard
-from tests.conftest import TEST_SECRET
+from tests.conftest import TEST_SECRET, free_port, wait_for_port
 from tests.factories import base_env, envelope, generation, signed_headers
 from tests.helpers import eventually
 from tests.redis_proc import RedisProcess
@@ -30,7 +30,7 @@ class LeakySink:
         raise RuntimeError("boom at https://cdn.example/f.png?X-Amz-Signature={URL_SIGNATURE} "
                            "with {API_KEY} and Bearer {API_KEY}")
     async def ping(self):
-        return None
+        raise RuntimeError("ping failed for https://sink.example/?token={URL_SIGNATURE} {API_KEY}")
     async def setup(self):
         return None
     async def aclose(self):
@@ -226,3 +226,55 @@ def test_no_secret_in_any_console_page_or_api_answer(tmp_path: Path, redis_url: 
     assert [s for s in secrets if any(s in answer for answer in answers)] == []
     assert [s for s in secrets if s in output] == []
     assert any("[REDACTED]" in answer for answer in answers), "the body was shown, redacted"
+
+
+def test_no_secret_in_worker_outputs(tmp_path: Path) -> None:
+    """A worker whose sink fails with secret-laden errors opens its circuit and probes it:
+    neither its log nor its listener's answers (/metrics, /readyz, /healthz) leak a secret."""
+    plugin_dir = install_leaky_sink(tmp_path / "plugin")
+    with RedisProcess(tmp_path / "redis") as server:
+        import redis
+
+        redis.Redis(port=server.port).config_set("requirepass", REDIS_PASSWORD)
+        env = base_env(
+            tmp_path,
+            f"redis://:{REDIS_PASSWORD}@127.0.0.1:{server.port}/0",
+            RECEIVER_SINK=f"leaky://user:{REDIS_PASSWORD}@sink.example/x?token={URL_SIGNATURE}",
+            RECEIVER_RETRY_BASE="50ms",
+            RECEIVER_RETRY_MAX="200ms",
+            RECEIVER_CIRCUIT_FAILURES="1",
+            RECEIVER_LOG_LEVEL="debug",
+            PYTHONPATH=str(plugin_dir),
+        )
+        gen = generation(client_request_id=API_KEY)
+        body = orjson.dumps(envelope(gen))
+        with ServiceProcess(env, tmp_path / "serve.log", "serve", "--no-worker") as ingest:
+            answer = httpx.post(
+                f"{ingest.url}/webhooks/rivya", content=body, headers=signed_headers(body)
+            )
+            assert 202 == answer.status_code
+        port = free_port()
+        worker = ServiceProcess(
+            env, tmp_path / "worker.log", "worker", "--metrics-port", str(port)
+        ).start(wait=False)
+        try:
+            wait_for_port(port, 30)
+            eventually(
+                lambda: (
+                    '"probe":"apply"' in worker.output()
+                    and "sink_circuit_opened" in worker.output()
+                ),
+                what="the circuit to open and probe",
+            )
+            answers = "".join(
+                httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5).text
+                for path in ("/metrics", "/readyz", "/healthz")
+            )
+        finally:
+            worker.stop()
+    output = worker.output()
+    assert '"failed":["sink"]' in answers
+    secrets = [REDIS_PASSWORD, API_KEY, URL_SIGNATURE, TEST_SECRET.removeprefix("whsec_")]
+    assert [] == [secret for secret in secrets if secret in output + answers]
+    for line in output.splitlines():
+        assert {"event", "level", "timestamp"} <= set(orjson.loads(line))

@@ -69,6 +69,9 @@ BAD_VALUES = [
     ("RECEIVER_MAX_ATTEMPTS", "0"),
     ("RECEIVER_RETRY_BASE", "0"),
     ("RECEIVER_RETRY_MAX", "-1s"),
+    ("RECEIVER_RETRY_FOR", "a day"),
+    ("RECEIVER_RETRY_FOR", "0s"),
+    ("RECEIVER_CIRCUIT_FAILURES", "0"),
     ("RECEIVER_SINK_TIMEOUT", "1.5s"),
     ("RECEIVER_SHUTDOWN_TIMEOUT", "never"),
     ("RECEIVER_SHUTDOWN_DRAIN", "later"),
@@ -84,7 +87,8 @@ BAD_IDS = [
     "retention-word", "retention-zero", "encryption-word", "encryption-second-bad",
     "encryption-only-comma", "forward-word", "forward-public-key", "forward-two-keys",
     "log-format", "log-level", "visibility-zero", "attempts-zero", "retry-base-zero",
-    "retry-max-negative", "sink-timeout-decimal", "shutdown-word", "drain-word", "concurrency-zero",
+    "retry-max-negative", "retry-for-words", "retry-for-zero", "circuit-zero",
+    "sink-timeout-decimal", "shutdown-word", "drain-word", "concurrency-zero",
     "shards-too-many", "config-missing", "secret-file-missing",
 ]  # fmt: skip
 
@@ -106,6 +110,15 @@ class TestDefaults:
             settings.embedded_redis, settings.max_body_bytes, settings.retention_seconds,
             settings.encryption_keys, settings.forward_secret, settings.log_format,
             settings.log_level,
+        )  # fmt: skip
+
+    def test_retries_are_bounded_by_time_by_default(self, tmp_path: Path) -> None:
+        """By default retries last a day after the first failure with no count limit, the
+        backoff capped at 5 minutes, and 5 failed batches in a row open the circuit."""
+        settings = Settings.from_env(env(tmp_path))
+        assert (86400, None, 1.0, 300.0, 5) == (
+            settings.retry_for_seconds, settings.max_attempts, settings.retry_base_seconds,
+            settings.retry_max_seconds, settings.circuit_failures,
         )  # fmt: skip
 
     def test_missing_secret(self, tmp_path: Path) -> None:
@@ -137,12 +150,15 @@ class TestValues:
             ("RECEIVER_LOG_LEVEL", "DEBUG", "log_level", "debug"),
             ("RECEIVER_VISIBILITY_TIMEOUT", "500ms", "visibility_timeout_seconds", 0.5),
             ("RECEIVER_MAX_ATTEMPTS", "3", "max_attempts", 3),
+            ("RECEIVER_RETRY_FOR", "3d", "retry_for_seconds", 3 * 86400),
+            ("RECEIVER_CIRCUIT_FAILURES", "2", "circuit_failures", 2),
             ("RECEIVER_QUEUE_SHARDS", "1024", "queue_shards", 1024),
             ("RECEIVER_SINK", "log:", "sink", "log:"),
             ("RECEIVER_REDIS_URL", "rediss://:pw@h:6380/0", "redis", "rediss://:pw@h:6380/0"),
         ],
         ids=["tolerance", "scheme-any-case", "header", "max-body", "retention", "log-format",
-             "log-level-any-case", "visibility-ms", "attempts", "shards-max", "sink", "redis"],
+             "log-level-any-case", "visibility-ms", "attempts", "retry-for", "circuit",
+             "shards-max", "sink", "redis"],
     )  # fmt: skip
     def test_value_read(self, tmp_path: Path, variable: str, value: str, attribute: str,
                         expected: object) -> None:  # fmt: skip

@@ -13,7 +13,14 @@ import redis
 
 from receiver.keys import CONSUMER_GROUP, all_shards, keys_for, member_of, shard_of
 from receiver.models import EventState
-from receiver.store import AcceptResult, EventOutcome, EventStore, IncomingEvent, now_ms
+from receiver.store import (
+    AcceptResult,
+    EventOutcome,
+    EventStore,
+    IncomingEvent,
+    Vanished,
+    now_ms,
+)
 from tests.factories import base_env, event_body, signed_headers
 from tests.redis_proc import RedisProcess
 from tests.servers import ServiceThread
@@ -145,6 +152,100 @@ class TestAcceptScript:
         assert await store.promote_due() == 1
         [again] = await store.read("c1", 10, 10)
         assert again.member == "rivya|e_retry"
+
+    async def test_a_retry_keeps_its_first_failure_and_a_replay_clears_it(
+        self, redis_client: redis.Redis
+    ) -> None:
+        """The retry budget's start survives later retries; a replay starts it afresh."""
+        store = EventStore(redis_client, retention_seconds=60)
+        await store.prepare()
+        await store.accept(incoming("e_budget"))
+        member = member_of("rivya", "e_budget")
+        [entry] = await store.read("c1", 10, 10)
+        await store.schedule_retry(entry, 1, "transient: boom", 0.0, first_failed_ms=1234)
+        stored = await store.load(member)
+        assert stored is not None
+        assert (1, 1234) == (stored.attempts, stored.first_failed_ms)
+        assert await store.requeue(member, by="replay:test")
+        replayed = await store.load(member)
+        assert replayed is not None
+        assert (0, 0) == (replayed.attempts, replayed.first_failed_ms)
+
+    async def test_own_pending_entries_are_taken_back(self, redis_client: redis.Redis) -> None:
+        """held_by returns every entry pending under one consumer (and only those), across
+        pages; touch keeps one held without counting a delivery."""
+        from receiver import store as store_module
+
+        store = EventStore(redis_client, retention_seconds=60)
+        await store.prepare()
+        for n in range(store_module.HELD_PAGE + 5):
+            await store.accept(incoming(f"e_held_{n}"))
+        mine = await store.read("mine", store_module.HELD_PAGE + 3, 10)
+        others = await store.read("other", 10, 10)
+        held = await store.held_by("mine")
+        assert [entry.entry_id for entry in mine] == [entry.entry_id for entry in held]
+        assert {2} == {entry.deliveries for entry in held}  # read, then taken back
+        assert 2 == len(others)
+        shard = all_shards(1)[0]
+        await store.touch(held[0], "mine")
+        [pending] = await redis_client.xpending_range(
+            shard.stream, CONSUMER_GROUP, min=held[0].entry_id, max=held[0].entry_id, count=1
+        )
+        # Handed out twice (read, then held_by), and touch did not count a third time.
+        assert (b"mine", 2) == (pending["consumer"], pending["times_delivered"])
+        assert pending["time_since_delivered"] < 1000
+
+    async def test_a_lost_event_leaves_a_tombstone_that_cannot_be_replayed(
+        self, redis_client: redis.Redis
+    ) -> None:
+        """vanished() tells a hash gone early (lost: a dead tombstone, listed with the dead)
+        from one gone with its retention (expired: nothing left), acknowledging both."""
+        store = EventStore(redis_client, retention_seconds=60)
+        await store.prepare()
+        shard = all_shards(1)[0]
+        for event_id in ("e_lost", "e_expired"):
+            await store.accept(incoming(event_id))
+            await redis_client.delete(shard.event(member_of("rivya", event_id)))
+        await redis_client.zadd(shard.index, {"rivya|e_expired": now_ms() - 61_000})
+        found = {
+            entry.member: await store.vanished(entry, last_error="lost: gone", history=b"{}")
+            for entry in await store.read("c1", 10, 10)
+        }
+        assert {"rivya|e_lost": Vanished.LOST, "rivya|e_expired": Vanished.EXPIRED} == found
+        tombstone = await store.load("rivya|e_lost")
+        assert tombstone is not None
+        assert tombstone.is_tombstone
+        assert (EventState.DEAD, "lost", "e_lost") == (
+            tombstone.state,
+            tombstone.reason_code,
+            tombstone.event_id,
+        )
+        assert await redis_client.zscore(shard.dead, "rivya|e_lost") is not None
+        assert not await redis_client.exists(shard.event("rivya|e_expired"))
+        assert not await store.requeue("rivya|e_lost", by="replay:test")
+        pending = await redis_client.xpending(shard.stream, CONSUMER_GROUP)
+        assert (0, 0) == (await redis_client.xlen(shard.stream), pending["pending"])
+        # The sender's retry of a lost event is stored anew.
+        assert AcceptResult.NEW == await store.accept(incoming("e_lost"))
+
+    async def test_the_receive_time_of_a_vanished_event_comes_from_the_index(
+        self, redis_client: redis.Redis
+    ) -> None:
+        """A member trimmed from an index that still exists is past its retention (expired);
+        only with the index itself gone does the entry id's time decide (here: lost)."""
+        store = EventStore(redis_client, retention_seconds=60)
+        await store.prepare()
+        shard = all_shards(1)[0]
+        await store.accept(incoming("e_kept"))
+        await store.accept(incoming("e_trimmed"))
+        await redis_client.delete(shard.event("rivya|e_trimmed"))
+        await redis_client.zrem(shard.index, "rivya|e_trimmed")
+        [_, trimmed] = await store.read("c1", 10, 10)
+        assert Vanished.EXPIRED == await store.vanished(trimmed, last_error="x", history=b"{}")
+        await store.accept(incoming("e_evicted"))
+        await redis_client.delete(shard.event("rivya|e_evicted"), shard.index)
+        [evicted] = await store.read("c1", 10, 10)
+        assert Vanished.LOST == await store.vanished(evicted, last_error="x", history=b"{}")
 
     async def test_finish_keeps_history_expiring_with_the_event(
         self, redis_client: redis.Redis

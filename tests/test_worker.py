@@ -11,13 +11,15 @@ from typing import Any
 
 import httpx
 import orjson
+import prometheus_client
 import pytest
 import redis
+import structlog
 
 from receiver.keys import CONSUMER_GROUP, all_shards, member_of
+from receiver.models import EventState
 from receiver.settings import Settings
 from receiver.signing import Scheme, Verifier
-from receiver.worker import backoff_delay
 from tests.conftest import TEST_SECRET
 from tests.factories import base_env, event_body, signed_headers
 from tests.helpers import eventually
@@ -35,16 +37,19 @@ def deliver(service: ServiceThread, body: bytes, event_id: str) -> int:
 
 
 def worker_settings(tmp_path: Path, redis_url: str, sink: str, **extra: str) -> Settings:
+    """Settings for a worker test: quick retries (``extra`` overrides any of them)."""
+    quick = {
+        "RECEIVER_RETRY_BASE": "20ms",
+        "RECEIVER_RETRY_MAX": "100ms",
+        "RECEIVER_SINK_TIMEOUT": "2s",
+    }
     return Settings.from_env(
         base_env(
             tmp_path,
             redis_url,
             RECEIVER_SINK=sink,
             RECEIVER_FORWARD_SECRET=TEST_SECRET,
-            RECEIVER_RETRY_BASE="20ms",
-            RECEIVER_RETRY_MAX="100ms",
-            RECEIVER_SINK_TIMEOUT="2s",
-            **extra,
+            **{**quick, **extra},
         )
     )
 
@@ -187,7 +192,8 @@ class TestBatches:
 
         redis_url, clean_redis = private_redis
 
-        monkeypatch.setattr(worker_module, "BATCH_LINGER_SECONDS", 1.0)
+        # Generous: the five deliveries must all land within it on a busy machine.
+        monkeypatch.setattr(worker_module, "BATCH_LINGER_SECONDS", 3.0)
         settings = worker_settings(tmp_path, redis_url, f"sqlite:///{tmp_path}/records.db")
         events = [f"msg_linger_{n}" for n in range(6)]
         runtime = await Runtime.open(settings, with_sink=True)
@@ -350,17 +356,6 @@ class TestRetries:
         assert b"retries_exhausted" == stored[b"reason_code"]
 
 
-class TestBackoff:
-    @pytest.mark.parametrize(("attempt", "ceiling"), [(1, 1.0), (2, 2.0), (3, 4.0), (10, 60.0)])
-    def test_delay_is_exponential_with_jitter_and_capped(
-        self, attempt: int, ceiling: float
-    ) -> None:
-        """Delays double per attempt, are jittered into [ceiling/2, ceiling], and are capped."""
-        delays = [backoff_delay(attempt, 1.0, 60.0) for _ in range(200)]
-        assert all(ceiling / 2 <= d <= ceiling for d in delays)
-        assert len(set(delays)) > 1
-
-
 class TestReclaim:
     async def test_entry_of_dead_consumer_is_reclaimed(
         self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
@@ -436,3 +431,251 @@ class TestPoisonEvents:
         assert b"poison" == stored[b"reason_code"]
         shard = all_shards(1)[0]
         assert 0 == clean_redis.xpending(shard.stream, CONSUMER_GROUP)["pending"]
+
+    async def test_an_entry_taken_back_too_often_after_failures_is_dead(
+        self, tmp_path: Path
+    ) -> None:
+        """The worker's own entries taken back after a Redis failure still count their
+        deliveries: one past the limit is dead as poison instead of looping."""
+        from receiver.runtime import Runtime
+        from receiver.worker import Worker
+
+        server = RedisProcess(tmp_path / "redis").start()
+        client = redis.Redis(port=server.port)
+        try:
+            settings = worker_settings(tmp_path, server.url, "log:", RECEIVER_MAX_ATTEMPTS="3")
+            runtime = await Runtime.open(settings, with_sink=True)
+            try:
+                with ServiceThread(settings) as service:  # ingest only
+                    deliver(service, event_body(task_id="task_loop"), "msg_loop")
+                await runtime.store.read("looping", 10, 100)
+                for _ in range(2):  # taken back twice already: handed out three times
+                    await runtime.store.held_by("looping")
+                worker = Worker(runtime, runtime.sink, name="looping")  # type: ignore[arg-type]
+                task = asyncio.create_task(worker.run())
+                await asyncio.sleep(0.3)
+                # A Redis failure (its connections dropped, on this test's own server): the
+                # worker takes back what it holds.
+                client.client_kill_filter(_type="normal", skipme=True)
+                for _ in range(200):  # polling Redis: the state changes in the worker
+                    if state_of(client, "msg_loop").get(b"state") == b"dead":
+                        break
+                    await asyncio.sleep(0.05)
+                await worker.stop(5)
+                await task
+            finally:
+                await runtime.aclose()
+            stored = state_of(client, "msg_loop")
+        finally:
+            client.close()
+            server.stop()
+        assert (b"dead", b"poison") == (stored[b"state"], stored[b"reason_code"])
+        assert stored[b"last_error"].startswith(b"abandoned: taken 4 times")
+
+
+def metric(name: str, labels: dict[str, str] | None = None) -> float:
+    """A sample of this process's default Prometheus registry (0 when it has none yet)."""
+    return prometheus_client.REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+class TestRetryBudget:
+    def test_an_outage_longer_than_the_old_count_budget_is_not_dead(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+    ) -> None:
+        """An event failing far more often than the old budget of 8 attempts stays pending
+        within its time budget, and is applied once the sink answers again."""
+        with Downstream(503) as downstream:
+            settings = worker_settings(
+                tmp_path, redis_url, downstream.url, RECEIVER_CIRCUIT_FAILURES="1000"
+            )
+            with ServiceThread(settings, run_worker=True) as service:
+                deliver(service, event_body(task_id="task_long"), "msg_long")
+                eventually(
+                    lambda: int(state_of(clean_redis, "msg_long").get(b"attempts", 0)) >= 12,
+                    what="a dozen failed attempts",
+                )
+                assert b"pending" == state_of(clean_redis, "msg_long")[b"state"]
+                downstream.statuses = [200]
+                eventually(lambda: state_of(clean_redis, "msg_long").get(b"state") == b"applied")
+        stored = state_of(clean_redis, "msg_long")
+        assert (b"applied", b"") == (stored[b"state"], stored[b"reason_code"])
+        assert int(stored[b"attempts"]) > 12
+        assert 0 == clean_redis.zcard(all_shards(1)[0].dead)
+
+    def test_a_spent_time_budget_is_dead(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+    ) -> None:
+        """Once RECEIVER_RETRY_FOR has passed since its first failure, the event is dead
+        with reason_code retries_exhausted, after as many attempts as fit in the budget."""
+        with Downstream(503) as downstream:
+            settings = worker_settings(
+                tmp_path, redis_url, downstream.url, RECEIVER_RETRY_FOR="1s",
+                RECEIVER_CIRCUIT_FAILURES="1000",
+            )  # fmt: skip
+            with ServiceThread(settings, run_worker=True) as service:
+                deliver(service, event_body(task_id="task_budget"), "msg_budget")
+                eventually(lambda: state_of(clean_redis, "msg_budget").get(b"state") == b"dead")
+        stored = state_of(clean_redis, "msg_budget")
+        assert b"retries_exhausted" == stored[b"reason_code"]
+        assert stored[b"last_error"].startswith(b"gave up after")
+        # Due retries are queued by housekeeping every half second: 3 or more in 1 s.
+        assert int(stored[b"attempts"]) >= 3
+        assert int(stored[b"updated_ms"]) - int(stored[b"first_failed_ms"]) >= 1000
+        assert len(downstream.requests) == int(stored[b"attempts"])
+
+
+class TestCircuitBreaker:
+    def test_serve_exports_the_sink_state_and_keeps_accepting(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+    ) -> None:
+        """serve's in-process worker opens its circuit on a failing sink and shows it on
+        /metrics (receiver_sink_circuit_open 1, receiver_sink_up 0) while ingest answers
+        202; events queued behind the open circuit are not even read."""
+        with Downstream(503) as downstream:
+            settings = worker_settings(
+                tmp_path, redis_url, downstream.url, RECEIVER_CIRCUIT_FAILURES="2",
+                RECEIVER_RETRY_MAX="300ms",
+            )  # fmt: skip
+            with ServiceThread(settings, run_worker=True) as service:
+                for n in range(2):
+                    assert 202 == deliver(service, event_body(task_id=f"task_c{n}"), f"msg_c{n}")
+                eventually(lambda: metric("receiver_sink_circuit_open") == 1, what="circuit open")
+                waiting = [f"msg_wait_{n}" for n in range(5)]
+                for event_id in waiting:
+                    assert 202 == deliver(service, event_body(), event_id)
+                exported = httpx.get(f"{service.url}/metrics").text
+                time.sleep(1.0)  # several probe intervals
+                attempts = [int(state_of(clean_redis, e)[b"attempts"]) for e in waiting]
+                downstream.statuses = [200]
+                eventually(lambda: metric("receiver_sink_circuit_open") == 0, what="circuit closed")
+                eventually(
+                    lambda: all(state_of(clean_redis, e)[b"state"] == b"applied" for e in waiting)
+                )
+        assert "receiver_sink_circuit_open 1.0" in exported
+        assert "receiver_sink_up 0.0" in exported
+        assert [0] * 5 == attempts, "events behind the open circuit were attempted"
+        assert [b"1"] * 5 == [state_of(clean_redis, e)[b"attempts"] for e in waiting]
+
+
+class TestLostEvents:
+    async def test_an_event_gone_within_its_retention_is_dead_lost(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+    ) -> None:
+        """A queued event whose stored hash vanished (as eviction does) ends dead with
+        reason_code lost: logged at error level with its id, counted, listed with the dead
+        events, and not replayable (its body is gone)."""
+        from receiver.ops.events import EventFilter, list_events
+        from receiver.runtime import Runtime
+
+        settings = worker_settings(tmp_path, redis_url, f"sqlite:///{tmp_path}/records.db")
+        runtime = await Runtime.open(settings, with_sink=True)
+        try:
+            with ServiceThread(settings) as service:  # ingest only
+                assert 202 == deliver(service, event_body(task_id="task_lost"), "msg_lost")
+            clean_redis.delete(all_shards(1)[0].event(member_of("rivya", "msg_lost")))
+            before = metric("receiver_events_lost_total", {"source": "rivya"})
+            with structlog.testing.capture_logs() as logs:
+                await run_worker_until(runtime, clean_redis, "msg_lost", b"dead")
+            listed = await list_events(runtime.store, EventFilter(state=EventState.DEAD))
+            replayed = await runtime.store.requeue(member_of("rivya", "msg_lost"), by="test")
+        finally:
+            await runtime.aclose()
+        stored = state_of(clean_redis, "msg_lost")
+        assert (b"dead", b"lost") == (stored[b"state"], stored[b"reason_code"])
+        assert stored[b"last_error"].startswith(b"lost:")
+        assert 0 < clean_redis.pttl(all_shards(1)[0].event("rivya|msg_lost")) <= 30 * 86400_000
+        assert before + 1 == metric("receiver_events_lost_total", {"source": "rivya"})
+        [line] = [entry for entry in logs if entry["event"] == "event_lost"]
+        assert ("error", "msg_lost", "lost") == (
+            line["log_level"],
+            line["event_id"],
+            line["reason_code"],
+        )
+        assert [("msg_lost", "lost")] == [(e.event_id, e.reason_code) for e in listed]
+        assert replayed is False
+        assert 0 == clean_redis.xlen(all_shards(1)[0].stream)
+
+    async def test_an_event_past_its_retention_is_expired_not_lost(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+    ) -> None:
+        """A queued event whose hash is gone because its retention ended is counted
+        expired: no tombstone, no lost count, and the entry is acknowledged."""
+        from receiver.runtime import Runtime
+        from receiver.worker import Worker
+
+        settings = worker_settings(tmp_path, redis_url, f"sqlite:///{tmp_path}/records.db")
+        runtime = await Runtime.open(settings, with_sink=True)
+        shard = all_shards(1)[0]
+        try:
+            with ServiceThread(settings) as service:  # ingest only
+                assert 202 == deliver(service, event_body(task_id="task_old"), "msg_old")
+                assert 202 == deliver(service, event_body(task_id="task_new"), "msg_new")
+            # As Redis leaves an event read after its retention: the hash expired, and the
+            # index says it was received long ago (or, trimmed by housekeeping, no more).
+            clean_redis.delete(shard.event("rivya|msg_old"))
+            clean_redis.zadd(shard.index, {"rivya|msg_old": 1})
+            before = metric("receiver_events_lost_total", {"source": "rivya"})
+            assert runtime.sink is not None
+            worker = Worker(runtime, runtime.sink)
+            with structlog.testing.capture_logs() as logs:
+                task = asyncio.create_task(worker.run())
+                for _ in range(200):  # polling Redis: the entry is acknowledged by the worker
+                    if clean_redis.xlen(shard.stream) == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                await worker.stop(5)
+                await task
+        finally:
+            await runtime.aclose()
+        assert ["event_expired"] == [
+            entry["event"] for entry in logs if entry["event"] in ("event_expired", "event_lost")
+        ]
+        assert (before, 0, 0) == (
+            metric("receiver_events_lost_total", {"source": "rivya"}),
+            clean_redis.exists(shard.event("rivya|msg_old")),
+            clean_redis.xlen(shard.stream),
+        )
+
+
+class TestConsumers:
+    async def test_consumers_gone_and_holding_nothing_are_removed(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+    ) -> None:
+        """Housekeeping removes consumers idle past the threshold with nothing pending; one
+        that still holds an entry, and the worker itself (idle between events), stay."""
+        from receiver.runtime import Runtime
+        from receiver.worker import Worker
+
+        settings = worker_settings(tmp_path, redis_url, "log:")
+        runtime = await Runtime.open(settings, with_sink=True)
+        stream = all_shards(1)[0].stream
+
+        def names() -> set[bytes]:
+            return {c["name"] for c in clean_redis.xinfo_consumers(stream, CONSUMER_GROUP)}
+
+        try:
+            with ServiceThread(settings) as service:  # ingest only
+                deliver(service, event_body(task_id="task_held"), "msg_held")
+                assert [] != await runtime.store.read("gone-holding", 10, 100)
+                clean_redis.xgroup_createconsumer(stream, CONSUMER_GROUP, "gone-empty")
+                worker = Worker(
+                    runtime, runtime.sink, name="housekeeper",  # type: ignore[arg-type]
+                    consumer_max_idle_seconds=0.2, consumer_sweep_seconds=0.1,
+                )  # fmt: skip
+                task = asyncio.create_task(worker.run())
+                deliver(service, event_body(task_id="task_mine"), "msg_mine")
+                await asyncio.sleep(0.3)  # "gone-empty" idle past the threshold
+                for _ in range(100):
+                    if b"gone-empty" not in names():
+                        break
+                    await asyncio.sleep(0.05)
+                # More sweeps while the worker's own blocking reads leave it idle past 0.2 s.
+                await asyncio.sleep(1.0)
+                remaining = names()
+                applied = state_of(clean_redis, "msg_mine").get(b"state")
+                await worker.stop(5)
+                await task
+        finally:
+            await runtime.aclose()
+        assert {b"gone-holding", b"housekeeper"} == remaining
+        assert b"applied" == applied

@@ -17,6 +17,7 @@ from receiver.logs import get_logger
 if TYPE_CHECKING:
     from receiver.console import AdminApp
     from receiver.settings import Settings
+    from receiver.worker_http import WorkerListener
 
 log = get_logger("receiver.cli")
 
@@ -109,13 +110,13 @@ def console() -> None:
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=None,
-    help="Serve Prometheus metrics of this worker on this port.",
+    help="Serve this worker's /metrics, /healthz and /readyz on this port.",
 )
 @click.option(
     "--metrics-host",
     default="127.0.0.1",
     show_default=True,
-    help="Interface for --metrics-port (0.0.0.0 to let Prometheus scrape a pod).",
+    help="Interface for --metrics-port (0.0.0.0 to let Prometheus and probes reach a pod).",
 )
 def worker(metrics_port: int | None, metrics_host: str) -> None:
     """Run a worker alone (several may run side by side)."""
@@ -126,19 +127,24 @@ def worker(metrics_port: int | None, metrics_host: str) -> None:
 
         from receiver.runtime import Runtime
         from receiver.worker import Worker
+        from receiver.worker_http import WorkerListener
 
         runtime = await Runtime.open(settings, with_sink=True)
         assert runtime.sink is not None
-        if metrics_port is not None:
-            import prometheus_client
-
-            prometheus_client.start_http_server(metrics_port, addr=metrics_host)
         consumer = Worker(runtime, runtime.sink)
+        listener: WorkerListener | None = None
+        if metrics_port is not None:
+            try:
+                listener = WorkerListener(consumer, metrics_host, metrics_port)
+            except OSError as exc:
+                await runtime.aclose()
+                fail(f"could not listen on {metrics_host}:{metrics_port}: {exc.strerror}")
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop_requested.set)
         task = asyncio.create_task(consumer.run())
+        serving = asyncio.create_task(listener.serve()) if listener is not None else None
         stop_waiter = asyncio.create_task(stop_requested.wait())
         await asyncio.wait({task, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
@@ -147,10 +153,21 @@ def worker(metrics_port: int | None, metrics_host: str) -> None:
             stop_waiter.cancel()
             error = task.exception()
             log.error("worker_crashed", error=type(error).__name__ if error else "returned")
+            await _close_listener(listener, serving)
             await runtime.aclose()
             fail("the worker stopped unexpectedly; see the log")
         await consumer.stop(settings.shutdown_timeout_seconds)
         await task
+        # The listener goes last: /healthz and /metrics answer while the events are handed back.
+        await _close_listener(listener, serving)
         await runtime.aclose()
 
     run_async(run)
+
+
+async def _close_listener(
+    listener: WorkerListener | None, serving: asyncio.Task[None] | None
+) -> None:
+    if listener is not None and serving is not None:
+        listener.close()
+        await serving

@@ -74,7 +74,17 @@ def describe_settings(settings: Settings) -> list[tuple[str, str]]:
         ),
         ("forward secret", repr(settings.forward_secret) if settings.forward_secret else "not set"),
         ("max body", f"{settings.max_body_bytes} bytes"),
-        ("max attempts", str(settings.max_attempts)),
+        (
+            "retries",
+            f"for {settings.retry_for_seconds:g}s after the first failure, backoff "
+            f"{settings.retry_base_seconds:g}s..{settings.retry_max_seconds:g}s, "
+            + (
+                f"at most {settings.max_attempts} attempts"
+                if settings.max_attempts
+                else "no count limit"
+            ),
+        ),
+        ("circuit breaker", f"opens after {settings.circuit_failures} failed batches in a row"),
         ("visibility timeout", f"{settings.visibility_timeout_seconds}s"),
         ("workers", f"concurrency={settings.worker_concurrency} shards={settings.queue_shards}"),
         ("logs", f"{settings.log_format} {settings.log_level}"),

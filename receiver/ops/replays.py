@@ -26,13 +26,14 @@ class ReplayResult:
 
 
 async def existing(store: EventStore, members: Sequence[str]) -> list[bool]:
-    """Whether each member is still stored (one pipelined round trip)."""
+    """Whether each member is still stored with a body to replay (one pipelined round
+    trip): a lost event's tombstone has none, and requeue refuses it too."""
     if not members:
         return []
     pipe = store.client.pipeline(transaction=False)
     for member in members:
-        pipe.exists(store.keys(member).event(member))
-    return [bool(count) for count in await pipe.execute()]
+        pipe.hexists(store.keys(member).event(member), "body")
+    return [bool(found) for found in await pipe.execute()]
 
 
 async def replay(

@@ -29,7 +29,9 @@ class Sink(Protocol):
     ``apply`` must change the record only if ``record`` is newer than what is stored
     (``Record.is_newer_than``), atomically with respect to other workers, and return
     ``STALE`` otherwise. Re-applying the event that produced the stored state returns
-    ``APPLIED`` without changing anything (a redelivery after a crash). Failures raise
+    ``APPLIED`` without changing anything (a redelivery after a crash), also while another
+    worker applies the same event at the same moment: decide on the stored record as the
+    atomic write sees it, never on an earlier read. Failures raise
     ``TransientSinkError`` (retry) or ``PermanentSinkError`` (dead letter).
 
     Optionally a sink may also offer ``apply_many(records)``, answering a list with one

@@ -6,8 +6,8 @@ I/O. The table is created on first use and by ``setup()`` (``receiver sink init`
 Group commit, as in the SQLite sink: records applied while a group is being written wait
 and go together in the next transaction; every caller is answered after its COMMIT. A
 group of distinct records is first tried as one multi-row guarded statement; if some row
-did not change, it is written again with one guarded statement per record (sent in
-pipeline mode), which tells stale records from redeliveries. A group that fails is retried
+did not change (a stale record), it is written again with one guarded statement per record
+(sent in pipeline mode), which tells the stale ones apart. A group that fails is retried
 record by record, so one bad record fails alone (bench/: a transaction per record kept
 one worker CPU-bound at ~0.7 ms per event).
 """
@@ -57,18 +57,11 @@ CREATE TABLE IF NOT EXISTS generations (
 )
 """
 
-# The ordering guard (SPEC §4) in one statement. ON CONFLICT locks the existing row even
-# when the WHERE is false, so the follow-up read in the same transaction sees that row.
-UPSERT = guarded_upsert(lambda name: f"%({name})s")
-
-# One statement per record: the guarded upsert, and the last_event_id the row held before
-# it (a data-modifying CTE's effects are invisible to the outer query), which tells a
-# redelivery of the stored event from a stale one when nothing changed.
-APPLY = f"""
-WITH applied AS ({UPSERT} RETURNING 1)
-SELECT EXISTS (SELECT 1 FROM applied),
-       (SELECT last_event_id FROM generations WHERE record_key = %(record_key)s)
-"""  # noqa: S608 - only our own statement is interpolated
+# The ordering guard (SPEC §4) in one statement. It answers a row when the record was
+# applied: changed by a newer event, or already holding this very event (a redelivery).
+# ON CONFLICT decides on the row version it locked, so a concurrent worker's commit of the
+# same event is seen; a read beside the upsert would see the statement's older snapshot.
+APPLY = guarded_upsert(lambda name: f"%({name})s") + "RETURNING true"
 
 
 def row_values(record: Record) -> dict[str, Any]:
@@ -159,15 +152,8 @@ class PostgresSink:
                     await connection.execute(APPLY, row_values(record)) for record in records
                 ]
             rows = [await cursor.fetchone() for cursor in cursors]
-        outcomes = []
-        for record, row in zip(records, rows, strict=True):
-            assert row is not None  # the statement always yields one row
-            changed, previous_event = row
-            # Unchanged but holding this very event: a redelivery after a crash, a no-op.
-            same_event = previous_event == record.last_event_id
-            applied = changed or same_event
-            outcomes.append(ApplyOutcome.APPLIED if applied else ApplyOutcome.STALE)
-        return outcomes
+        # A row back: applied (or the stored event again); none: the guard kept the row.
+        return [ApplyOutcome.APPLIED if row else ApplyOutcome.STALE for row in rows]
 
     async def ping(self) -> None:
         try:

@@ -63,19 +63,34 @@ def guarded_upsert(placeholder: Callable[[str], str], rows: int = 1) -> str:
     """The ordering guard (SPEC §4) as one ``INSERT … ON CONFLICT … WHERE`` statement.
 
     A row changes only for a newer event (``source_updated_at``, then ``status_rank``) and
-    a terminal status never goes back to a non-terminal one. ``placeholder`` spells a
-    parameter in the driver's style (``:name`` for sqlite3, ``%(name)s`` for psycopg);
-    with ``rows`` > 1 the statement takes that many rows, each guarded (SQLite takes them
-    one after another, so one key may appear twice; PostgreSQL refuses that).
+    a terminal status never goes back to a non-terminal one. The event that produced the
+    stored row, delivered again, also counts as written (its columns keep their values): the
+    statement's row count is then the number of records applied, decided on the row as the
+    upsert locked it. Deciding "redelivery" from a read beside the upsert is a race: in
+    PostgreSQL that read sees the statement's snapshot, from before a concurrent worker
+    committed the same event, and called an applied event stale.
+
+    ``placeholder`` spells a parameter in the driver's style (``:name`` for sqlite3,
+    ``%(name)s`` for psycopg); with ``rows`` > 1 the statement takes that many rows, each
+    guarded (SQLite takes them one after another, so one key may appear twice; PostgreSQL
+    refuses that).
     """
     row = f"({', '.join(placeholder(name) for name in COLUMNS)})"
+    newer = (
+        f"(NOT (generations.status_rank = {TERMINAL_RANK}"
+        f" AND excluded.status_rank < {TERMINAL_RANK})"
+        " AND (excluded.source_updated_at > generations.source_updated_at"
+        " OR (excluded.source_updated_at = generations.source_updated_at"
+        " AND excluded.status_rank > generations.status_rank)))"
+    )
+    assignments = ",\n    ".join(
+        f"{name} = CASE WHEN {newer} THEN excluded.{name} ELSE generations.{name} END"
+        for name in COLUMNS[1:]
+    )
     return f"""
 INSERT INTO generations ({", ".join(COLUMNS)})
 VALUES {", ".join([row] * rows)}
 ON CONFLICT (record_key) DO UPDATE SET
-    {", ".join(f"{name} = excluded.{name}" for name in COLUMNS[1:])}
-WHERE NOT (generations.status_rank = {TERMINAL_RANK} AND excluded.status_rank < {TERMINAL_RANK})
-  AND (excluded.source_updated_at > generations.source_updated_at
-       OR (excluded.source_updated_at = generations.source_updated_at
-           AND excluded.status_rank > generations.status_rank))
+    {assignments}
+WHERE {newer} OR generations.last_event_id = excluded.last_event_id
 """  # noqa: S608 - only our own column names are interpolated
