@@ -536,14 +536,14 @@ class TestCircuitBreaker:
                 tmp_path, redis_url, downstream.url, RECEIVER_CIRCUIT_FAILURES="2",
                 RECEIVER_RETRY_MAX="300ms",
             )  # fmt: skip
-            with ServiceThread(settings, run_worker=True) as service:
+            with ServiceThread(settings, run_worker=True, admin=True) as service:
                 for n in range(2):
                     assert 202 == deliver(service, event_body(task_id=f"task_c{n}"), f"msg_c{n}")
                 eventually(lambda: metric("receiver_sink_circuit_open") == 1, what="circuit open")
                 waiting = [f"msg_wait_{n}" for n in range(5)]
                 for event_id in waiting:
                     assert 202 == deliver(service, event_body(), event_id)
-                exported = httpx.get(f"{service.url}/metrics").text
+                exported = httpx.get(f"{service.admin_url}/metrics").text
                 time.sleep(1.0)  # several probe intervals
                 attempts = [int(state_of(clean_redis, e)[b"attempts"]) for e in waiting]
                 downstream.statuses = [200]
