@@ -98,3 +98,22 @@ DEAD_LETTERS = Gauge(
 READY = Gauge(
     "receiver_ready", "1 when Redis and the sink answer, else 0.", registry=SERVICE_REGISTRY
 )
+VERIFICATIONS = Counter(
+    "receiver_verifications_total",
+    "Deliveries whose signature verified, by source and key fingerprint (fp_…), so a "
+    "rotation shows when the old key stops being used.",
+    ["source", "key"],
+)
+REJECTED_RECORDED = Counter(
+    "receiver_rejected_deliveries_recorded_total",
+    "Rejected deliveries written to the rejected-delivery log.",
+)
+REJECTED_SAMPLED_OUT = Counter(
+    "receiver_rejected_deliveries_sampled_out_total",
+    "Rejected deliveries only counted, not logged (over the per-process recording rate).",
+)
+WORKERS_LIVE = Gauge(
+    "receiver_workers_live",
+    "Workers whose heartbeat in Redis is recent.",
+    registry=SERVICE_REGISTRY,
+)
