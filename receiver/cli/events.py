@@ -111,16 +111,35 @@ def _print_detail(data: dict[str, Any]) -> None:
         extra = " ".join(
             f"{key}={value}"
             for key, value in entry.items()
-            if key not in ("at", "at_ms", "state", "by")
+            if key not in ("at", "at_ms", "state", "by", "attempt")
         )
         line = f"  {entry['at']}  {entry.get('state', ''):<8} by {entry.get('by', '')} {extra}"
         click.echo(line.rstrip())
+        attempt = entry.get("attempt")
+        if isinstance(attempt, dict):
+            click.echo(f"      attempt: {_attempt_line(attempt)}")
     click.echo("body (redacted; --raw for the stored bytes):")
     body = data.get("body")
     if isinstance(body, str):
         click.echo(body)
     elif body is not None:
         click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+
+
+def _attempt_line(attempt: dict[str, Any]) -> str:
+    """One sink attempt: outcome, duration, the sink's answer, a stale record's held state."""
+    parts = [str(attempt.get("outcome", "")), f"{attempt.get('duration_ms', 0)} ms"]
+    if attempt.get("status") is not None:
+        parts[0] += f" status={attempt['status']}"
+    held = attempt.get("held")
+    if isinstance(held, dict):
+        parts.append(
+            f"record held {held.get('status')} of {held.get('source_updated_at')} "
+            f"(event {held.get('last_event_id')})"
+        )
+    if attempt.get("answer"):
+        parts.append(f"answer: {attempt['answer']}")
+    return "  ".join(parts)
 
 
 @events.command("audit")

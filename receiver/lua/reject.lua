@@ -1,6 +1,7 @@
 -- Record a batch of rejected deliveries (issue 14, item 3) and count every rejection of
 -- the batch's period, recorded or sampled out, by code. The log is bounded both ways: by
--- count (MAXLEN) and by age (MINID), so a flood can neither grow it nor keep old entries.
+-- count (MAXLEN ~, so at most one stream node over) and by age (MINID), so a flood can
+-- neither grow it nor keep old entries.
 --
 -- KEYS: 1 rejected stream, 2 counts hash of this minute
 -- ARGV: 1 max entries, 2 min id (now - max age), 3 counter ttl_ms, 4 entries n,
@@ -11,7 +12,8 @@ for _ = 1, n do
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, i, i + 2 * f - 1))
   i = i + 2 * f
 end
-if n > 0 then redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[2]) end
+-- Exact for age (a few entries per flush at most), approximate for count (whole nodes).
+if n > 0 then redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2]) end
 local counted = false
 while i < #ARGV do
   redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
