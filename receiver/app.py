@@ -189,7 +189,7 @@ class WebhookEndpoint:
                 body_bytes=int(declared) if declared.isdigit() else 0,
             )
             raise
-        metrics.child(metrics.VERIFICATIONS, source, event.signing_key).inc()
+        metrics.VERIFICATIONS.inc(source, event.signing_key)
         context.update(event_id=event.event_id, type=event.event_type, record_key=event.record_key)
         try:
             result = await runtime.store.accept(event)

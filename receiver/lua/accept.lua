@@ -5,9 +5,9 @@
 -- KEYS: 1 event hash, 2 history list, 3 stream, 4 index zset, 5 dead zset,
 --       6 record index zset (this shard's events of the record), 7 key-use hash (this minute)
 -- ARGV: 1 body_sha256, 2 now_ms, 3 ttl_ms, 4 member, 5 state, 6 history entry,
---       7 key-use field ('<source>|<key fingerprint>', '' for none), 8 counter ttl_ms,
---       9 record key ('' when unmappable), 10 body (raw or sealed bytes),
---       11… name/value pairs of the event hash's other fields
+--       7 body (raw or sealed bytes), 8… name/value pairs of the event hash's other fields,
+--       in a fixed order: source first (ARGV[9]), record_key fourth (ARGV[15]),
+--       signing_key last (ARGV[#ARGV], '' when none)
 -- Returns 1 new, 0 duplicate (same body), 2 conflict (same id, different body).
 --
 -- PERF: Redis runs this for every new event, so it does no more than it must: the fields
@@ -15,10 +15,11 @@
 -- and dead sets happens in the worker's periodic housekeeping (promote.lua), not here.
 -- Counting the verifying key here keeps ingest at one command per delivery (issue 14).
 local now = tonumber(ARGV[2])
-if ARGV[7] ~= '' then
+local signing_key = ARGV[#ARGV]
+if signing_key ~= '' then
   -- Every verified delivery counts, duplicates too: it shows which key senders still use.
-  if redis.call('HINCRBY', KEYS[7], ARGV[7], 1) == 1 then
-    redis.call('PEXPIRE', KEYS[7], ARGV[8])
+  if redis.call('HINCRBY', KEYS[7], ARGV[9] .. '|' .. signing_key, 1) == 1 then
+    redis.call('PEXPIRE', KEYS[7], COUNTER_TTL_MS)
   end
 end
 local stored_sha = redis.call('HGET', KEYS[1], 'body_sha256')
@@ -27,12 +28,12 @@ if stored_sha then
   return 2
 end
 local ttl = tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], 'body', ARGV[10], unpack(ARGV, 11))
+redis.call('HSET', KEYS[1], 'body', ARGV[7], unpack(ARGV, 8))
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('RPUSH', KEYS[2], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('ZADD', KEYS[4], now, ARGV[4])
-if ARGV[9] ~= '' then
+if ARGV[15] ~= '' then
   -- Lives as long as the newest of its events; readers skip members past the retention.
   redis.call('ZADD', KEYS[6], now, ARGV[4])
   redis.call('PEXPIRE', KEYS[6], ttl)

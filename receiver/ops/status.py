@@ -144,9 +144,7 @@ class Status:
         # Counts keyed by our own codes: not redacted by key, since a code such as
         # ``invalid_signature`` looks like a secret's name to the redaction and holds none.
         data["dead_by_reason"] = {_code(c): int(n) for c, n in self.dead_by_reason.items()}
-        data["rejected_last_hour"] = {
-            _code(c): int(n) for c, n in self.rejected_last_hour.items()
-        }
+        data["rejected_last_hour"] = {_code(c): int(n) for c, n in self.rejected_last_hour.items()}
         return data
 
 

@@ -52,9 +52,9 @@ MAX_FINISH_BATCH = 128
 # clock skew between this host and Redis, which set the hash's TTL (a tenth of a short
 # retention at most).
 LOST_SLACK_MS = 60_000
-# The Lua scripts under lua/, each loaded once and run by SHA.
+# The Lua scripts under lua/, each loaded once and run by SHA (accept.lua too, below).
 SCRIPTS = (
-    "accept", "finish", "retry", "promote", "requeue", "release", "vanished", "consumers",
+    "finish", "retry", "promote", "requeue", "release", "vanished", "consumers",
     "resolve", "reencrypt",
 )  # fmt: skip
 # Entries of its own pending list a worker takes back per read after a Redis failure.
@@ -83,12 +83,14 @@ class EventStore:
         self.client = client
         self.retention_ms = retention_seconds * 1000
         self._retention_text = str(self.retention_ms)
-        self._counter_ttl_text = str(COUNTER_TTL_MS)
         self.shards = shards
         self.pipeline = AutoPipeline(client)
         self._next_shard = 0
         self._backlog_seen = False  # the last read found entries: try the cheap read first
         self._scripts = {name: Script(self.pipeline, load_lua(name)) for name in SCRIPTS}
+        # The counters' lifetime is a constant of keys.py, written into the script once.
+        accept = load_lua("accept").replace("COUNTER_TTL_MS", str(COUNTER_TTL_MS))
+        self._scripts["accept"] = Script(self.pipeline, accept)
         self.rejections = RejectionLog(self.pipeline, Script(self.pipeline, load_lua("reject")))
         self.workers = WorkerRegistry(self.pipeline, Script(self.pipeline, load_lua("heartbeat")))
         self.audit = AuditLog(self.pipeline)
@@ -129,7 +131,6 @@ class EventStore:
         # fifth of that, and the receive time is used three times.
         received = str(event.received_ms)
         state = event.state.value
-        key_use = f"{event.source}|{event.signing_key}" if event.signing_key else ""
         result = await self._scripts["accept"](
             (
                 keys.event(member), keys.history(member), keys.stream, keys.index, keys.dead,
@@ -142,11 +143,9 @@ class EventStore:
                 member,
                 state,
                 history_entry(state, "ingest", **note),
-                key_use,
-                self._counter_ttl_text,
-                event.record_key,
                 event.body,
-                # The event hash's fields, as name/value pairs.
+                # The event hash's fields, as name/value pairs. accept.lua reads source,
+                # record_key and signing_key by position: keep them where they are.
                 "source", event.source,
                 "event_id", event.event_id,
                 "type", event.event_type,
