@@ -128,7 +128,7 @@ class EventStore:
             else {}
         )
         # PERF: numbers go as text. hiredis converts an int at ~0.35 µs, str() costs a
-        # fifth of that, and the receive time is used three times.
+        # fifth of that.
         received = str(event.received_ms)
         state = event.state.value
         result = await self._scripts["accept"](
@@ -144,20 +144,16 @@ class EventStore:
                 state,
                 history_entry(state, "ingest", **note),
                 event.body,
-                # The event hash's fields, as name/value pairs. accept.lua reads source,
+                # The event hash's other fields, as name/value pairs (accept.lua writes
+                # state, attempts, the times and the body hash itself). It reads source,
                 # record_key and signing_key by position: keep them where they are.
                 "source", event.source,
                 "event_id", event.event_id,
                 "type", event.event_type,
                 "record_key", event.record_key,
-                "state", state,
-                "attempts", "0",
                 "last_error", event.last_error,
                 "reason_code", event.reason_code,
-                "received_ms", received,
-                "updated_ms", received,
                 "signed_ts", str(event.signed_ts),
-                "body_sha256", event.body_sha256,
                 "encrypted", "1" if event.encrypted else "0",
                 "content_type", event.content_type,
                 "signing_key", event.signing_key,
