@@ -310,10 +310,11 @@ class SinkContract:
         for _ in range(ROUNDS):
             key = new_key()
             if stored_before:
-                assert await workers[0].apply(make_record(key, "queued")) is ApplyOutcome.APPLIED
+                first = await workers[0].apply(make_record(key, "queued"))
+                assert outcome_of(first) is ApplyOutcome.APPLIED
             event = make_record(key, "succeeded", 2, final_credits=1.0)
             outcomes = await asyncio.gather(*(worker.apply(event) for worker in workers))
-            assert [ApplyOutcome.APPLIED] * len(workers) == outcomes
+            assert [ApplyOutcome.APPLIED] * len(workers) == [outcome_of(o) for o in outcomes]
             assert backend.expected(event) == await backend.read(key)
 
     async def test_redelivery_after_a_newer_event_is_stale(self, backend: Backend) -> None:

@@ -109,7 +109,7 @@ def env(tmp_path: Path, redis_url: str, clean_redis: redis.Redis) -> dict[str, s
 @pytest.fixture
 def serve(env: dict[str, str], tmp_path: Path) -> Iterator[ServiceProcess]:
     """``receiver serve`` with its worker."""
-    with ServiceProcess(env, tmp_path / "serve.log") as service:
+    with ServiceProcess(env, tmp_path / "serve.log", admin=True) as service:
         yield service
 
 
@@ -161,8 +161,8 @@ class TestRejectedDeliveries:
         logged = cli_json(env, "deliveries", "list", "--rejected", "--limit", "10000")
         # The first 100 at once, then 20 per second (keys.REJECTIONS_*), per process.
         assert 100 <= len(logged) <= 100 + 20 * (elapsed + 2)
-        recorded = metric(serve.url, "receiver_rejected_deliveries_recorded_total")
-        sampled_out = metric(serve.url, "receiver_rejected_deliveries_sampled_out_total")
+        recorded = metric(serve.admin_url, "receiver_rejected_deliveries_recorded_total")
+        sampled_out = metric(serve.admin_url, "receiver_rejected_deliveries_sampled_out_total")
         assert (recorded, recorded + sampled_out) == (len(logged), flood_size)
         entry = logged[0]
         assert (entry["status"], entry["code"], entry["keys_tried"]) == (
@@ -263,15 +263,15 @@ class TestResolve:
         """A resolved event stops counting as dead (gauge, replay --status dead), stays
         showable with its reason, and the audit names the actor."""
         env = {**env, "RECEIVER_ACTOR": "ops-carol"}
-        with ServiceProcess(env, tmp_path / "serve.log") as service:
+        with ServiceProcess(env, tmp_path / "serve.log", admin=True) as service:
             closed, kept = unmappable(service.url), unmappable(service.url)
             wait_state(env, closed, "dead")
             wait_state(env, kept, "dead")
-            assert metric(service.url, "receiver_dead_letters") == 2
+            assert metric(service.admin_url, "receiver_dead_letters") == 2
             result = cli(env, "events", "resolve", closed, "--reason", "test data, never mappable")
             assert result.returncode == 0, result.stderr
             assert "resolved 1 of 1 events as ops-carol" in result.stdout
-            assert metric(service.url, "receiver_dead_letters") == 1
+            assert metric(service.admin_url, "receiver_dead_letters") == 1
         dry = cli_json(env, "replay", "--status", "dead", "--dry-run")
         assert dry["total"] == 1
         planned = cli(env, "replay", "--status", "dead", "--dry-run")
@@ -405,15 +405,15 @@ class TestRotation:
             keys = cli_json(env, "status")["signing_keys"]
             return {key["fingerprint"]: key["verified_last_hour"] for key in keys}
 
-        with ServiceProcess(env, tmp_path / "serve.log") as service:
+        with ServiceProcess(env, tmp_path / "serve.log", admin=True) as service:
             for _ in range(3):
                 deliver(service.url, generation(), secret=TEST_SECRET)
             assert counts() == {old: 3, new: 0}
             for _ in range(4):
                 deliver(service.url, generation(), secret=NEW_SECRET)
             assert counts() == {old: 3, new: 4}
-            assert metric(service.url, "receiver_verifications_total", key=old) == 3
-            assert metric(service.url, "receiver_verifications_total", key=new) == 4
+            assert metric(service.admin_url, "receiver_verifications_total", key=old) == 3
+            assert metric(service.admin_url, "receiver_verifications_total", key=new) == 4
         keys = cli_json(env, "status")["signing_keys"]
         assert all(key["configured"] for key in keys)
         last = cli_json(env, "events", "list", "--limit", "1")[0]
