@@ -37,9 +37,11 @@ from receiver.ingest import build_event
 from receiver.logs import get_logger
 from receiver.models import EventState
 from receiver.redis_client import REDIS_ERRORS
+from receiver.rejections import RejectionRecorder
 from receiver.runtime import Runtime
 from receiver.settings import Settings
 from receiver.store import AcceptResult, now_ms
+from receiver.store.workers import is_live
 from receiver.worker import Worker
 
 WEBHOOK_PREFIX = "/webhooks/"
@@ -107,15 +109,20 @@ class WebhookEndpoint:
         status, payload = 500, {"error": "internal_error"}
         extra: Sequence[tuple[bytes, bytes]] = ()
         outcome = "error"
+        # What a rejection's log entry is made of, filled by ``_handle`` only on rejection.
+        evidence: dict[str, Any] = {}
+        rejected: DeliveryRejected | None = None
         try:
             status, payload, outcome = await self._handle(
-                scope, receive, source, received_ms, context
+                scope, receive, source, received_ms, context, evidence
             )
         except DeliveryRejected as exc:
             status, payload, outcome = exc.status, exc.payload(), "rejected"
             context["error"] = exc.code
+            rejected = exc
             if isinstance(exc, StorageUnavailable):
                 outcome = "unavailable"
+                rejected = None  # Redis is down: there is nowhere to record it
                 extra = ((b"retry-after", str(exc.retry_after_seconds).encode()),)
             elif isinstance(exc, MethodNotAllowed):
                 extra = ((b"allow", b"POST"),)
@@ -128,6 +135,10 @@ class WebhookEndpoint:
             log.exception("webhook_failed", **context)
         if outcome != "disconnected":
             await _send_json(send, status, payload, extra)
+        recorder = self._app.recorder
+        if rejected is not None and recorder is not None:
+            # After the answer: the sender never waits for the diagnosis (issue 14, item 3).
+            recorder.note(scope=scope, source=source, status=status, code=rejected.code, **evidence)
         duration = time.perf_counter() - started
         metrics.child(
             metrics.REQUESTS, source if source in self._app.settings.sources else "unknown", outcome
@@ -143,7 +154,13 @@ class WebhookEndpoint:
         )
 
     async def _handle(
-        self, scope: Scope, receive: Receive, source: str, received_ms: int, context: dict[str, Any]
+        self,
+        scope: Scope,
+        receive: Receive,
+        source: str,
+        received_ms: int,
+        context: dict[str, Any],
+        evidence: dict[str, Any],
     ) -> tuple[int, dict[str, Any], str]:
         runtime = self._app.runtime
         verifier = runtime.verifiers.get(source)
@@ -156,12 +173,23 @@ class WebhookEndpoint:
         }
         limit = self._app.settings.max_body_bytes
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge
-        body = await _read_body(receive, limit)
-        if not _is_json(headers.get("content-type", "")):
-            raise UnsupportedMediaType
-        event = build_event(source, verifier, runtime.cipher, headers, body, received_ms)
+        body: bytes | None = None
+        try:
+            if declared.isdigit() and int(declared) > limit:
+                raise PayloadTooLarge
+            body = await _read_body(receive, limit)
+            if not _is_json(headers.get("content-type", "")):
+                raise UnsupportedMediaType
+            event = build_event(source, verifier, runtime.cipher, headers, body, received_ms)
+        except DeliveryRejected:
+            evidence.update(
+                verifier=verifier,
+                headers=headers,
+                body=body,
+                body_bytes=int(declared) if declared.isdigit() else 0,
+            )
+            raise
+        metrics.VERIFICATIONS.inc(source, event.signing_key)
         context.update(event_id=event.event_id, type=event.event_type, record_key=event.record_key)
         try:
             result = await runtime.store.accept(event)
@@ -198,6 +226,7 @@ class ReceiverApp:
         # clean line instead of a lifespan traceback; tests let the lifespan open it.
         self._runtime: Runtime | None = runtime
         self.worker: Worker | None = None
+        self.recorder: RejectionRecorder | None = None
         self._worker_task: asyncio.Task[None] | None = None
         self._webhook = WebhookEndpoint(self)
         self._starlette = Starlette(
@@ -241,6 +270,7 @@ class ReceiverApp:
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         if self._runtime is None:
             self._runtime = await Runtime.open(self.settings, with_sink=True, adopt_orphan=True)
+        self.recorder = RejectionRecorder(self._runtime.store.rejections)
         if self.run_worker:
             assert self._runtime.sink is not None
             self.worker = Worker(self._runtime, self._runtime.sink)
@@ -261,6 +291,8 @@ class ReceiverApp:
             if self.worker is not None and self._worker_task is not None:
                 await self.worker.stop(self.settings.shutdown_timeout_seconds)
                 await self._worker_task
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self.recorder.aclose()
             await self._runtime.aclose()
             log.info("stopped")
 
@@ -299,6 +331,8 @@ async def metrics_response(runtime: Runtime) -> Response:
         metrics.QUEUE_PENDING.set(stats["pending"])
         metrics.QUEUE_RETRYING.set(stats["retrying"])
         metrics.DEAD_LETTERS.set(stats["dead"])
+        workers = await asyncio.wait_for(runtime.store.workers.known(), READINESS_TIMEOUT_SECONDS)
+        metrics.WORKERS_LIVE.set(sum(1 for info in workers if is_live(info)))
     body = prometheus_client.generate_latest() + prometheus_client.generate_latest(
         metrics.SERVICE_REGISTRY
     )

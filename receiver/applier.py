@@ -22,13 +22,13 @@ from receiver.bodies import BodyDecryptError
 from receiver.errors import PermanentSinkError, TransientSinkError
 from receiver.keys import MEMBER_SEPARATOR, source_of
 from receiver.logs import get_logger
-from receiver.models import ApplyOutcome, EventState, ReasonCode, Record
+from receiver.models import ApplyOutcome, EventState, ReasonCode, Record, SinkResult
 from receiver.redaction import redact_text
 from receiver.retries import RetryPolicy
 from receiver.rivya import UnmappableEvent, map_event, parse_body
 from receiver.runtime import Runtime
 from receiver.sinks.base import Sink, apply_all
-from receiver.store import EventOutcome, QueueEntry, StoredEvent, Vanished, now_ms
+from receiver.store import Attempt, EventOutcome, QueueEntry, StoredEvent, Vanished, now_ms
 
 log = get_logger("receiver.worker")
 MAX_ERROR_LENGTH = 500
@@ -39,14 +39,14 @@ LOST_ERROR = (
 
 # Told whether the sink answered a batch (any record applied, stale or refused for good),
 # and whether that batch was the circuit's probe.
-SinkResult = Callable[[bool, bool], None]
+SinkAnswered = Callable[[bool, bool], None]
 
 
 class BatchApplier:
     """Map, apply and record batches of queue entries for one sink."""
 
     def __init__(
-        self, runtime: Runtime, sink: Sink, policy: RetryPolicy, on_sink_result: SinkResult
+        self, runtime: Runtime, sink: Sink, policy: RetryPolicy, on_sink_result: SinkAnswered
     ) -> None:
         self.runtime = runtime
         self.store = runtime.store
@@ -115,6 +115,7 @@ class BatchApplier:
         still held. Transient failures are scheduled for a retry (their outcome's state
         stays ``pending``), or are dead once their budget is spent."""
         apply_started = time.perf_counter()
+        results: list[ApplyOutcome | SinkResult | Exception]
         try:
             # asyncio.timeout, not wait_for: no extra task.
             async with asyncio.timeout(self._sink_timeout + 1):
@@ -122,8 +123,13 @@ class BatchApplier:
         except TimeoutError as exc:
             results = [exc] * len(batch)
         finally:
-            metrics.APPLY_DURATION.observe(time.perf_counter() - apply_started)
-        answered = any(isinstance(r, ApplyOutcome | PermanentSinkError) for r in results)
+            elapsed = time.perf_counter() - apply_started
+            metrics.APPLY_DURATION.observe(elapsed)
+        # The records of a batch are applied together: each attempt took the batch's time.
+        duration_ms = round(elapsed * 1000, 3)
+        answered = any(
+            isinstance(r, ApplyOutcome | SinkResult | PermanentSinkError) for r in results
+        )
         self._on_sink_result(answered, probe)
         now = now_ms()
         outcomes: list[EventOutcome] = []
@@ -131,16 +137,20 @@ class BatchApplier:
         retries = []
         for (entry, event, _), result in zip(batch, results, strict=True):
             attempt = event.attempts + 1
-            if isinstance(result, ApplyOutcome):
-                state = EventState.APPLIED if result is ApplyOutcome.APPLIED else EventState.STALE
-                outcomes.append(EventOutcome(entry, event.member, state, attempt))
+            tried = attempt_of(result, duration_ms)
+            if isinstance(result, ApplyOutcome | SinkResult):
+                applied = (
+                    result if isinstance(result, ApplyOutcome) else result.outcome
+                ) is ApplyOutcome.APPLIED
+                state = EventState.APPLIED if applied else EventState.STALE
+                outcomes.append(EventOutcome(entry, event.member, state, attempt, attempt=tried))
                 continue
             if isinstance(result, PermanentSinkError):
                 error = _error_text("permanent", result)
                 outcomes.append(
                     EventOutcome(
                         entry, event.member, EventState.DEAD, attempt, error, "worker",
-                        ReasonCode.SINK_REJECTED,
+                        ReasonCode.SINK_REJECTED, tried,
                     )
                 )  # fmt: skip
                 continue
@@ -166,12 +176,14 @@ class BatchApplier:
                 outcomes.append(
                     EventOutcome(
                         entry, event.member, EventState.DEAD, attempt, error, "worker",
-                        ReasonCode.RETRIES_EXHAUSTED,
+                        ReasonCode.RETRIES_EXHAUSTED, tried,
                     )
                 )  # fmt: skip
                 continue
             outcomes.append(EventOutcome(entry, event.member, EventState.PENDING, attempt, error))
-            retries.append(self._schedule_retry(entry, event, attempt, error, delay, first_failed))
+            retries.append(
+                self._schedule_retry(entry, event, attempt, error, delay, first_failed, tried)
+            )
         if retries:
             await asyncio.gather(*retries)
         return outcomes, held
@@ -235,8 +247,9 @@ class BatchApplier:
         error: str,
         delay: float,
         first_failed_ms: int,
+        tried: Attempt,
     ) -> None:
-        await self.store.schedule_retry(entry, attempt, error, delay, first_failed_ms)
+        await self.store.schedule_retry(entry, attempt, error, delay, first_failed_ms, tried)
         metrics.APPLY_RETRIES.inc()
         log.warning(
             "event_retry_scheduled",
@@ -245,6 +258,23 @@ class BatchApplier:
             retry_in_s=round(delay, 3),
             error=error,
         )
+
+
+def attempt_of(result: ApplyOutcome | SinkResult | BaseException, duration_ms: float) -> Attempt:
+    """One sink call as the event's history keeps it: the outcome in one word, and what
+    the sink told about it (an HTTP answer's status and body start, a stale record's
+    held state)."""
+    if isinstance(result, ApplyOutcome):
+        return Attempt(duration_ms, result.value)
+    if isinstance(result, SinkResult):
+        return Attempt(duration_ms, result.outcome.value, result.status, result.answer, result.held)
+    if isinstance(result, PermanentSinkError):
+        return Attempt(duration_ms, "rejected", result.status, result.answer)
+    if isinstance(result, TransientSinkError):
+        return Attempt(duration_ms, "failed", result.status, result.answer)
+    if isinstance(result, TimeoutError):
+        return Attempt(duration_ms, "timeout")
+    return Attempt(duration_ms, "error")
 
 
 def _error_text(kind: str, exc: BaseException) -> str:

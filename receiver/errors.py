@@ -86,7 +86,18 @@ class StorageUnavailable(DeliveryRejected):
 
 
 class SinkError(Exception):
-    """Base for sink failures; the message must already be free of secrets."""
+    """Base for sink failures; the message must already be free of secrets.
+
+    An HTTP sink adds the downstream's answer: ``status`` and the first bytes of its body
+    (``answer``, already redacted), which the event's attempt history keeps.
+    """
+
+    def __init__(
+        self, message: str = "", *, status: int | None = None, answer: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.answer = answer
 
 
 class TransientSinkError(SinkError):
@@ -95,3 +106,7 @@ class TransientSinkError(SinkError):
 
 class PermanentSinkError(SinkError):
     """Retrying cannot help: the event goes to ``dead`` at once."""
+
+
+class RecordNotReadable(Exception):
+    """The sink cannot read its records back (HTTP and log sinks; plugins without ``read``)."""

@@ -65,4 +65,5 @@ def build_event(
         last_error=last_error,
         reason_code=reason_code,
         content_type=headers.get("content-type", "")[:100],
+        signing_key=verified.key,
     )

@@ -52,6 +52,45 @@ def credits_day(day: str) -> str:
     return f"{CREDITS_TAG}:day:{day}"
 
 
+# Per-minute counters (key use, rejections) are kept this long: ``status`` reads the last
+# hour, the rest is slack for clocks that disagree and for a slow reader.
+MINUTE_MS = 60_000
+COUNTER_TTL_MS = 2 * 3600 * 1000
+
+# Rejected deliveries (issue 14, item 3): one capped stream for all shards, bounded in
+# count and in age, and per-minute counts by code that include the sampled-out ones. Both
+# share one hash tag, so the script that writes a batch touches one cluster slot.
+REJECTED_TAG = f"{PREFIX}:{{rejected}}"
+REJECTED_LOG = f"{REJECTED_TAG}:log"
+REJECTED_MAX_ENTRIES = 10_000
+REJECTED_MAX_AGE_MS = 7 * 86400 * 1000
+# Each serving process records the first REJECTIONS_BURST, then REJECTIONS_PER_SECOND;
+# a flood beyond that is only counted (receiver_rejected_deliveries_sampled_out_total).
+REJECTIONS_BURST = 100
+REJECTIONS_PER_SECOND = 20.0
+REJECTIONS_FLUSH_SECONDS = 0.25
+
+
+def rejected_counts(minute: int) -> str:
+    """Rejections by code in one minute (``minute`` = epoch ms // MINUTE_MS)."""
+    return f"{REJECTED_TAG}:counts:{minute}"
+
+
+# Worker heartbeats (issue 14, item 6): a zset of consumers by last beat, and one expiring
+# hash per consumer with what ``status`` shows. A worker beats every HEARTBEAT_SECONDS and
+# counts as live while its last beat is younger than WORKER_STALE_SECONDS; a killed one
+# stays visible (stale) for WORKER_FORGET_MS, then disappears.
+WORKERS_TAG = f"{PREFIX}:{{workers}}"
+WORKERS_INDEX = f"{WORKERS_TAG}:index"
+HEARTBEAT_SECONDS = 2.0
+WORKER_STALE_SECONDS = 10.0
+WORKER_FORGET_MS = 3600 * 1000
+
+
+def worker_info(consumer: str) -> str:
+    return f"{WORKERS_TAG}:w:{consumer}"
+
+
 def member_of(source: str, event_id: str) -> str:
     """The queue/index member naming one event; source names cannot contain ``|``."""
     return f"{source}{MEMBER_SEPARATOR}{event_id}"
@@ -79,6 +118,12 @@ class ShardKeys:
     dead: str = field(init=False)
     # Sorted set of events waiting for a retry, scored by due time (ms).
     retry: str = field(init=False)
+    # Sorted set of resolved events (dead ones an operator closed), scored by receive time.
+    resolved: str = field(init=False)
+    # Hash of the last verification time (ms) per ``<source>|<key fingerprint>``.
+    key_last_use: str = field(init=False)
+    # The key-use hash of the current minute, as (minute, name): see ``key_use``.
+    _minute: tuple[int, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         tag = f"{PREFIX}:{{q{self.shard}}}"
@@ -88,14 +133,38 @@ class ShardKeys:
             ("index", f"{tag}:index"),
             ("dead", f"{tag}:dead"),
             ("retry", f"{tag}:retry"),
+            ("resolved", f"{tag}:resolved"),
+            ("key_last_use", f"{tag}:keyuse:last"),
         ):
             object.__setattr__(self, name, value)
+        object.__setattr__(self, "_minute", (-1, ""))
 
     def event(self, member: str) -> str:
         return f"{self.tag}:evt:{member}"
 
     def history(self, member: str) -> str:
         return f"{self.tag}:hist:{member}"
+
+    def record(self, record_key: str) -> str:
+        """Sorted set of this shard's events for one record key, scored by receive time.
+
+        Kept by the accept script; ``records show`` and ``events list --record`` read it
+        instead of walking the whole index. It expires with the newest of its events."""
+        return f"{self.tag}:rec:{record_key}"
+
+    def key_use(self, now_ms: int) -> str:
+        """Hash of verifications per ``<source>|<key fingerprint>`` in the minute of ``now_ms``.
+
+        PERF: on the ingest path; the name is formatted once per minute, not per event."""
+        minute = now_ms // MINUTE_MS
+        cached_minute, name = self._minute
+        if cached_minute != minute:
+            name = self.key_use_at(minute)
+            object.__setattr__(self, "_minute", (minute, name))
+        return name
+
+    def key_use_at(self, minute: int) -> str:
+        return f"{self.tag}:keyuse:{minute}"
 
 
 @functools.cache

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.registry import Collector
 
 
 @functools.lru_cache(maxsize=1024)
@@ -97,4 +100,53 @@ DEAD_LETTERS = Gauge(
 )
 READY = Gauge(
     "receiver_ready", "1 when Redis and the sink answer, else 0.", registry=SERVICE_REGISTRY
+)
+
+
+class PlainCounter(Collector):
+    """A labelled counter kept as plain ints and exported when scraped.
+
+    PERF: for the ingest path, where a prometheus_client child's ``inc`` (a lock and two
+    calls, ~1 µs) is paid on every request. Increments happen on the event loop; a scrape
+    from another thread copies the dict first, which the GIL keeps consistent.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labels: tuple[str, ...], registry: Any = REGISTRY
+    ) -> None:
+        self._name = name.removesuffix("_total")
+        self._documentation = documentation
+        self._labels = list(labels)
+        self.counts: dict[tuple[str, ...], int] = {}
+        registry.register(self)
+
+    def inc(self, *label_values: str) -> None:
+        counts = self.counts
+        counts[label_values] = counts.get(label_values, 0) + 1
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labels)
+        for label_values, value in list(self.counts.items()):
+            family.add_metric(list(label_values), value)
+        yield family
+
+
+VERIFICATIONS = PlainCounter(
+    "receiver_verifications_total",
+    "Deliveries whose signature verified, by source and key fingerprint (fp_…), so a "
+    "rotation shows when the old key stops being used.",
+    ("source", "key"),
+)
+REJECTED_RECORDED = Counter(
+    "receiver_rejected_deliveries_recorded_total",
+    "Rejected deliveries written to the rejected-delivery log.",
+)
+REJECTED_SAMPLED_OUT = Counter(
+    "receiver_rejected_deliveries_sampled_out_total",
+    "Rejected deliveries only counted, not logged (over the per-process recording rate).",
+)
+WORKERS_LIVE = Gauge(
+    "receiver_workers_live",
+    "Workers whose heartbeat in Redis is recent.",
+    registry=SERVICE_REGISTRY,
 )

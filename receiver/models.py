@@ -15,6 +15,9 @@ class EventState(StrEnum):
     APPLIED = "applied"
     STALE = "stale"
     DEAD = "dead"
+    # A dead event an operator closed with a reason (SPEC §10): kept and showable, not
+    # counted as dead, not picked by ``replay --status dead``.
+    RESOLVED = "resolved"
 
 
 class ReasonCode(StrEnum):
@@ -42,6 +45,27 @@ class ApplyOutcome(StrEnum):
 
     APPLIED = "applied"
     STALE = "stale"
+
+
+@dataclass(frozen=True, slots=True)
+class SinkResult:
+    """An outcome with what the sink can tell about it, for the event's attempt history.
+
+    A sink may answer ``apply`` with this instead of a bare ``ApplyOutcome``: ``held`` is
+    what the record held when the guard kept it (a stale outcome: its ``status``,
+    ``source_updated_at`` and ``last_event_id``); ``status`` and ``answer`` are an HTTP
+    downstream's answer (its status, the first bytes of its body, already redacted).
+    """
+
+    outcome: ApplyOutcome
+    held: dict[str, str] | None = None
+    status: int | None = None
+    answer: str | None = None
+
+
+def outcome_of(result: ApplyOutcome | SinkResult) -> ApplyOutcome:
+    """The plain outcome of what a sink answered."""
+    return result if isinstance(result, ApplyOutcome) else result.outcome
 
 
 # SPEC §4: queued < processing < succeeded = failed; rank 2 is terminal.

@@ -85,6 +85,8 @@ class Settings:
     admin_addr: tuple[str, int] | None = DEFAULT_ADMIN_ADDR
     admin_users_file: Path | None = None
     admin_session_seconds: float = 8 * 3600.0
+    # Who runs operator actions (replay, resolve) for the audit log; ``--actor`` wins.
+    actor: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -177,6 +179,7 @@ class Settings:
             admin_addr=_admin_addr(environ),
             admin_users_file=_optional_path(reader.text("RECEIVER_ADMIN_USERS_FILE", "")),
             admin_session_seconds=reader.duration("RECEIVER_ADMIN_SESSION_TTL", "8h", minimum=60),
+            actor=_actor(reader.text("RECEIVER_ACTOR", "")),
         )
 
 
@@ -215,6 +218,7 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "RECEIVER_ADMIN_ADDR",
     "RECEIVER_ADMIN_USERS_FILE",
     "RECEIVER_ADMIN_SESSION_TTL",
+    "RECEIVER_ACTOR",
 )
 
 
@@ -279,6 +283,18 @@ class _EnvReader:
         if value not in allowed:
             raise ConfigError(f"{name}: must be one of {', '.join(allowed)}, got {value[:40]!r}")
         return value
+
+
+_ACTOR = re.compile(r"[^\x00-\x1f\x7f]{1,100}")
+
+
+def _actor(value: str) -> str | None:
+    """The audit actor: printable text, at most 100 characters; empty means unset."""
+    if not value:
+        return None
+    if not _ACTOR.fullmatch(value):
+        raise ConfigError("RECEIVER_ACTOR: at most 100 printable characters")
+    return value
 
 
 def _check_keys(variable: str, scheme: Scheme, raw: str, minimum: int = 1) -> tuple[Secret, ...]:

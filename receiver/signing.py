@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import re
@@ -21,6 +22,7 @@ from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from receiver.errors import (
+    DeliveryRejected,
     InvalidSignature,
     InvalidTimestamp,
     MissingSignatureHeader,
@@ -51,10 +53,31 @@ class Scheme(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Verified:
     """A delivery whose signature checked out. ``event_id`` is None for ``stripe``
-    (the id lives in the body, which the caller parses after verification)."""
+    (the id lives in the body, which the caller parses after verification); ``key`` is
+    the fingerprint of the key that matched (``key_fingerprint``)."""
 
     event_id: str | None
     timestamp: int
+    key: str = ""
+
+
+def key_fingerprint(key: str, scheme: Scheme = Scheme.STANDARD) -> str:
+    """A short, stable name for a key that reveals nothing about it: ``fp_`` and the first
+    8 hex digits of the SHA-256 of the key material (what a ``whsec_``/``whpk_`` key
+    decodes to, so every base64 spelling of one key has one fingerprint; for ``stripe``
+    the secret's own bytes, which is what it signs with).
+
+    32 bits of a hash of a secret leave the secret exactly as unguessable; they only tell
+    keys apart, so ops can see which key verified a delivery during a rotation.
+    """
+    material = key.encode()
+    if scheme is Scheme.STANDARD:
+        for prefix in (HMAC_PREFIX, ED25519_PREFIX):
+            # Not a valid key: Settings refuses it; name what was given.
+            if key.startswith(prefix):
+                with contextlib.suppress(ValueError):
+                    material = _key_material(key, prefix, 1)
+    return "fp_" + hashlib.sha256(material).hexdigest()[:8]
 
 
 def parse_keys(scheme: Scheme, raw: str) -> list[str]:
@@ -187,15 +210,23 @@ class Verifier:
         )
         self._hmac_keys: list[bytes] = []
         self._ed25519_keys: list[Ed25519PublicKey] = []
+        # Fingerprints beside the keys, in the same order (what a match reports).
+        self._hmac_names: list[str] = []
+        self._ed25519_names: list[str] = []
+        self.fingerprints = tuple(key_fingerprint(key, scheme) for key in keys)
         for position, key in enumerate(keys, start=1):
+            name = self.fingerprints[position - 1]
             if scheme is Scheme.STRIPE:
                 self._hmac_keys.append(key.encode())
+                self._hmac_names.append(name)
                 continue
             material = _standard_key(key, position)
             if isinstance(material, bytes):
                 self._hmac_keys.append(material)
+                self._hmac_names.append(name)
             else:
                 self._ed25519_keys.append(material)
+                self._ed25519_names.append(name)
 
     @property
     def can_sign(self) -> bool:
@@ -225,20 +256,25 @@ class Verifier:
             candidate = _b64decode(encoded)
             if candidate is None:
                 continue
-            if version == "v1" and any(hmac.compare_digest(candidate, d) for d in hmac_digests):
-                return Verified(event_id, timestamp)
-            if version == "v1a" and self._ed25519_matches(candidate, signed):
-                return Verified(event_id, timestamp)
+            if version == "v1":
+                for position, digest in enumerate(hmac_digests):
+                    if hmac.compare_digest(candidate, digest):
+                        return Verified(event_id, timestamp, self._hmac_names[position])
+            elif version == "v1a":
+                matched = self._ed25519_match(candidate, signed)
+                if matched is not None:
+                    return Verified(event_id, timestamp, matched)
         raise InvalidSignature
 
-    def _ed25519_matches(self, signature: bytes, signed: bytes) -> bool:
-        for public_key in self._ed25519_keys:
+    def _ed25519_match(self, signature: bytes, signed: bytes) -> str | None:
+        """The fingerprint of the public key that verifies ``signature``, if any."""
+        for public_key, name in zip(self._ed25519_keys, self._ed25519_names, strict=True):
             try:
                 public_key.verify(signature, signed)
             except _CryptoInvalidSignature:
                 continue
-            return True
-        return False
+            return name
+        return None
 
     def _verify_stripe(self, headers: Mapping[str, str], body: bytes, now: float) -> Verified:
         header = _header(headers, self.expected_headers, self.signature_header)
@@ -255,11 +291,135 @@ class Verifier:
             raise InvalidTimestamp
         timestamp = _timestamp(timestamp_text, now, self.tolerance_seconds)
         signed = b"%d.%s" % (timestamp, body)
-        for key in self._hmac_keys:
+        for key, name in zip(self._hmac_keys, self._hmac_names, strict=True):
             expected = hmac.digest(key, signed, "sha256").hex()
             if any(hmac.compare_digest(expected.encode(), c.encode()) for c in candidates):
-                return Verified(None, timestamp)
+                return Verified(None, timestamp, name)
         raise InvalidSignature
+
+    def diagnose(self, headers: Mapping[str, str], body: bytes, now: float) -> Diagnosis:
+        """Explain what ``verify`` makes of a delivery, without raising or revealing a key.
+
+        For the rejected-delivery log and ``receiver verify``: which header set was found,
+        the skew, which keys were tried (by fingerprint), and the answer with its reason.
+        """
+        return _diagnose(self, headers, body, now)
+
+
+# Header sets of the ``standard`` scheme, in the order ``verify`` looks for them.
+STANDARD_HEADER_SETS = (
+    ("webhook-*", ("webhook-id", "webhook-timestamp", "webhook-signature")),
+    ("svix-*", ("svix-id", "svix-timestamp", "svix-signature")),
+)
+MAX_DIAGNOSED_ID = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    """What verifying one delivery found, safe to store and print (no key, no signature).
+
+    ``code`` is None when the delivery verifies (``matched_key`` names the key), else the
+    rejection's code (``status`` 400 or 401); ``reason`` says why in one line.
+    """
+
+    scheme: str
+    header_set: str
+    missing: tuple[str, ...]
+    event_id: str | None
+    timestamp: int | None
+    skew_seconds: int | None
+    tolerance_seconds: int
+    signatures: int
+    keys_tried: tuple[str, ...]
+    matched_key: str | None
+    status: int
+    code: str | None
+    reason: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "scheme": self.scheme,
+            "header_set": self.header_set,
+            "missing": list(self.missing),
+            "event_id": self.event_id,
+            "timestamp": self.timestamp,
+            "skew_seconds": self.skew_seconds,
+            "tolerance_seconds": self.tolerance_seconds,
+            "signatures": self.signatures,
+            "keys_tried": list(self.keys_tried),
+            "matched_key": self.matched_key,
+            "valid": self.code is None,
+            "status": self.status,
+            "code": self.code,
+            "reason": self.reason,
+        }
+
+
+def _printable(text: str, limit: int) -> str:
+    """Sender text for a diagnosis: bounded, non-printable characters replaced."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
+
+
+def _diagnose(verifier: Verifier, headers: Mapping[str, str], body: bytes, now: float) -> Diagnosis:
+    if verifier.scheme is Scheme.STRIPE:
+        header_set = verifier.signature_header
+        required: tuple[str, ...] = (verifier.signature_header,)
+    else:
+        header_set, required = next(
+            ((name, names) for name, names in STANDARD_HEADER_SETS if headers.get(names[0])),
+            STANDARD_HEADER_SETS[0],
+        )
+    missing = tuple(name for name in required if not headers.get(name))
+    event_id: str | None = None
+    timestamp: int | None = None
+    signatures = 0
+    if verifier.scheme is Scheme.STANDARD:
+        raw_id = headers.get(required[0], "")
+        event_id = _printable(raw_id, MAX_DIAGNOSED_ID) if raw_id else None
+        raw_ts = headers.get(required[1], "").strip()
+        if raw_ts.isascii() and raw_ts.isdigit() and len(raw_ts) <= 12:
+            timestamp = int(raw_ts)
+        signatures = len([e for e in headers.get(required[2], "").split(" ") if e])
+    else:
+        for item in headers.get(verifier.signature_header, "").split(","):
+            name, _, value = item.strip().partition("=")
+            if name == "t" and value.isascii() and value.isdigit() and len(value) <= 12:
+                timestamp = int(value)
+            elif name == "v1":
+                signatures += 1
+    skew = round(now - timestamp) if timestamp is not None else None
+    keys_tried = verifier.fingerprints
+    try:
+        verified = verifier.verify(headers, body, now)
+    except DeliveryRejected as exc:
+        reason = _reason(exc, missing, skew, verifier.tolerance_seconds, len(keys_tried))
+        tried = keys_tried if exc.code == InvalidSignature.code else ()
+        return Diagnosis(
+            verifier.scheme.value, header_set, missing, event_id, timestamp, skew,
+            verifier.tolerance_seconds, signatures, tried, None, exc.status, exc.code, reason,
+        )  # fmt: skip
+    return Diagnosis(
+        verifier.scheme.value, header_set, missing, event_id, timestamp, skew,
+        verifier.tolerance_seconds, signatures, keys_tried, verified.key, 0, None,
+        f"valid: signed with key {verified.key}",
+    )  # fmt: skip
+
+
+def _reason(
+    exc: DeliveryRejected, missing: tuple[str, ...], skew: int | None, tolerance: int, keys: int
+) -> str:
+    if isinstance(exc, MissingSignatureHeader):
+        return f"missing header {', '.join(missing) or str(exc)}"
+    if isinstance(exc, TimestampOutOfTolerance) and skew is not None:
+        direction = "in the past" if skew > 0 else "in the future"
+        return f"timestamp {abs(skew)} s {direction}, tolerance {tolerance} s"
+    if isinstance(exc, InvalidTimestamp):
+        return "timestamp is not a unix time in seconds"
+    if str(exc) and str(exc) != exc.code:
+        return str(exc)  # our own messages hold no request data (errors.py)
+    if keys == 0:
+        return "no key configured for this source"
+    return f"no signature matches any of the {keys} configured key(s)"
 
 
 def sign_standard(secret: str, event_id: str, timestamp: int, body: bytes) -> str:

@@ -15,6 +15,10 @@ around that, so every fault ends with it healthy again (issue 13):
   visibility timeout; one handed out too often without finishing (a poison event that
   crashes or hangs its worker) goes to ``dead``. Consumers gone for a day that hold
   nothing are removed from the group.
+
+Each worker also registers itself in Redis from its housekeeping (a heartbeat every
+``keys.HEARTBEAT_SECONDS``: consumer, host, pid, start), so ``receiver status`` and
+``replay`` can tell whether anything consumes the queue (issue 14).
 """
 
 from __future__ import annotations
@@ -30,14 +34,14 @@ import time
 from receiver import metrics
 from receiver.applier import BatchApplier
 from receiver.circuit import SinkCircuit, Transition
-from receiver.keys import source_of
+from receiver.keys import HEARTBEAT_SECONDS, source_of
 from receiver.logs import get_logger
 from receiver.models import EventState, ReasonCode
 from receiver.redis_client import REDIS_ERRORS
 from receiver.retries import RetryPolicy
 from receiver.runtime import Runtime
 from receiver.sinks.base import Sink
-from receiver.store import QueueEntry
+from receiver.store import QueueEntry, now_ms
 
 log = get_logger("receiver.worker")
 READ_BLOCK_MS = 500
@@ -112,6 +116,7 @@ class Worker:
         self._heartbeat = time.monotonic()
         self._redis_answered_at: float | None = None
         self._redis_failing = False
+        self._started_ms = now_ms()
 
     # -- health, for the worker's own /healthz and /readyz -----------------------------------
 
@@ -157,6 +162,9 @@ class Worker:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            # Stopped on purpose: no longer listed, rather than shown as a stale worker.
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self.store.workers.leave(self.name)
 
     async def _read_batch(self) -> None:
         await self._slots.acquire()
@@ -400,12 +408,16 @@ class Worker:
         reclaim_every = min(self.settings.visibility_timeout_seconds / 2, 15)
         last_reclaim = 0.0
         last_sweep = time.monotonic() - self._consumer_sweep  # the first tick sweeps
+        last_registered = -HEARTBEAT_SECONDS
         while not self._stopping.is_set():
             self._heartbeat = time.monotonic()
             try:
                 await self.store.promote_due()
                 self._redis_answered()
                 now = time.monotonic()
+                if now - last_registered >= HEARTBEAT_SECONDS:
+                    last_registered = now
+                    await self._register()
                 if now - last_reclaim >= reclaim_every:
                     last_reclaim = now
                     if self._probe_entry is not None:
@@ -420,6 +432,20 @@ class Worker:
             except REDIS_ERRORS as exc:
                 self._redis_failed("maintenance_failed", exc)
             await self._pause(MAINTENANCE_INTERVAL_SECONDS)
+
+    async def _register(self) -> None:
+        """The worker's heartbeat in Redis (``receiver status``, the replay warning)."""
+        await self.store.workers.beat(
+            self.name,
+            {
+                "consumer": self.name,
+                "host": socket.gethostname(),
+                "pid": str(os.getpid()),
+                "started_ms": str(self._started_ms),
+                "concurrency": str(self.settings.worker_concurrency),
+                "in_flight": str(sum(len(entries) for entries in self._tasks.values())),
+            },
+        )
 
     async def _reclaim(self, visibility_ms: int) -> None:
         for entry in await self.store.reclaim(self.name, visibility_ms, 100):

@@ -195,13 +195,15 @@ class Downstream:
     It answers with ``statuses`` in turn (the last one repeats) and records what it got.
     A test may replace ``statuses`` (``[503]``: down, ``[200]``: back) and set ``delay``
     (seconds every POST waits before its answer) while it runs. ``HEAD`` always gets 200,
-    like a downstream whose front answers while its writes fail.
+    like a downstream whose front answers while its writes fail. Answers of 400 and above
+    carry ``body`` (empty by default).
     """
 
-    def __init__(self, *statuses: int, first_delay: float = 0.0) -> None:
+    def __init__(self, *statuses: int, first_delay: float = 0.0, body: bytes = b"") -> None:
         self.statuses = list(statuses) or [200]
         self.first_delay = first_delay
         self.delay = 0.0
+        self.body = body
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.port = free_port()
         config = uvicorn.Config(
@@ -240,7 +242,7 @@ class Downstream:
         if scope["method"] == "POST" and self.delay:
             await asyncio.sleep(self.delay)
         await send({"type": "http.response.start", "status": status, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
+        await send({"type": "http.response.body", "body": self.body if status >= 400 else b""})
 
     def __enter__(self) -> Downstream:
         self._thread.start()

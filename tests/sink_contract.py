@@ -21,7 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from receiver.models import ApplyOutcome, Record
+from receiver.errors import RecordNotReadable
+from receiver.models import ApplyOutcome, Record, SinkResult, outcome_of
 from receiver.settings import Settings
 from receiver.sinks.base import Sink, apply_all
 from tests.conftest import TEST_SECRET
@@ -135,7 +136,44 @@ def histories(draw: st.DrawFn) -> tuple[list[tuple[str, int]], list[int]]:
 
 
 class SinkContract:
-    """Inherit and provide a ``backend`` fixture to run these against a sink."""
+    """Inherit and provide a ``backend`` fixture to run these against a sink.
+
+    ``readable``: the sink reads its records back (``Sink.read``); otherwise it must say
+    so with ``RecordNotReadable``. ``reports_held``: a stale answer says what the record
+    held (every sink that guards order in its own store can).
+    """
+
+    readable = True
+    reports_held = True
+
+    async def test_read_answers_the_record_as_stored(self, backend: Backend) -> None:
+        """read() gives the record as the store holds it, None for an unknown key, or
+        RecordNotReadable for a sink that cannot read back."""
+        record = full_record(new_key())
+        await backend.sink.apply(record)
+        if not self.readable:
+            with pytest.raises(RecordNotReadable):
+                await backend.sink.read(record.record_key)
+            return
+        assert await backend.sink.read(record.record_key) == await backend.read(record.record_key)
+        assert await backend.sink.read(record.record_key) == backend.expected(record)
+        assert await backend.sink.read(new_key()) is None
+
+    async def test_stale_answer_says_what_the_record_held(self, backend: Backend) -> None:
+        """A stale outcome carries the held status, source_updated_at and last_event_id."""
+        if not self.reports_held:
+            return
+        key = new_key()
+        newer = make_record(key, "succeeded", 60)
+        await backend.sink.apply(newer)
+        [result] = await apply_all(backend.sink, [make_record(key, "processing", 1)])
+        assert isinstance(result, SinkResult)
+        assert result.outcome is ApplyOutcome.STALE
+        assert result.held == {
+            "status": "succeeded",
+            "source_updated_at": newer.to_json()["source_updated_at"],
+            "last_event_id": newer.last_event_id,
+        }
 
     async def test_is_a_sink(self, backend: Backend) -> None:
         """The sink satisfies the runtime-checkable Sink protocol."""
@@ -146,7 +184,7 @@ class SinkContract:
         await backend.sink.setup()
         await backend.sink.setup()
         record = make_record(new_key(), "queued")
-        assert await backend.sink.apply(record) is ApplyOutcome.APPLIED
+        assert outcome_of(await backend.sink.apply(record)) is ApplyOutcome.APPLIED
 
     async def test_a_batch_gets_one_answer_per_record_in_order(self, backend: Backend) -> None:
         """apply_all (how the worker applies a batch) answers each record as apply would."""
@@ -158,7 +196,10 @@ class SinkContract:
             make_record(second, "failed"),
         ]
         outcomes = await apply_all(backend.sink, batch)
-        assert [ApplyOutcome.APPLIED, ApplyOutcome.STALE, ApplyOutcome.APPLIED] == outcomes
+        assert [ApplyOutcome.APPLIED, ApplyOutcome.STALE, ApplyOutcome.APPLIED] == [
+            outcome_of(outcome)  # type: ignore[arg-type]
+            for outcome in outcomes
+        ]
         assert [(await backend.read(key) or {}).get("status") for key in (first, second)] == [
             "queued",
             "failed",
@@ -171,7 +212,7 @@ class SinkContract:
     async def test_insert(self, backend: Backend) -> None:
         """A record key seen for the first time is stored."""
         record = make_record(new_key(), "processing")
-        assert await backend.sink.apply(record) is ApplyOutcome.APPLIED
+        assert outcome_of(await backend.sink.apply(record)) is ApplyOutcome.APPLIED
         assert await backend.read(record.record_key) == backend.expected(record)
 
     async def test_newer_update_applies(self, backend: Backend) -> None:
@@ -179,24 +220,27 @@ class SinkContract:
         key = new_key()
         first = make_record(key, "processing", 1, model="a")
         second = make_record(key, "succeeded", 2, model="b", result_urls=("https://x/y.png",))
-        assert await backend.sink.apply(first) is ApplyOutcome.APPLIED
-        assert await backend.sink.apply(second) is ApplyOutcome.APPLIED
+        assert outcome_of(await backend.sink.apply(first)) is ApplyOutcome.APPLIED
+        assert outcome_of(await backend.sink.apply(second)) is ApplyOutcome.APPLIED
         assert await backend.read(key) == backend.expected(second)
 
     async def test_older_is_stale(self, backend: Backend) -> None:
         """An earlier updated_at is ignored and reported stale."""
         key = new_key()
         newer = make_record(key, "processing", 2)
-        assert await backend.sink.apply(newer) is ApplyOutcome.APPLIED
-        assert await backend.sink.apply(make_record(key, "queued", 1)) is ApplyOutcome.STALE
+        assert outcome_of(await backend.sink.apply(newer)) is ApplyOutcome.APPLIED
+        assert (
+            outcome_of(await backend.sink.apply(make_record(key, "queued", 1)))
+            is ApplyOutcome.STALE
+        )
         assert await backend.read(key) == backend.expected(newer)
 
     async def test_equal_time_higher_rank_applies(self, backend: Backend) -> None:
         """On equal updated_at a higher status rank wins."""
         key = new_key()
         queued, processing = make_record(key, "queued", 1), make_record(key, "processing", 1)
-        assert await backend.sink.apply(queued) is ApplyOutcome.APPLIED
-        assert await backend.sink.apply(processing) is ApplyOutcome.APPLIED
+        assert outcome_of(await backend.sink.apply(queued)) is ApplyOutcome.APPLIED
+        assert outcome_of(await backend.sink.apply(processing)) is ApplyOutcome.APPLIED
         assert await backend.read(key) == backend.expected(processing)
 
     @pytest.mark.parametrize(
@@ -211,8 +255,8 @@ class SinkContract:
         key = new_key()
         first = make_record(key, first_status, 1, model="first")
         second = make_record(key, second_status, 1, model="second")
-        assert await backend.sink.apply(first) is ApplyOutcome.APPLIED
-        assert await backend.sink.apply(second) is ApplyOutcome.STALE
+        assert outcome_of(await backend.sink.apply(first)) is ApplyOutcome.APPLIED
+        assert outcome_of(await backend.sink.apply(second)) is ApplyOutcome.STALE
         assert await backend.read(key) == backend.expected(first)
 
     @pytest.mark.parametrize("terminal", ["succeeded", "failed"])
@@ -223,16 +267,21 @@ class SinkContract:
         """A terminal record ignores a non-terminal event even with a newer updated_at."""
         key = new_key()
         done = make_record(key, terminal, 1)
-        assert await backend.sink.apply(done) is ApplyOutcome.APPLIED
-        assert await backend.sink.apply(make_record(key, later, 60)) is ApplyOutcome.STALE
+        assert outcome_of(await backend.sink.apply(done)) is ApplyOutcome.APPLIED
+        assert (
+            outcome_of(await backend.sink.apply(make_record(key, later, 60))) is ApplyOutcome.STALE
+        )
         assert await backend.read(key) == backend.expected(done)
 
     async def test_newer_terminal_replaces_terminal(self, backend: Backend) -> None:
         """Terminal to terminal follows updated_at (a retried job that now failed)."""
         key = new_key()
         failed = make_record(key, "failed", 2, error_code="nsfw", error_message="blocked")
-        assert await backend.sink.apply(make_record(key, "succeeded", 1)) is ApplyOutcome.APPLIED
-        assert await backend.sink.apply(failed) is ApplyOutcome.APPLIED
+        assert (
+            outcome_of(await backend.sink.apply(make_record(key, "succeeded", 1)))
+            is ApplyOutcome.APPLIED
+        )
+        assert outcome_of(await backend.sink.apply(failed)) is ApplyOutcome.APPLIED
         assert await backend.read(key) == backend.expected(failed)
 
     async def test_reapplying_the_same_event_is_applied_without_change(
@@ -242,8 +291,8 @@ class SinkContract:
         key = new_key()
         record = make_record(key, "succeeded", 1, final_credits=2.0)
         again = dataclasses.replace(record, applied_at=record.applied_at + timedelta(minutes=1))
-        assert await backend.sink.apply(record) is ApplyOutcome.APPLIED
-        assert await backend.sink.apply(again) is ApplyOutcome.APPLIED
+        assert outcome_of(await backend.sink.apply(record)) is ApplyOutcome.APPLIED
+        assert outcome_of(await backend.sink.apply(again)) is ApplyOutcome.APPLIED
         assert await backend.read(key) == backend.expected(record)
 
     @pytest.mark.parametrize("stored_before", [True, False], ids=["update", "insert"])
@@ -261,25 +310,26 @@ class SinkContract:
         for _ in range(ROUNDS):
             key = new_key()
             if stored_before:
-                assert await workers[0].apply(make_record(key, "queued")) is ApplyOutcome.APPLIED
+                first = await workers[0].apply(make_record(key, "queued"))
+                assert outcome_of(first) is ApplyOutcome.APPLIED
             event = make_record(key, "succeeded", 2, final_credits=1.0)
             outcomes = await asyncio.gather(*(worker.apply(event) for worker in workers))
-            assert [ApplyOutcome.APPLIED] * len(workers) == outcomes
+            assert [ApplyOutcome.APPLIED] * len(workers) == [outcome_of(o) for o in outcomes]
             assert backend.expected(event) == await backend.read(key)
 
     async def test_redelivery_after_a_newer_event_is_stale(self, backend: Backend) -> None:
         """An old event delivered again after a newer one is stale, not applied."""
         key = new_key()
         old, new = make_record(key, "processing", 1), make_record(key, "succeeded", 2)
-        assert await backend.sink.apply(old) is ApplyOutcome.APPLIED
-        assert await backend.sink.apply(new) is ApplyOutcome.APPLIED
-        assert await backend.sink.apply(old) is ApplyOutcome.STALE
+        assert outcome_of(await backend.sink.apply(old)) is ApplyOutcome.APPLIED
+        assert outcome_of(await backend.sink.apply(new)) is ApplyOutcome.APPLIED
+        assert outcome_of(await backend.sink.apply(old)) is ApplyOutcome.STALE
         assert await backend.read(key) == backend.expected(new)
 
     async def test_all_fields_round_trip(self, backend: Backend) -> None:
         """Every field comes back equal, credits as numbers and times as ISO 8601."""
         record = full_record(new_key())
-        assert await backend.sink.apply(record) is ApplyOutcome.APPLIED
+        assert outcome_of(await backend.sink.apply(record)) is ApplyOutcome.APPLIED
         stored = await backend.read(record.record_key)
         assert stored == backend.expected(record)
         assert stored is not None
@@ -293,15 +343,15 @@ class SinkContract:
         """Optional fields left out come back as None and an empty URL list."""
         key = new_key()
         full, bare = full_record(key), make_record(key, "failed", 3600)
-        assert await backend.sink.apply(full) is ApplyOutcome.APPLIED
-        assert await backend.sink.apply(bare) is ApplyOutcome.APPLIED
+        assert outcome_of(await backend.sink.apply(full)) is ApplyOutcome.APPLIED
+        assert outcome_of(await backend.sink.apply(bare)) is ApplyOutcome.APPLIED
         assert await backend.read(key) == backend.expected(bare)
 
     async def test_records_are_independent(self, backend: Backend) -> None:
         """A guard on one record key does not affect another."""
         first, second = make_record(new_key(), "succeeded", 9), make_record(new_key(), "queued")
-        assert await backend.sink.apply(first) is ApplyOutcome.APPLIED
-        assert await backend.sink.apply(second) is ApplyOutcome.APPLIED
+        assert outcome_of(await backend.sink.apply(first)) is ApplyOutcome.APPLIED
+        assert outcome_of(await backend.sink.apply(second)) is ApplyOutcome.APPLIED
         assert await backend.read(second.record_key) == backend.expected(second)
 
     @settings(
@@ -339,7 +389,7 @@ class SinkContract:
         applied = {
             events[i]
             for i, outcome in zip(order, outcomes, strict=True)
-            if outcome is ApplyOutcome.APPLIED
+            if outcome_of(outcome) is ApplyOutcome.APPLIED
         }
         assert final in applied
         # Applied events were each newer than the one before: they form one chain.

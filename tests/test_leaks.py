@@ -278,3 +278,114 @@ def test_no_secret_in_worker_outputs(tmp_path: Path) -> None:
     assert [] == [secret for secret in secrets if secret in output + answers]
     for line in output.splitlines():
         assert {"event", "level", "timestamp"} <= set(orjson.loads(line))
+
+
+def test_no_secret_in_the_ops_outputs(tmp_path: Path) -> None:
+    """Rejected deliveries, status, timelines with a sink's answer, records, resolve, replay
+    --wait and the audit never print a secret, a signature or a signed URL's query."""
+    import subprocess
+    import sys
+
+    import redis
+
+    from tests.helpers import eventually
+    from tests.servers import Downstream
+
+    echoed = (
+        f'{{"error":"bad record","auth":"Bearer {API_KEY}",'
+        f'"file":"https://cdn.example/a.png?X-Amz-Signature={URL_SIGNATURE}"}}'
+    ).encode()
+    with (
+        RedisProcess(tmp_path / "redis") as server,
+        Downstream(400, body=echoed) as downstream,
+    ):
+        redis.Redis(port=server.port).config_set("requirepass", REDIS_PASSWORD)
+        env = base_env(
+            tmp_path,
+            f"redis://:{REDIS_PASSWORD}@127.0.0.1:{server.port}/0",
+            RECEIVER_SINK=downstream.url,
+            RECEIVER_FORWARD_SECRET=FORWARD_SECRET,
+            RECEIVER_ACTOR="leak-tester",
+        )
+        outputs: list[str] = []
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            result = subprocess.run(
+                [sys.executable, "-m", "receiver", *args],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            outputs.extend([result.stdout, result.stderr])
+            return result
+
+        service = ServiceProcess(env, tmp_path / "serve.log")
+        with service, httpx.Client(base_url=service.url, timeout=10) as client:
+            gen = generation(
+                result={
+                    "primary_url": f"https://cdn.example/r.png?X-Amz-Signature={URL_SIGNATURE}",
+                    "urls": [],
+                },
+                client_request_id=API_KEY,
+            )
+            body = orjson.dumps(envelope(gen))
+            good = signed_headers(body)
+            assert client.post("/webhooks/rivya", content=body, headers=good).status_code == 202
+            wrong = signed_headers(body, "msg_wrong", secret=FORWARD_SECRET)
+            for headers in (
+                {**wrong, "authorization": f"Bearer {API_KEY}", "x-api-key": API_KEY},
+                signed_headers(body, timestamp=int(time.time()) - 10_000),
+                {
+                    "content-type": "application/json",
+                    "webhook-signature": good["webhook-signature"],
+                },
+            ):
+                assert client.post(
+                    "/webhooks/rivya", content=body, headers=headers
+                ).status_code in (
+                    400,
+                    401,
+                )
+            event_id = good["webhook-id"]
+
+            def dead() -> bool:
+                return '"state": "dead"' in cli("events", "show", event_id, "--json").stdout
+
+            eventually(dead, 30, "the event to be dead on the 400")
+
+            def logged() -> bool:
+                return (
+                    len(orjson.loads(cli("deliveries", "list", "--rejected", "--json").stdout)) == 3
+                )
+
+            eventually(logged, 30, "three rejected deliveries")
+            for args in (
+                ("deliveries", "list", "--rejected"),
+                ("status", "--json"),
+                ("status",),
+                ("events", "show", event_id),
+                ("events", "list", "--json"),
+                ("records", "show", gen["id"], "--json"),
+                ("replay", event_id, "--wait", "--wait-timeout", "5", "--json"),
+                ("events", "resolve", event_id, "--reason", "leak test", "--json"),
+                ("events", "audit", "--json"),
+            ):
+                cli(*args)
+    output = "\n".join([*outputs, service.output()])
+    assert "answer" in output, "the sink's (redacted) answer is shown"
+    assert "fp_" in output, "keys appear by fingerprint"
+    secrets = [
+        TEST_SECRET,
+        TEST_SECRET.removeprefix("whsec_"),
+        FORWARD_SECRET,
+        FORWARD_SECRET.removeprefix("whsec_"),
+        REDIS_PASSWORD,
+        API_KEY,
+        URL_SIGNATURE,
+        good["webhook-signature"].removeprefix("v1,"),
+        wrong["webhook-signature"].removeprefix("v1,"),
+    ]
+    assert [secret for secret in secrets if secret in output] == []

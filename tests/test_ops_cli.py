@@ -496,7 +496,7 @@ class TestReplay:
         result = cli(service.env, "replay", *selection, "--dry-run")
         assert result.returncode == 0, result.stderr
         assert event_id in result.stdout
-        assert "dry run: 1 events would be replayed" in result.stdout
+        assert "dry run: 1 events would be queued" in result.stdout
         assert before == snapshot(rdb, event_id)
         latest = cli_json(service.env, "events", "audit", "--limit", "1")[0]
         assert (latest["dry_run"], latest["matched"], latest["queued"]) == (True, 1, 0)
@@ -672,7 +672,7 @@ def test_dead_events_replay_after_sink_fixed(
     fixed = services.start()
     result = cli(fixed.env, "replay", "--status", "dead", "--since", since, "--yes")
     assert result.returncode == 0, result.stderr
-    assert "replayed 2 of 2" in result.stdout
+    assert "queued 2 of 2 events for replay" in result.stdout
     for event_id in ids:
         wait_replayed(rdb, event_id, "applied")
     for task, event_id in zip(tasks, ids, strict=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
 from datetime import UTC, datetime
 
@@ -31,6 +32,7 @@ from receiver.signing import (
     Scheme,
     Verified,
     Verifier,
+    key_fingerprint,
     key_warnings,
     parse_keys,
     sign_standard,
@@ -40,6 +42,7 @@ from receiver.signing import (
 NOW = 1_700_000_000
 KEYS = [b"first-key-material-24byt", b"second-key-material-24by", b"unknown-key-material-24b"]
 SECRETS = ["whsec_" + base64.b64encode(key).decode() for key in KEYS]
+FP0 = key_fingerprint(SECRETS[0])
 BODY = b'{"id":"evt_1","type":"generation.succeeded","data":{"id":"task_1"}}'
 BODIES = [BODY, b"", b"\xff\xfe\x00 not utf-8 \x80", b"x" * 100_000]
 BODY_IDS = ["json", "empty", "not-utf8", "large"]
@@ -91,14 +94,17 @@ class TestStandardVectors:
 
         actual = verifier.verify(sent, b'{"test": 2432232314}', now=timestamp)
 
-        assert Verified(msg_id, timestamp) == actual
+        assert (
+            Verified(msg_id, timestamp, key_fingerprint("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"))
+            == actual
+        )
 
     @pytest.mark.parametrize("body", BODIES, ids=BODY_IDS)
     def test_hand_signed_body_verifies(self, body: bytes) -> None:
         """A signature computed from the spec verifies, whatever the body bytes (even non-UTF-8)."""
         sent = headers(hand_standard(KEYS[0], "msg_1", NOW, body))
 
-        assert Verified("msg_1", NOW) == standard().verify(sent, body, now=NOW)
+        assert Verified("msg_1", NOW, FP0) == standard().verify(sent, body, now=NOW)
 
     @pytest.mark.parametrize("body", BODIES, ids=BODY_IDS)
     def test_sign_standard_matches_spec(self, body: bytes) -> None:
@@ -124,7 +130,7 @@ class TestStandardVectors:
         good = hand_standard(KEYS[0], "msg_1", NOW, BODY).removeprefix("v1,")
         sent = headers(entries.replace("{good}", good))
 
-        assert Verified("msg_1", NOW) == standard().verify(sent, BODY, now=NOW)
+        assert Verified("msg_1", NOW, FP0) == standard().verify(sent, BODY, now=NOW)
 
 
 class TestReferenceLibrary:
@@ -137,7 +143,7 @@ class TestReferenceLibrary:
 
         actual = standard().verify(headers(signature, "msg_ref", now), BODY, now=now)
 
-        assert Verified("msg_ref", now) == actual
+        assert Verified("msg_ref", now, FP0) == actual
 
     def test_our_signature_verifies_there(self) -> None:
         """sign_standard output verifies with the standardwebhooks package (it raises if not)."""
@@ -157,7 +163,9 @@ class TestEd25519:
         private, public = ed25519_pair()
         sent = headers(sign_v1a(private, "msg_1", NOW, body))
 
-        assert Verified("msg_1", NOW) == standard(public).verify(sent, body, now=NOW)
+        assert Verified("msg_1", NOW, key_fingerprint(public)) == standard(public).verify(
+            sent, body, now=NOW
+        )
 
     @pytest.mark.parametrize("case", ["other-key", "hmac-as-v1a", "v1a-as-v1"], ids=str)
     def test_rejected(self, case: str) -> None:
@@ -182,7 +190,10 @@ class TestEd25519:
         by_hmac = verifier.verify(headers(hand_standard(KEYS[0], "m", NOW, BODY), "m"), BODY, NOW)
         by_ed25519 = verifier.verify(headers(sign_v1a(private, "m", NOW, BODY), "m"), BODY, NOW)
 
-        assert (Verified("m", NOW), Verified("m", NOW)) == (by_hmac, by_ed25519)
+        assert (Verified("m", NOW, FP0), Verified("m", NOW, key_fingerprint(public))) == (
+            by_hmac,
+            by_ed25519,
+        )
 
     def test_cannot_sign(self) -> None:
         """A verifier holding only whpk_ keys reports that it cannot sign."""
@@ -202,7 +213,7 @@ class TestHeaderLookup:
             f"{prefix}-signature": hand_standard(KEYS[0], "msg_1", NOW, BODY),
         }
 
-        assert Verified("msg_1", NOW) == standard().verify(sent, BODY, now=NOW)
+        assert Verified("msg_1", NOW, FP0) == standard().verify(sent, BODY, now=NOW)
 
     def test_starlette_headers_any_case(self) -> None:
         """With the app's case-insensitive Headers, mixed-case names on the wire are found."""
@@ -211,7 +222,7 @@ class TestHeaderLookup:
             {"Webhook-ID": "msg_1", "WEBHOOK-TIMESTAMP": str(NOW), "Webhook-Signature": signature}
         )
 
-        assert Verified("msg_1", NOW) == standard().verify(sent, BODY, now=NOW)
+        assert Verified("msg_1", NOW, FP0) == standard().verify(sent, BODY, now=NOW)
 
 
 class TestStripe:
@@ -224,7 +235,9 @@ class TestStripe:
         """A correct header verifies; the event id is left to the body (None)."""
         sent = {"rivya-signature": f"t={NOW},v1={hand_stripe(SECRETS[0], NOW, body)}"}
 
-        assert Verified(None, NOW) == stripe(SECRETS[0]).verify(sent, body, now=NOW)
+        assert Verified(None, NOW, key_fingerprint(SECRETS[0], Scheme.STRIPE)) == stripe(
+            SECRETS[0]
+        ).verify(sent, body, now=NOW)
 
     def test_keyed_with_whole_string_not_decoded(self) -> None:
         """A whsec_ secret is used as its literal bytes, not base64-decoded as in ``standard``."""
@@ -237,7 +250,9 @@ class TestStripe:
         """The configured header name is read (case-insensitively configured)."""
         sent = {"x-acme-sig": f"t={NOW},v1={hand_stripe('s', NOW, BODY)}"}
 
-        assert Verified(None, NOW) == stripe("s", header="X-Acme-Sig").verify(sent, BODY, NOW)
+        assert Verified(None, NOW, key_fingerprint("s", Scheme.STRIPE)) == stripe(
+            "s", header="X-Acme-Sig"
+        ).verify(sent, BODY, NOW)
 
     @pytest.mark.parametrize("header", ["Rivya-Signature", "X-Acme-Sig"])
     def test_missing_header_names_the_configured_one(self, header: str) -> None:
@@ -262,7 +277,9 @@ class TestStripe:
         good = hand_stripe("s", NOW, BODY)
         value = template.format(t=NOW, bad="0" * 64, good=good, GOOD=good.upper())
 
-        assert Verified(None, NOW) == stripe("s").verify({"rivya-signature": value}, BODY, NOW)
+        assert Verified(None, NOW, key_fingerprint("s", Scheme.STRIPE)) == stripe("s").verify(
+            {"rivya-signature": value}, BODY, NOW
+        )
 
     @pytest.mark.parametrize(
         ("value", "error"),
@@ -299,7 +316,12 @@ class TestRotation:
         else:
             sent = {"rivya-signature": f"t={NOW},v1={hand_stripe(SECRETS[index], NOW, BODY)}"}
 
-        expected = Verified("m" if scheme is Scheme.STANDARD else None, NOW)
+        # The answer names the key that matched, so ops can follow a rotation.
+        expected = Verified(
+            "m" if scheme is Scheme.STANDARD else None,
+            NOW,
+            key_fingerprint(SECRETS[index], scheme),
+        )
         assert expected == Verifier(scheme, SECRETS[:2]).verify(sent, BODY, NOW)
 
     def test_third_key_rejected(self) -> None:
@@ -507,7 +529,7 @@ class TestKeyFormats:
 
         verified = standard(secret).verify(headers(signature, "msg_unpadded"), BODY, now=NOW)
 
-        assert Verified("msg_unpadded", NOW) == verified
+        assert Verified("msg_unpadded", NOW, key_fingerprint(secret)) == verified
 
     def test_url_safe_secret_verifies_a_signature_with_its_bytes(self) -> None:
         """A URL-safe whsec_ secret (padded or not) is decoded as URL-safe: it verifies a
@@ -519,7 +541,22 @@ class TestKeyFormats:
 
         for secret in ("whsec_" + url_safe, "whsec_" + url_safe.rstrip("=")):
             verified = standard(secret).verify(headers(signature, "msg_urlsafe"), BODY, now=NOW)
-            assert Verified("msg_urlsafe", NOW) == verified
+            assert Verified("msg_urlsafe", NOW, key_fingerprint(secret)) == verified
+
+    def test_every_form_of_one_key_has_one_fingerprint(self) -> None:
+        """The fingerprint names the key material, not its spelling; other keys differ."""
+        forms = [
+            base64.b64encode(ODD_KEY).decode(),
+            base64.b64encode(ODD_KEY).decode().rstrip("="),
+            base64.urlsafe_b64encode(ODD_KEY).decode(),
+        ]
+        fingerprints = {key_fingerprint("whsec_" + form) for form in forms}
+        assert len(fingerprints) == 1
+        [fingerprint] = fingerprints
+        assert re.fullmatch(r"fp_[0-9a-f]{8}", fingerprint)
+        assert fingerprint != key_fingerprint(SECRETS[0])
+        # A stripe secret signs with its own bytes, so that is what is fingerprinted.
+        assert key_fingerprint("s", Scheme.STRIPE) == "fp_" + hashlib.sha256(b"s").hexdigest()[:8]
 
     def test_every_form_of_one_key_signs_alike(self) -> None:
         """Standard, unpadded and URL-safe spellings of one key are the same key."""

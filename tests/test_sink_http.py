@@ -36,9 +36,10 @@ from receiver.errors import (
     ConfigError,
     DeliveryRejected,
     PermanentSinkError,
+    SinkError,
     TransientSinkError,
 )
-from receiver.models import STATUS_RANK, ApplyOutcome, Record, parse_time
+from receiver.models import STATUS_RANK, ApplyOutcome, Record, SinkResult, outcome_of, parse_time
 from receiver.settings import Settings
 from receiver.signing import Scheme, Verifier
 from receiver.sinks.base import find_factory
@@ -85,6 +86,7 @@ class Downstream:
                 Route("/slow", self.slow_endpoint, methods=["POST"]),
                 Route("/verified", self.verified_endpoint, methods=["POST"]),
                 Route("/huge", self.huge_endpoint, methods=["POST"]),
+                Route("/explain/{code:int}", self.explain_endpoint, methods=["POST"]),
             ]
         )
 
@@ -131,6 +133,15 @@ class Downstream:
         code = request.path_params["code"]
         headers = {"location": "/elsewhere"} if 300 <= code < 400 else {}
         return Response(status_code=code, headers=headers)
+
+    async def explain_endpoint(self, request: Request) -> Response:
+        """Answers with a body that explains, as real APIs do (and echoes a token)."""
+        await self._receive(request)
+        body = (
+            b'{"error":"invalid_record","detail":"model z-image unknown",'
+            b'"auth":"Bearer rvya_sk_test_ECHOED0123","pad":"' + b"x" * 2000 + b'"}'
+        )
+        return Response(body, status_code=request.path_params["code"])
 
     async def slow_endpoint(self, request: Request) -> Response:
         await self._receive(request)
@@ -229,6 +240,10 @@ async def backend(server: Server, tmp_path: Path) -> AsyncIterator[Backend]:
 class TestContract(SinkContract):
     """The shared sink contract, with the guard held by the downstream system."""
 
+    # The downstream holds the records: there is nothing to read, and a 409 says no more.
+    readable = False
+    reports_held = False
+
 
 class TestStatusMapping:
     @pytest.mark.parametrize(
@@ -249,7 +264,7 @@ class TestStatusMapping:
         sink = make_sink(f"/status/{status}")
         record = make_record(new_key(), "succeeded")
         if isinstance(expected, ApplyOutcome):
-            assert await sink.apply(record) is expected
+            assert outcome_of(await sink.apply(record)) is expected
         else:
             with pytest.raises(expected, match=str(status)):
                 await sink.apply(record)
@@ -262,6 +277,36 @@ class TestStatusMapping:
             await sink.apply(record)
         ids = [r.headers["webhook-id"] for r in server.downstream.received]
         assert ids.count(record.last_event_id) == 1
+
+
+class TestAnswerReport:
+    @pytest.mark.parametrize(
+        ("status", "error"),
+        [(400, PermanentSinkError), (503, TransientSinkError)],
+        ids=["permanent-400", "transient-503"],
+    )
+    async def test_failure_carries_status_and_redacted_snippet(
+        self, make_sink: Any, status: int, error: type[Exception]
+    ) -> None:
+        """A failing answer's status and first 512 bytes (redacted) travel with the error."""
+        sink = make_sink(f"/explain/{status}")
+        with pytest.raises(error) as raised:
+            await sink.apply(make_record(new_key(), "succeeded"))
+        assert isinstance(raised.value, SinkError)
+        assert raised.value.status == status
+        answer = raised.value.answer
+        assert answer is not None
+        assert answer.startswith('{"error":"invalid_record","detail":"model z-image unknown"')
+        assert len(answer.encode()) <= 512
+        assert "rvya_sk_test_ECHOED0123" not in answer
+
+    async def test_applied_answer_is_reported(self, make_sink: Any) -> None:
+        """A 2xx answer's status and body start come back with the applied outcome."""
+        result = await make_sink("/explain/201").apply(make_record(new_key(), "succeeded"))
+        assert isinstance(result, SinkResult)
+        assert (result.outcome, result.status) == (ApplyOutcome.APPLIED, 201)
+        assert result.answer is not None
+        assert "invalid_record" in result.answer
 
 
 class TestTransport:
@@ -316,7 +361,7 @@ class TestSigning:
     ) -> None:
         """The body is the record as JSON, and its signature verifies downstream."""
         record = full_record(new_key())
-        assert await make_sink("/records").apply(record) is ApplyOutcome.APPLIED
+        assert outcome_of(await make_sink("/records").apply(record)) is ApplyOutcome.APPLIED
         (request,) = [
             r for r in server.downstream.received if r.headers["webhook-id"] == record.last_event_id
         ]
@@ -451,11 +496,16 @@ class TestAnswers:
         await asyncio.to_thread(Path("/proc/self/clear_refs").write_text, "5")  # peak := now
         before = peak_rss_kib()
 
-        assert await sink.apply(make_record(new_key(), "succeeded")) is ApplyOutcome.APPLIED
+        assert (
+            outcome_of(await sink.apply(make_record(new_key(), "succeeded")))
+            is ApplyOutcome.APPLIED
+        )
 
         grown_mib = (peak_rss_kib() - before) / 1024
         assert grown_mib < 32, f"peak RSS grew by {grown_mib:.0f} MiB"
-        assert await sink.apply(make_record(new_key(), "queued")) is ApplyOutcome.APPLIED
+        assert (
+            outcome_of(await sink.apply(make_record(new_key(), "queued"))) is ApplyOutcome.APPLIED
+        )
         huge, small = server.downstream.requests_to("/huge")[-2:]
         assert huge.client_port != small.client_port
 
@@ -464,7 +514,7 @@ class TestAnswers:
         sink = make_sink("/records")
         records = [make_record(new_key(), "queued") for _ in range(3)]
         for record in records:
-            assert await sink.apply(record) is ApplyOutcome.APPLIED
+            assert outcome_of(await sink.apply(record)) is ApplyOutcome.APPLIED
         ids = {record.last_event_id for record in records}
         ports = {
             r.client_port for r in server.downstream.received if r.headers["webhook-id"] in ids
@@ -520,7 +570,7 @@ class TestEnvironment:
             for name in ("NO_PROXY", "no_proxy"):
                 monkeypatch.delenv(name, raising=False)
             record = make_record(new_key(), "queued")
-            assert await make_sink("/records").apply(record) is ApplyOutcome.APPLIED
+            assert outcome_of(await make_sink("/records").apply(record)) is ApplyOutcome.APPLIED
         assert 0 == proxy.connections
         ids = [r.headers["webhook-id"] for r in server.downstream.requests_to("/records")]
         assert record.last_event_id in ids

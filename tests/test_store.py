@@ -174,7 +174,7 @@ class TestAcceptScript:
     async def test_own_pending_entries_are_taken_back(self, redis_client: redis.Redis) -> None:
         """held_by returns every entry pending under one consumer (and only those), across
         pages; touch keeps one held without counting a delivery."""
-        from receiver import store as store_module
+        from receiver.store import events as store_module
 
         store = EventStore(redis_client, retention_seconds=60)
         await store.prepare()

@@ -10,11 +10,14 @@ import click
 
 from receiver.cli.common import ReceiverGroup
 from receiver.cli.config import config, sink
+from receiver.cli.deliveries import deliveries
 from receiver.cli.events import events
 from receiver.cli.keys import admin_token, gen_key, gen_secret
+from receiver.cli.records import records
 from receiver.cli.replay import replay
 from receiver.cli.send_test import send_test
 from receiver.cli.service import console, serve, worker
+from receiver.cli.status import status
 
 __all__ = ["main"]
 
@@ -26,7 +29,7 @@ def main() -> None:
 
 
 for _command in (
-    serve, worker, console, events, replay, send_test, config, sink, gen_secret, gen_key,
-    admin_token,
+    serve, worker, console, events, replay, deliveries, status, records, send_test, config,
+    sink, gen_secret, gen_key, admin_token,
 ):  # fmt: skip
     main.add_command(_command)

@@ -23,7 +23,6 @@ from receiver.cli.common import (
 )
 from receiver.cli.filters import build_filter, filter_options
 from receiver.cli.output import EVENT_COLUMNS, event_rows, print_json, print_table, progress_bar
-from receiver.keys import all_shards
 from receiver.redaction import redact_text, redact_value
 
 RAW_WARNING = (
@@ -46,6 +45,7 @@ def list_command(
     status: str | None,
     event_type: str | None,
     record_key: str | None,
+    reason_code: str | None,
     since: int | None,
     until: int | None,
     limit: int,
@@ -53,15 +53,21 @@ def list_command(
     source: str,
 ) -> None:
     """List stored events, newest first."""
-    event_filter = build_filter(source, status, event_type, record_key, since, until, limit)
+    event_filter = build_filter(
+        source, status, event_type, record_key, since, until, limit, reason_code
+    )
     settings = settings_for(source)
-    found = with_runtime(settings, lambda runtime: ops.list_events(runtime.store, event_filter))
+    page = with_runtime(settings, lambda runtime: ops.list_events(runtime.store, event_filter))
+    found = list(page.events)
     if as_json:
-        print_json([redact_value(ops.summary(event)) for event in found])
+        print_json([ops.summary_json(event) for event in found])
         return
     print_table(EVENT_COLUMNS, event_rows(found))
     if not found:
         click.echo("no events match", err=True)
+    elif page.next_cursor is not None:
+        of = f" of {page.total:,}" if page.total is not None else "; more match"
+        click.echo(f"showing {len(found):,}{of} (--limit)", err=True)
 
 
 @events.command("show")
@@ -105,10 +111,13 @@ def _print_detail(data: dict[str, Any]) -> None:
         extra = " ".join(
             f"{key}={value}"
             for key, value in entry.items()
-            if key not in ("at", "at_ms", "state", "by")
+            if key not in ("at", "at_ms", "state", "by", "attempt")
         )
         line = f"  {entry['at']}  {entry.get('state', ''):<8} by {entry.get('by', '')} {extra}"
         click.echo(line.rstrip())
+        attempt = entry.get("attempt")
+        if isinstance(attempt, dict):
+            click.echo(f"      attempt: {_attempt_line(attempt)}")
     click.echo("body (redacted; --raw for the stored bytes):")
     body = data.get("body")
     if isinstance(body, str):
@@ -117,19 +126,36 @@ def _print_detail(data: dict[str, Any]) -> None:
         click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
 
 
+def _attempt_line(attempt: dict[str, Any]) -> str:
+    """One sink attempt: outcome, duration, the sink's answer, a stale record's held state."""
+    parts = [str(attempt.get("outcome", "")), f"{attempt.get('duration_ms', 0)} ms"]
+    if attempt.get("status") is not None:
+        parts[0] += f" status={attempt['status']}"
+    held = attempt.get("held")
+    if isinstance(held, dict):
+        parts.append(
+            f"record held {held.get('status')} of {held.get('source_updated_at')} "
+            f"(event {held.get('last_event_id')})"
+        )
+    if attempt.get("answer"):
+        parts.append(f"answer: {attempt['answer']}")
+    return "  ".join(parts)
+
+
 @events.command("audit")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def audit_command(limit: int, as_json: bool) -> None:
     """List audited replays, newest first."""
     settings = load_settings()
-    entries = with_runtime(settings, lambda runtime: ops.list_audit(runtime.client, limit))
+    entries = with_runtime(settings, lambda runtime: ops.list_audit(runtime.store, limit))
     if as_json:
         print_json([redact_value(entry.to_json()) for entry in entries])
         return
     rows = [
         [
             data["at"],
+            data["action"],
             data["actor"],
             data["source"],
             orjson.dumps(data["filter"]).decode(),
@@ -145,7 +171,9 @@ def audit_command(limit: int, as_json: bool) -> None:
         click.echo("no audited replays", err=True)
 
 
-AUDIT_COLUMNS = ("at", "actor", "source", "filter", "matched", "queued", "missing", "dry_run")
+AUDIT_COLUMNS = (
+    "at", "action", "actor", "source", "filter", "matched", "queued", "missing", "dry_run",
+)  # fmt: skip
 
 
 @events.command("reencrypt")
@@ -167,12 +195,7 @@ def reencrypt_command(yes: bool) -> None:
         click.confirm("Re-encrypt every stored body under the first key?", abort=True)
 
     async def work(runtime: Any) -> ops.ReencryptResult:
-        total = sum(
-            [
-                int(await runtime.client.zcard(shard.index))
-                for shard in all_shards(runtime.store.shards)
-            ]
-        )
+        total = await ops.count_stored(runtime.store)
         with progress_bar("re-encrypting", total) as progress:
             return await ops.reencrypt(runtime.store, runtime.cipher, progress)
 
@@ -188,3 +211,71 @@ def reencrypt_command(yes: bool) -> None:
         for member in result.failed[:20]:
             click.echo(f"  cannot open: {redact_text(member)}", err=True)
         fail("some bodies are under a key that is no longer configured")
+
+
+@events.command("resolve")
+@click.argument("event_ids", nargs=-1, metavar="[EVENT_ID]...")
+@filter_options
+@click.option("--reason", required=True, help="Why these events need no replay (audited).")
+@click.option("--limit", type=click.IntRange(min=1), help="Resolve at most this many (newest).")
+@click.option("--dry-run", is_flag=True, help="Show what would be resolved; change nothing.")
+@click.option("--yes", is_flag=True, help="Resolve a filter without asking.")
+@click.option("--actor", help="Who resolves, for the audit log (default: RECEIVER_ACTOR, OS user).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@source_option
+def resolve_command(
+    event_ids: tuple[str, ...],
+    status: str | None,
+    event_type: str | None,
+    record_key: str | None,
+    reason_code: str | None,
+    since: int | None,
+    until: int | None,
+    reason: str,
+    limit: int | None,
+    dry_run: bool,
+    yes: bool,
+    actor: str | None,
+    as_json: bool,
+    source: str,
+) -> None:
+    """Mark dead events resolved: kept and showable, no longer dead, never bulk-replayed.
+
+    By ids, or every dead event a filter selects (--error unmappable, --type, ...).
+    """
+    event_filter = build_filter(
+        source, status, event_type, record_key, since, until, limit, reason_code
+    )
+    try:
+        selection = ops.Selection(source, tuple(event_ids), event_filter)
+        ops.check_reason(reason)
+    except ops.FilterError as exc:
+        raise click.UsageError(str(exc)) from None
+    if selection.bulk and not dry_run and not yes and not sys.stdin.isatty():
+        fail("a bulk resolve needs --yes when stdin is not a terminal", EXIT_USAGE)
+    settings = settings_for(source)
+    who = ops.resolve_actor(actor, settings)
+    result = with_runtime(
+        settings,
+        lambda runtime: ops.resolve(
+            runtime.store, selection, reason=reason, actor=who, dry_run=dry_run
+        ),
+    )
+    if as_json:
+        print_json(result.to_json())
+    elif dry_run:
+        would = result.matched - len(result.not_dead) - len(result.missing)
+        click.echo(f"dry run: {would} dead events would be resolved; nothing was changed")
+    else:
+        click.echo(
+            f"resolved {result.resolved} of {result.matched} events as {redact_text(who)} "
+            f"({len(result.not_dead)} not dead, {len(result.missing)} missing)"
+        )
+    for member in result.not_dead:
+        click.echo(f"not dead, left alone: {redact_text(member.partition('|')[2])}", err=True)
+    for member in result.missing:
+        click.echo(
+            f"missing (unknown or expired): {redact_text(member.partition('|')[2])}", err=True
+        )
+    if (result.not_dead or result.missing) and not selection.bulk:
+        raise SystemExit(1)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from receiver import ops
-from receiver.models import EventState
+from receiver.models import EventState, ReasonCode
 from receiver.store import now_ms
 
 
@@ -36,6 +36,12 @@ def filter_options(function: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--type", "event_type", help="Event type; shell patterns allowed."),
         click.option("--record", "record_key", metavar="KEY", help="Only this record key."),
+        click.option(
+            "--error",
+            "reason_code",
+            type=click.Choice([code.value for code in ReasonCode]),
+            help="Only dead events with this reason code.",
+        ),
         click.option("--since", type=TimeBound(), help="Received after: 2h, 30m, 7d or ISO."),
         click.option("--until", type=TimeBound(), help="Received before: 2h, 30m, 7d or ISO."),
     ]
@@ -52,6 +58,7 @@ def build_filter(
     since: int | None,
     until: int | None,
     limit: int | None,
+    reason_code: str | None = None,
 ) -> ops.EventFilter:
     try:
         return ops.EventFilter(
@@ -59,6 +66,7 @@ def build_filter(
             state=EventState(status.lower()) if status else None,
             event_type=event_type,
             record_key=record_key,
+            reason_code=reason_code,
             since_ms=since,
             until_ms=until,
             limit=limit,

@@ -64,7 +64,7 @@ async def replay(
             )
     finally:
         audit_id = await ops.write_audit(
-            runtime.client,
+            runtime.store,
             ops.AuditEntry(
                 actor=who.name,
                 source=selected.source,

@@ -126,7 +126,7 @@ async def show_event(console: AdminApp, request: Request, _who: Principal) -> Re
 
 async def list_audit(console: AdminApp, request: Request, _who: Principal) -> Response:
     limit = views.page_size(request.query_params)
-    entries = await ops.list_audit(console.runtime.client, limit)
+    entries = await ops.list_audit(console.runtime.store, limit)
     return _answer({"entries": [entry.to_json() for entry in entries]})
 
 

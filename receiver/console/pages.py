@@ -283,7 +283,7 @@ async def failed(console: AdminApp, request: Request, who: Principal) -> Respons
 
 async def audit(console: AdminApp, request: Request, who: Principal) -> Response:
     limit = views.page_size(request.query_params)
-    entries = await ops.list_audit(console.runtime.client, limit)
+    entries = await ops.list_audit(console.runtime.store, limit)
     return render(console, request, "audit.html", who,
                   entries=[redact_value(entry.to_json()) for entry in entries])  # fmt: skip
 

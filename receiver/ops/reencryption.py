@@ -9,11 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from receiver.bodies import BodyCipher, BodyDecryptError
-from receiver.keys import all_shards
 from receiver.ops.events import PAGE_SIZE, Progress
-from receiver.store import EventStore, load_lua
-
-REENCRYPT_SCRIPT = load_lua("reencrypt")
+from receiver.store import EventStore
 
 
 @dataclass(slots=True)
@@ -26,6 +23,11 @@ class ReencryptResult:
     failed: list[str] = field(default_factory=list)
 
 
+async def count_stored(store: EventStore) -> int:
+    """How many events are stored (for a progress bar's total)."""
+    return await store.count_stored()
+
+
 async def reencrypt(
     store: EventStore, cipher: BodyCipher, progress: Progress | None = None
 ) -> ReencryptResult:
@@ -35,30 +37,21 @@ async def reencrypt(
     """
     if not cipher.enabled:
         raise BodyDecryptError("RECEIVER_ENCRYPTION_KEYS is not set")
-    shards = all_shards(store.shards)
-    result = ReencryptResult()
-    for shard in shards:
-        result.total += int(await store.client.zcard(shard.index))
+    result = ReencryptResult(total=await store.count_stored())
     done = 0
-    for shard in shards:
-        # ZSCAN rather than offset pages: events may expire from the index meanwhile.
+    for shard in store.all_shards():
         cursor = 0
         while True:
-            cursor, page = await store.client.zscan(shard.index, cursor, count=PAGE_SIZE)
-            members = [raw.decode() for raw, _score in page]
-            pipe = store.client.pipeline(transaction=False)
-            for member in members:
-                pipe.hmget(store.keys(member).event(member), "body", "encrypted")
-            stored = await pipe.execute() if members else []
-            for member, (body, encrypted) in zip(members, stored, strict=True):
+            cursor, page = await store.scan_bodies(shard, cursor, PAGE_SIZE)
+            for member, body, encrypted in page:
                 done += 1
                 if body is None:
                     result.gone += 1
                 else:
-                    await _rotate_one(store, cipher, member, body, encrypted == b"1", result)
+                    await _rotate_one(store, cipher, member, body, encrypted, result)
                 if progress is not None:
                     progress(done, max(done, result.total))
-            if int(cursor) == 0:
+            if cursor == 0:
                 break
     return result
 
@@ -76,10 +69,7 @@ async def _rotate_one(
     except BodyDecryptError:
         result.failed.append(member)
         return
-    changed = await store.client.eval(
-        REENCRYPT_SCRIPT, 1, store.keys(member).event(member), body, sealed
-    )
-    if int(changed):
+    if await store.replace_body(member, body, sealed):
         result.rotated += 1
     else:
         result.gone += 1

@@ -10,11 +10,11 @@ import asyncio
 import importlib
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from receiver.errors import ConfigError
-from receiver.models import ApplyOutcome, Record
+from receiver.errors import ConfigError, RecordNotReadable
+from receiver.models import ApplyOutcome, Record, SinkResult
 
 if TYPE_CHECKING:
     from receiver.settings import Settings
@@ -24,7 +24,7 @@ ENTRY_POINT_GROUP = "receiver.sinks"
 
 @runtime_checkable
 class Sink(Protocol):
-    """Applies records to the product store, guarding their order.
+    """Applies records to the product store, guarding their order, and reads them back.
 
     ``apply`` must change the record only if ``record`` is newer than what is stored
     (``Record.is_newer_than``), atomically with respect to other workers, and return
@@ -34,13 +34,28 @@ class Sink(Protocol):
     atomic write sees it, never on an earlier read. Failures raise
     ``TransientSinkError`` (retry) or ``PermanentSinkError`` (dead letter).
 
+    What the sink can tell about an outcome goes into the event's attempt history
+    (issue 14): instead of a bare ``ApplyOutcome`` it may answer a ``SinkResult`` whose
+    ``held`` says what the record held when it was kept (a stale outcome: ``status``,
+    ``source_updated_at``, ``last_event_id``), and an HTTP sink gives its downstream's
+    answer (``status``, the first ≤ 512 bytes of the body, redacted) in the result or in
+    the ``status``/``answer`` of the sink error it raises.
+
+    ``read(record_key)`` answers the record as the sink holds it, in the shape of
+    ``Record.to_json()``, or None when it has none; a sink that cannot read its records
+    back (a downstream HTTP system, a log) raises ``RecordNotReadable``.
+
     Optionally a sink may also offer ``apply_many(records)``, answering a list with one
     outcome or sink error per record, in order; the worker then hands it each batch in one
     call (see ``apply_all``).
     """
 
-    async def apply(self, record: Record) -> ApplyOutcome:
+    async def apply(self, record: Record) -> ApplyOutcome | SinkResult:
         """Apply one record; see the class docstring for the contract."""
+        ...
+
+    async def read(self, record_key: str) -> dict[str, Any] | None:
+        """The record as stored, or None; ``RecordNotReadable`` if the sink cannot tell."""
         ...
 
     async def ping(self) -> None:
@@ -56,7 +71,20 @@ class Sink(Protocol):
         ...
 
 
-async def apply_all(sink: Sink, records: Sequence[Record]) -> list[ApplyOutcome | Exception]:
+SinkAnswer = ApplyOutcome | SinkResult
+
+
+async def read_record(sink: Sink, record_key: str) -> dict[str, Any] | None:
+    """``sink.read(record_key)``; a third-party sink written before ``read`` existed is
+    not readable (``RecordNotReadable``) rather than an AttributeError."""
+    read = getattr(sink, "read", None)
+    if read is None:
+        raise RecordNotReadable(f"the {type(sink).__name__} sink cannot read records back")
+    result: dict[str, Any] | None = await read(record_key)
+    return result
+
+
+async def apply_all(sink: Sink, records: Sequence[Record]) -> list[SinkAnswer | Exception]:
     """Apply a batch: one outcome or exception per record, in order.
 
     A sink may offer ``apply_many`` with the same answer (the built-in SQL sinks do: their
@@ -65,7 +93,7 @@ async def apply_all(sink: Sink, records: Sequence[Record]) -> list[ApplyOutcome 
     """
     apply_many = getattr(sink, "apply_many", None)
     if apply_many is not None:
-        results: list[ApplyOutcome | Exception] = await apply_many(records)
+        results: list[SinkAnswer | Exception] = await apply_many(records)
         return results
     if len(records) == 1:  # no task needed for one
         try:
@@ -76,7 +104,7 @@ async def apply_all(sink: Sink, records: Sequence[Record]) -> list[ApplyOutcome 
     return [_not_cancellation(result) for result in gathered]
 
 
-def _not_cancellation(result: ApplyOutcome | BaseException) -> ApplyOutcome | Exception:
+def _not_cancellation(result: SinkAnswer | BaseException) -> SinkAnswer | Exception:
     if isinstance(result, BaseException) and not isinstance(result, Exception):
         raise result  # cancellation (or exit) of one apply ends the batch
     return result

@@ -18,10 +18,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from receiver.errors import PermanentSinkError, SinkError
-from receiver.models import ApplyOutcome
+from receiver.models import ApplyOutcome, SinkResult
 
 T = TypeVar("T")
-GroupWriter = Callable[[list[T]], Awaitable[Sequence[ApplyOutcome | Exception]]]
+# A stale record may come back as a SinkResult saying what the record held.
+Answer = ApplyOutcome | SinkResult
+GroupWriter = Callable[[list[T]], Awaitable[Sequence[Answer | Exception]]]
 # Records written in one transaction at most; more wait for the next one.
 MAX_GROUP = 256
 
@@ -31,18 +33,18 @@ class GroupCommit(Generic[T]):
 
     def __init__(self, write_group: GroupWriter[T]) -> None:
         self._write_group = write_group
-        self._waiting: list[tuple[T, asyncio.Future[ApplyOutcome]]] = []
+        self._waiting: list[tuple[T, asyncio.Future[Answer]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def apply(self, item: T) -> ApplyOutcome:
+    async def apply(self, item: T) -> Answer:
         [future] = self._enqueue([item])
         return await future
 
-    async def apply_many(self, items: Sequence[T]) -> list[ApplyOutcome | Exception]:
+    async def apply_many(self, items: Sequence[T]) -> list[Answer | Exception]:
         """``apply`` for several items at once: one outcome or exception per item, in order
         (a sink error, or whatever else failed the item's group)."""
         futures = self._enqueue(items)
-        results: list[ApplyOutcome | Exception] = []
+        results: list[Answer | Exception] = []
         try:
             for future in futures:
                 try:
@@ -55,10 +57,10 @@ class GroupCommit(Generic[T]):
             raise
         return results
 
-    def _enqueue(self, items: Sequence[T]) -> list[asyncio.Future[ApplyOutcome]]:
+    def _enqueue(self, items: Sequence[T]) -> list[asyncio.Future[Answer]]:
         """Queue items for the next group (starting the writer if idle); their answers."""
         loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[ApplyOutcome]] = [loop.create_future() for _ in items]
+        futures: list[asyncio.Future[Answer]] = [loop.create_future() for _ in items]
         self._waiting.extend(zip(items, futures, strict=True))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_groups())

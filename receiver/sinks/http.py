@@ -16,15 +16,20 @@ no ``.netrc`` adds credentials.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
 import orjson
 
-from receiver.errors import ConfigError, PermanentSinkError, TransientSinkError
-from receiver.models import ApplyOutcome, Record
-from receiver.redaction import mask_url
+from receiver.errors import (
+    ConfigError,
+    PermanentSinkError,
+    RecordNotReadable,
+    TransientSinkError,
+)
+from receiver.models import ApplyOutcome, Record, SinkResult
+from receiver.redaction import mask_url, redact_text
 from receiver.signing import sign_standard
 
 if TYPE_CHECKING:
@@ -37,6 +42,17 @@ MAX_ANSWER_BYTES = 64 * 1024
 # Worth retrying (SPEC §5): the downstream timed out or is rate limiting; 5xx too.
 TRANSIENT_STATUSES = frozenset({408, 429})
 STALE_STATUS = 409
+# The start of a downstream's answer kept in the attempt history (issue 14, item 4).
+ANSWER_SNIPPET_BYTES = 512
+
+
+def answer_snippet(content: bytes) -> str | None:
+    """The first ``ANSWER_SNIPPET_BYTES`` of an answer body as text, redacted (an error
+    page can echo a token or a signed URL); None for an empty body."""
+    if not content:
+        return None
+    text = redact_text(content[:ANSWER_SNIPPET_BYTES].decode("utf-8", "replace"))
+    return text[:ANSWER_SNIPPET_BYTES]
 
 
 def forward_key(settings: Settings) -> str:
@@ -59,7 +75,7 @@ class HttpSink:
         self._timeout = httpx.Timeout(settings.sink_timeout_seconds)
         self._client: httpx.AsyncClient | None = None
 
-    async def apply(self, record: Record) -> ApplyOutcome:
+    async def apply(self, record: Record) -> SinkResult:
         body = orjson.dumps(record.event_json())
         # A fresh timestamp per attempt, so a late retry is not outside the tolerance; it is
         # also the attempt's time, signed, for a downstream that wants one.
@@ -71,16 +87,23 @@ class HttpSink:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature,
         }
-        status = await self._send("POST", content=body, headers=headers)
+        status, head = await self._send("POST", content=body, headers=headers)
+        answer = answer_snippet(head)
         if 200 <= status < 300:
-            return ApplyOutcome.APPLIED
+            return SinkResult(ApplyOutcome.APPLIED, status=status, answer=answer)
         if status == STALE_STATUS:
-            return ApplyOutcome.STALE
+            return SinkResult(ApplyOutcome.STALE, status=status, answer=answer)
         message = f"http sink {self._label}: answered {status}"
         if status in TRANSIENT_STATUSES or status >= 500:
-            raise TransientSinkError(message)
+            raise TransientSinkError(message, status=status, answer=answer)
         # Other 4xx, and 3xx: redirects are not followed (a record is not re-sent elsewhere).
-        raise PermanentSinkError(message)
+        raise PermanentSinkError(message, status=status, answer=answer)
+
+    async def read(self, record_key: str) -> dict[str, Any] | None:
+        raise RecordNotReadable(
+            f"http sink {self._label}: the downstream system holds the records; "
+            "it has no read API this receiver knows"
+        )
 
     async def ping(self) -> None:
         # Any HTTP answer, even 405 to a HEAD, shows the downstream is reachable (SPEC §9).
@@ -96,8 +119,9 @@ class HttpSink:
 
     async def _send(
         self, method: str, *, content: bytes | None = None, headers: dict[str, str] | None = None
-    ) -> int:
-        """The answer's status; its body is read up to MAX_ANSWER_BYTES and dropped."""
+    ) -> tuple[int, bytes]:
+        """The answer's status and the first ``ANSWER_SNIPPET_BYTES`` of its body; the body
+        is read up to MAX_ANSWER_BYTES and the rest dropped."""
         if self._client is None:
             self._client = httpx.AsyncClient(
                 timeout=self._timeout,
@@ -109,8 +133,8 @@ class HttpSink:
             async with self._client.stream(
                 method, self._url, content=content, headers=headers
             ) as response:
-                await _drain(response)
-                return response.status_code
+                head = await _drain(response)
+                return response.status_code, head
         except httpx.UnsupportedProtocol as exc:
             raise PermanentSinkError(self._describe(exc)) from exc
         except httpx.TransportError as exc:
@@ -129,11 +153,16 @@ class HttpSink:
         return f"http sink {self._label}: {type(exc).__name__}: {detail}"
 
 
-async def _drain(response: httpx.Response) -> None:
+async def _drain(response: httpx.Response) -> bytes:
     """Read the answer's body if it is small, so the connection can be reused; a larger one
-    is left unread and the connection is closed with the response."""
+    is left unread and the connection is closed with the response. Answers its first
+    ``ANSWER_SNIPPET_BYTES`` (for the attempt history)."""
     received = 0
+    head = b""
     async for chunk in response.aiter_raw():
+        if len(head) < ANSWER_SNIPPET_BYTES:
+            head += chunk[: ANSWER_SNIPPET_BYTES - len(head)]
         received += len(chunk)
         if received > MAX_ANSWER_BYTES:
-            return
+            break
+    return head

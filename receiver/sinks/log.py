@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from receiver.errors import RecordNotReadable
 from receiver.models import ApplyOutcome, Record, format_time
 from receiver.redaction import mask_url, redact_value
 
@@ -49,6 +50,9 @@ class LogSink:
         sys.stdout.write(orjson.dumps(log_line(record)).decode() + "\n")
         sys.stdout.flush()
         return ApplyOutcome.APPLIED
+
+    async def read(self, record_key: str) -> dict[str, Any] | None:
+        raise RecordNotReadable("log sink: records only go to stdout; there is nothing to read")
 
     async def ping(self) -> None:
         """Always reachable."""

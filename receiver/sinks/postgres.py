@@ -21,14 +21,23 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from receiver.errors import PermanentSinkError, SinkError, TransientSinkError
-from receiver.models import ApplyOutcome, Record
+from receiver.models import ApplyOutcome, Record, SinkResult
 from receiver.redaction import mask_url
-from receiver.sinks.grouping import GroupCommit
-from receiver.sinks.rows import COLUMNS, flat_row, guarded_upsert, positional_upsert
+from receiver.sinks.grouping import Answer, GroupCommit
+from receiver.sinks.rows import (
+    COLUMNS,
+    HELD_COLUMNS,
+    flat_row,
+    guarded_upsert,
+    held_state,
+    positional_upsert,
+    record_json,
+)
 
 if TYPE_CHECKING:
     from receiver.settings import Settings
@@ -64,6 +73,11 @@ CREATE TABLE IF NOT EXISTS generations (
 APPLY = guarded_upsert(lambda name: f"%({name})s") + "RETURNING true"
 
 
+HELD = f"""SELECT record_key, {", ".join(HELD_COLUMNS)} FROM generations
+WHERE record_key = ANY(%s)"""  # noqa: S608 - only our own column names are interpolated
+READ = "SELECT * FROM generations WHERE record_key = %s"
+
+
 def row_values(record: Record) -> dict[str, Any]:
     """The record as query parameters: native times, a JSON array for the URL list."""
     return {
@@ -88,13 +102,13 @@ class PostgresSink:
         self._lock = asyncio.Lock()
         self._groups = GroupCommit[Record](self._write_group)
 
-    async def apply(self, record: Record) -> ApplyOutcome:
+    async def apply(self, record: Record) -> Answer:
         return await self._groups.apply(record)
 
-    async def apply_many(self, records: Sequence[Record]) -> list[ApplyOutcome | Exception]:
+    async def apply_many(self, records: Sequence[Record]) -> list[Answer | Exception]:
         return await self._groups.apply_many(records)
 
-    async def _write_group(self, records: list[Record]) -> list[ApplyOutcome | SinkError]:
+    async def _write_group(self, records: list[Record]) -> list[Answer | SinkError]:
         try:
             if await self._apply_together(records):
                 return [ApplyOutcome.APPLIED] * len(records)
@@ -107,7 +121,7 @@ class PostgresSink:
 
     async def _apply_alone(
         self, record: Record
-    ) -> ApplyOutcome | TransientSinkError | PermanentSinkError:
+    ) -> Answer | TransientSinkError | PermanentSinkError:
         try:
             [outcome] = await self._apply_group([record])
         except psycopg.Error as exc:
@@ -140,8 +154,11 @@ class PostgresSink:
                 raise psycopg.Rollback
         return changed == len(records)
 
-    async def _apply_group(self, records: list[Record]) -> list[ApplyOutcome]:
-        """Apply records in one transaction; raises psycopg.Error if any statement fails."""
+    async def _apply_group(self, records: list[Record]) -> list[Answer]:
+        """Apply records in one transaction; raises psycopg.Error if any statement fails.
+
+        A stale record's answer says what the row held: read after the upserts, in the same
+        transaction, where ON CONFLICT has locked the row (no other worker can change it)."""
         pool = await self._ready_pool()
         async with (
             pool.connection(timeout=self._timeout) as connection,
@@ -152,8 +169,33 @@ class PostgresSink:
                     await connection.execute(APPLY, row_values(record)) for record in records
                 ]
             rows = [await cursor.fetchone() for cursor in cursors]
-        # A row back: applied (or the stored event again); none: the guard kept the row.
-        return [ApplyOutcome.APPLIED if row else ApplyOutcome.STALE for row in rows]
+            # A row back: applied (or the stored event again); none: the guard kept the row.
+            outcomes = [ApplyOutcome.APPLIED if row else ApplyOutcome.STALE for row in rows]
+            stale = [r.record_key for r, o in zip(records, outcomes, strict=True) if o == "stale"]
+            held: dict[str, dict[str, str]] = {}
+            if stale:
+                cursor = await connection.execute(HELD, (stale,))
+                for key, *values in await cursor.fetchall():
+                    held[key] = held_state(dict(zip(HELD_COLUMNS, values, strict=True)))
+        return [
+            SinkResult(outcome, held=held.get(record.record_key))
+            if outcome is ApplyOutcome.STALE
+            else outcome
+            for record, outcome in zip(records, outcomes, strict=True)
+        ]
+
+    async def read(self, record_key: str) -> dict[str, Any] | None:
+        try:
+            pool = await self._ready_pool()
+            async with (
+                pool.connection(timeout=self._timeout) as connection,
+                connection.cursor(row_factory=dict_row) as cursor,
+            ):
+                await cursor.execute(READ, (record_key,))
+                row = await cursor.fetchone()
+        except psycopg.Error as exc:
+            raise self._sink_error(exc) from exc
+        return record_json(row) if row is not None else None
 
     async def ping(self) -> None:
         try:

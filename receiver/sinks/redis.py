@@ -6,7 +6,7 @@ guard runs inside one Lua script: compare and write are a single atomic step.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
@@ -24,9 +24,9 @@ from redis.exceptions import (
 from redis.retry import Retry
 
 from receiver.errors import ConfigError, PermanentSinkError, TransientSinkError
-from receiver.models import TERMINAL_RANK, ApplyOutcome, Record
+from receiver.models import TERMINAL_RANK, ApplyOutcome, Record, SinkResult
 from receiver.redaction import mask_url
-from receiver.sinks.rows import flat_row
+from receiver.sinks.rows import HELD_COLUMNS, flat_row, record_json
 
 if TYPE_CHECKING:
     from receiver.settings import Settings
@@ -54,7 +54,9 @@ if stored[1] then
     if stored[3] == ARGV[3] then
       return 'applied'
     end
-    return 'stale'
+    -- What the record held, for the event's attempt history.
+    local held = redis.call('HMGET', KEYS[1], 'status', 'source_updated_at', 'last_event_id')
+    return {{'stale', held[1], held[2], held[3]}}
   end
 end
 redis.call('DEL', KEYS[1])
@@ -100,7 +102,7 @@ class RedisSink:
             raise ConfigError(f"RECEIVER_SINK: not a usable Redis URL: {self._label!r}") from None
         self._guard = self._client.register_script(GUARD_SCRIPT)
 
-    async def apply(self, record: Record) -> ApplyOutcome:
+    async def apply(self, record: Record) -> ApplyOutcome | SinkResult:
         fields = hash_fields(record)
         args: list[str] = [fields["status_rank"], fields["source_updated_at"], record.last_event_id]
         for name, value in fields.items():
@@ -109,7 +111,18 @@ class RedisSink:
             outcome = await self._guard(keys=[hash_key(record.record_key)], args=args)
         except RedisError as exc:
             raise self._sink_error(exc) from exc
+        if isinstance(outcome, list):
+            held = dict(zip(HELD_COLUMNS, outcome[1:], strict=True))
+            return SinkResult(ApplyOutcome.STALE, held=held)
         return ApplyOutcome(outcome)
+
+    async def read(self, record_key: str) -> dict[str, Any] | None:
+        try:
+            # decode_responses=True: names and values come back as text.
+            fields = await self._client.hgetall(hash_key(record_key))
+        except RedisError as exc:
+            raise self._sink_error(exc) from exc
+        return record_json({str(k): v for k, v in fields.items()}) if fields else None
 
     async def ping(self) -> None:
         try:

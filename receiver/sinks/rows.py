@@ -7,7 +7,8 @@ ordering guard compare statuses inside the store.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -94,3 +95,36 @@ ON CONFLICT (record_key) DO UPDATE SET
     {assignments}
 WHERE {newer} OR generations.last_event_id = excluded.last_event_id
 """  # noqa: S608 - only our own column names are interpolated
+
+
+# What a stale outcome reports the record held (``SinkResult.held``).
+HELD_COLUMNS = ("status", "source_updated_at", "last_event_id")
+
+
+def held_state(values: Mapping[str, Any]) -> dict[str, str]:
+    """The held part of a stored row, as text."""
+    return {name: _text(values[name]) for name in HELD_COLUMNS}
+
+
+def record_json(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored row or hash in the shape of ``Record.to_json()`` (``Sink.read``'s answer):
+    the URL list as a list, credits as numbers, times as fixed-width ISO 8601."""
+    record: dict[str, Any] = {}
+    for name in COLUMNS:
+        if name == "status_rank":
+            continue
+        value = values.get(name)
+        if name == "result_urls":
+            value = orjson.loads(value) if isinstance(value, str | bytes) else list(value or [])
+        elif name in ("reserved_credits", "final_credits"):
+            value = float(value) if value is not None else None
+        elif value is not None:
+            value = _text(value)
+        record[name] = value
+    return record
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, datetime):
+        return format_time(value)
+    return value.decode() if isinstance(value, bytes) else str(value)

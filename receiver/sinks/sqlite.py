@@ -24,10 +24,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from receiver.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
-from receiver.models import ApplyOutcome, Record
+from receiver.models import ApplyOutcome, Record, SinkResult
 from receiver.redaction import mask_url
-from receiver.sinks.grouping import GroupCommit
-from receiver.sinks.rows import COLUMNS, flat_row, guarded_upsert, positional_upsert
+from receiver.sinks.grouping import Answer, GroupCommit
+from receiver.sinks.rows import (
+    COLUMNS,
+    HELD_COLUMNS,
+    flat_row,
+    guarded_upsert,
+    held_state,
+    positional_upsert,
+    record_json,
+)
 
 if TYPE_CHECKING:
     from receiver.settings import Settings
@@ -56,6 +64,9 @@ CREATE TABLE IF NOT EXISTS generations (
 # Times compare as text in SQLite because format_time is fixed-width UTC.
 UPSERT = guarded_upsert(lambda name: f":{name}")
 
+# After the guard kept a row: what it holds (a stale outcome's reason).
+STORED = "SELECT status, source_updated_at, last_event_id FROM generations WHERE record_key = ?"
+READ = "SELECT * FROM generations WHERE record_key = ?"
 # What one row can fail with: SQLite's own errors, and the driver's refusal to bind an int
 # past 2^63 (the mapping refuses those first; this keeps a record built elsewhere alone).
 ROW_ERRORS = (sqlite3.Error, OverflowError)
@@ -84,13 +95,13 @@ class SqliteSink:
         self._connection: sqlite3.Connection | None = None
         self._groups = GroupCommit[dict[str, Any]](self._write_group)
 
-    async def apply(self, record: Record) -> ApplyOutcome:
+    async def apply(self, record: Record) -> Answer:
         return await self._groups.apply(flat_row(record))
 
-    async def apply_many(self, records: Sequence[Record]) -> list[ApplyOutcome | Exception]:
+    async def apply_many(self, records: Sequence[Record]) -> list[Answer | Exception]:
         return await self._groups.apply_many([flat_row(record) for record in records])
 
-    async def _write_group(self, rows: list[dict[str, Any]]) -> list[ApplyOutcome | SinkError]:
+    async def _write_group(self, rows: list[dict[str, Any]]) -> list[Answer | SinkError]:
         return list(await self._run(self._apply_group, rows))
 
     async def ping(self) -> None:
@@ -140,7 +151,7 @@ class SqliteSink:
 
     def _apply_group(
         self, rows: list[dict[str, Any]]
-    ) -> list[ApplyOutcome | TransientSinkError | PermanentSinkError]:
+    ) -> list[Answer | TransientSinkError | PermanentSinkError]:
         # PERF: first the whole group as one statement; when every row was written, each was
         # applied and that is the answer. Otherwise (a stale event) it is rolled back and
         # written a row at a time, which tells the rows apart; should a row fail, once more
@@ -174,12 +185,12 @@ class SqliteSink:
 
     def _in_transaction(
         self, rows: list[dict[str, Any]], *, isolate_rows: bool
-    ) -> list[ApplyOutcome | TransientSinkError | PermanentSinkError]:
+    ) -> list[Answer | TransientSinkError | PermanentSinkError]:
         connection = self._connect()
         # IMMEDIATE takes the write lock up front (waiting up to the busy timeout), and
         # keeps each follow-up read consistent with what its upsert compared against.
         connection.execute("BEGIN IMMEDIATE")
-        results: list[ApplyOutcome | TransientSinkError | PermanentSinkError] = []
+        results: list[Answer | TransientSinkError | PermanentSinkError] = []
         try:
             for values in rows:
                 if not isolate_rows:
@@ -200,10 +211,27 @@ class SqliteSink:
         return results
 
     @staticmethod
-    def _apply_one(connection: sqlite3.Connection, values: dict[str, Any]) -> ApplyOutcome:
+    def _apply_one(
+        connection: sqlite3.Connection, values: dict[str, Any]
+    ) -> ApplyOutcome | SinkResult:
         # The guard counts a redelivery of the stored event as written (rows.py).
-        changed = connection.execute(UPSERT, values).rowcount
-        return ApplyOutcome.APPLIED if changed else ApplyOutcome.STALE
+        if connection.execute(UPSERT, values).rowcount:
+            return ApplyOutcome.APPLIED
+        # Read in the same IMMEDIATE transaction as the upsert: what the guard compared to.
+        stored = connection.execute(STORED, (values["record_key"],)).fetchone()
+        held = held_state(dict(zip(HELD_COLUMNS, stored, strict=True))) if stored else None
+        return SinkResult(ApplyOutcome.STALE, held=held)
+
+    async def read(self, record_key: str) -> dict[str, Any] | None:
+        return await self._run(self._read, record_key)
+
+    def _read(self, record_key: str) -> dict[str, Any] | None:
+        cursor = self._connect().execute(READ, (record_key,))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        names = [column[0] for column in cursor.description]
+        return record_json(dict(zip(names, row, strict=True)))
 
     def _close(self) -> None:
         if self._connection is not None:

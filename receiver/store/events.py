@@ -2,15 +2,14 @@
 
 Every write is one Lua script run by SHA (``lua/*.lua``), so each state change and its
 queue/index bookkeeping happen together or not at all. Key names come from ``keys``.
+Every read the worker and the ops layer make is a method here, answering our own values
+(``replies`` turns Redis's answers into them), so nothing else drives the Redis client.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -20,14 +19,30 @@ from redis.exceptions import ResponseError
 from receiver.batching import AutoPipeline, Script
 from receiver.keys import (
     CONSUMER_GROUP,
+    COUNTER_TTL_MS,
     MEMBER_SEPARATOR,
+    MINUTE_MS,
     ShardKeys,
     all_shards,
     keys_for,
-    member_of,
 )
 from receiver.models import EventState
 from receiver.redis_client import is_cluster
+from receiver.store import replies
+from receiver.store.audit import AuditLog
+from receiver.store.rejections import RejectionLog
+from receiver.store.values import (
+    AcceptResult,
+    Attempt,
+    EventOutcome,
+    IncomingEvent,
+    QueueEntry,
+    StoredEvent,
+    Vanished,
+    history_entry,
+    now_ms,
+)
+from receiver.store.workers import WorkerRegistry
 
 # How often an idle worker polls the shards of a Redis Cluster (no cross-slot BLOCK there).
 CLUSTER_POLL_MS = 50
@@ -37,179 +52,20 @@ MAX_FINISH_BATCH = 128
 # clock skew between this host and Redis, which set the hash's TTL (a tenth of a short
 # retention at most).
 LOST_SLACK_MS = 60_000
-# The Lua scripts under lua/, each loaded once and run by SHA.
-SCRIPTS = ("accept", "finish", "retry", "promote", "requeue", "release", "vanished", "consumers")
+# The Lua scripts under lua/, each loaded once and run by SHA (accept.lua too, below).
+SCRIPTS = (
+    "finish", "retry", "promote", "requeue", "release", "vanished", "consumers",
+    "resolve", "reencrypt",
+)  # fmt: skip
 # Entries of its own pending list a worker takes back per read after a Redis failure.
 HELD_PAGE = 100
 
 
-class Vanished(StrEnum):
-    """What vanished.lua found for an entry whose event hash was gone."""
+# Commands sent together by the reads that take many members (one round trip each).
+READ_CHUNK = 500
 
-    PRESENT = "present"  # stored again meanwhile (a sender's retry): its own entry carries it
-    EXPIRED = "expired"  # retention ran out first
-    LOST = "lost"  # gone while it should still be stored
-
-
-class AcceptResult(IntEnum):
-    """What the accept script found (its return values)."""
-
-    DUPLICATE = 0
-    NEW = 1
-    CONFLICT = 2
-
-
-@dataclass(frozen=True, slots=True)
-class IncomingEvent:
-    """A verified delivery, ready to store. ``body`` is already sealed if encryption is on."""
-
-    source: str
-    event_id: str
-    body: bytes
-    body_sha256: str
-    encrypted: bool
-    received_ms: int
-    signed_ts: int
-    event_type: str
-    record_key: str
-    state: EventState
-    last_error: str = ""
-    reason_code: str = ""
-    content_type: str = ""
-
-    @property
-    def member(self) -> str:
-        return member_of(self.source, self.event_id)
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """An event as read back from Redis."""
-
-    member: str
-    source: str
-    event_id: str
-    event_type: str
-    record_key: str
-    state: EventState
-    attempts: int
-    last_error: str
-    reason_code: str
-    received_ms: int
-    signed_ts: int
-    body: bytes
-    encrypted: bool
-    body_sha256: str
-    content_type: str
-    # When its first transient failure happened (0: none yet): the retry budget's start.
-    first_failed_ms: int = 0
-
-    @property
-    def is_tombstone(self) -> bool:
-        """The trace of a lost event (vanished.lua): no body, nothing to apply."""
-        return not self.body_sha256
-
-    @classmethod
-    def from_hash(cls, member: str, fields: Mapping[bytes, bytes]) -> StoredEvent:
-        def text(name: bytes) -> str:
-            return fields.get(name, b"").decode()
-
-        return cls(
-            member=member,
-            source=text(b"source"),
-            event_id=text(b"event_id"),
-            event_type=text(b"type"),
-            record_key=text(b"record_key"),
-            state=EventState(text(b"state") or "pending"),
-            attempts=int(text(b"attempts") or 0),
-            last_error=text(b"last_error"),
-            reason_code=text(b"reason_code"),
-            received_ms=int(text(b"received_ms") or 0),
-            signed_ts=int(text(b"signed_ts") or 0),
-            body=fields.get(b"body", b""),
-            encrypted=text(b"encrypted") == "1",
-            body_sha256=text(b"body_sha256"),
-            content_type=text(b"content_type"),
-            first_failed_ms=int(text(b"first_failed_ms") or 0),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class QueueEntry:
-    """One message read from a shard's stream."""
-
-    shard: ShardKeys
-    entry_id: str
-    member: str
-    # How often the queue has handed this entry out (1 unless reclaimed).
-    deliveries: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class EventOutcome:
-    """What became of one event, for ``finish_many`` to record."""
-
-    entry: QueueEntry | None
-    member: str
-    state: EventState
-    attempts: int
-    last_error: str = ""
-    by: str = "worker"
-    reason_code: str = ""
-
-    def history_line(self) -> bytes:
-        extra: dict[str, str] = {}
-        if self.reason_code:
-            extra["reason_code"] = self.reason_code
-        if self.last_error:
-            extra["error"] = self.last_error
-        return history_entry(self.state.value, self.by, attempts=self.attempts, **extra)
-
-
-def history_entry(state: str, by: str, **extra: Any) -> bytes:
-    """One line of an event's state history."""
-    return orjson.dumps({"at_ms": now_ms(), "state": state, "by": by, **extra})
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _entries(streams: Mapping[str, ShardKeys], response: Any) -> list[QueueEntry]:
-    """Queue entries from an XREADGROUP answer: ``[[stream, [(id, fields), ...]], ...]``."""
-    return [
-        QueueEntry(streams[_text(stream)], _text(entry_id), fields[b"m"].decode())
-        for stream, stream_entries in response or []
-        for entry_id, fields in stream_entries
-        if fields  # a deleted entry still pending shows up with no fields
-    ]
-
-
-def _stream_items(response: Any) -> list[tuple[Any, list[tuple[Any, dict[Any, Any]]]]]:
-    """A raw XREADGROUP reply (RESP2 list or RESP3 map, flat field lists) in the shape
-    redis-py's ``xreadgroup`` returns, for ``_entries``."""
-    items = response.items() if isinstance(response, dict) else response
-    return [
-        (
-            stream,
-            [
-                (entry_id, dict(zip(fields[::2], fields[1::2], strict=True)) if fields else {})
-                for entry_id, fields in stream_entries
-            ],
-        )
-        for stream, stream_entries in items
-    ]
-
-
-def _as_dict(fields: Any) -> Any:
-    """An HGETALL reply as a dict: RESP2 answers a flat list, RESP3 a map."""
-    if isinstance(fields, list):
-        return dict(zip(fields[::2], fields[1::2], strict=True))
-    return fields
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+# Which sorted set of a shard a range read walks.
+INDEXES = ("index", "dead", "resolved", "retry")
 
 
 def load_lua(name: str) -> str:
@@ -217,7 +73,11 @@ def load_lua(name: str) -> str:
 
 
 class EventStore:
-    """All reads and writes of stored events. One instance per process, sharing a client."""
+    """All reads and writes of stored events. One instance per process, sharing a client.
+
+    The rejected-delivery log, the worker heartbeats and the audit log are parts of it
+    (``rejections``, ``workers``, ``audit``) sharing its pipeline.
+    """
 
     def __init__(self, client: Any, *, retention_seconds: int, shards: int = 1) -> None:
         self.client = client
@@ -228,14 +88,25 @@ class EventStore:
         self._next_shard = 0
         self._backlog_seen = False  # the last read found entries: try the cheap read first
         self._scripts = {name: Script(self.pipeline, load_lua(name)) for name in SCRIPTS}
+        # The counters' lifetime is a constant of keys.py, written into the script once.
+        accept = load_lua("accept").replace("COUNTER_TTL_MS", str(COUNTER_TTL_MS))
+        self._scripts["accept"] = Script(self.pipeline, accept)
+        self.rejections = RejectionLog(self.pipeline, Script(self.pipeline, load_lua("reject")))
+        self.workers = WorkerRegistry(self.pipeline, Script(self.pipeline, load_lua("heartbeat")))
+        self.audit = AuditLog(self.pipeline)
 
     def keys(self, member: str) -> ShardKeys:
         return keys_for(member, self.shards)
+
+    def all_shards(self) -> list[ShardKeys]:
+        return all_shards(self.shards)
 
     async def prepare(self) -> None:
         """Load the scripts and create the consumer groups (idempotent)."""
         for script in self._scripts.values():
             await script.load()
+        await self.rejections.prepare()
+        await self.workers.prepare()
         for shard in all_shards(self.shards):
             try:
                 await self.client.xgroup_create(shard.stream, CONSUMER_GROUP, id="0", mkstream=True)
@@ -246,7 +117,9 @@ class EventStore:
     # -- ingest ---------------------------------------------------------------------------
 
     async def accept(self, event: IncomingEvent) -> AcceptResult:
-        """Deduplicate, store and enqueue in one Redis command (one round trip)."""
+        """Deduplicate, store and enqueue in one Redis command (one round trip).
+
+        The same call counts the verifying key for ``status`` (per shard and minute)."""
         member = event.member
         keys = self.keys(member)
         note = (
@@ -255,11 +128,14 @@ class EventStore:
             else {}
         )
         # PERF: numbers go as text. hiredis converts an int at ~0.35 µs, str() costs a
-        # fifth of that, and the receive time is used three times.
+        # fifth of that.
         received = str(event.received_ms)
         state = event.state.value
         result = await self._scripts["accept"](
-            (keys.event(member), keys.history(member), keys.stream, keys.index, keys.dead),
+            (
+                keys.event(member), keys.history(member), keys.stream, keys.index, keys.dead,
+                keys.record(event.record_key), keys.key_use(event.received_ms),
+            ),
             (
                 event.body_sha256,
                 received,
@@ -268,21 +144,19 @@ class EventStore:
                 state,
                 history_entry(state, "ingest", **note),
                 event.body,
-                # The event hash's fields, as name/value pairs.
+                # The event hash's other fields, as name/value pairs (accept.lua writes
+                # state, attempts, the times and the body hash itself). It reads source,
+                # record_key and signing_key by position: keep them where they are.
                 "source", event.source,
                 "event_id", event.event_id,
                 "type", event.event_type,
                 "record_key", event.record_key,
-                "state", state,
-                "attempts", "0",
                 "last_error", event.last_error,
                 "reason_code", event.reason_code,
-                "received_ms", received,
-                "updated_ms", received,
                 "signed_ts", str(event.signed_ts),
-                "body_sha256", event.body_sha256,
                 "encrypted", "1" if event.encrypted else "0",
                 "content_type", event.content_type,
+                "signing_key", event.signing_key,
             ),
         )  # fmt: skip
         return AcceptResult(int(result))
@@ -303,11 +177,11 @@ class EventStore:
                     "STREAMS", *streams, *[">"] * len(streams),
                 )  # fmt: skip
                 if response:
-                    return _entries(streams, _stream_items(response))
+                    return replies.entries(streams, replies.stream_items(response))
             response = await self.client.xreadgroup(
                 CONSUMER_GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
             )
-            found = _entries(streams, response)
+            found = replies.entries(streams, response)
             self._backlog_seen = bool(found)
             return found
         # On a cluster the shards live in different slots and one XREADGROUP may not span
@@ -320,7 +194,7 @@ class EventStore:
             response = await self.client.xreadgroup(
                 CONSUMER_GROUP, consumer, {shard.stream: ">"}, count=count - len(entries)
             )
-            entries += _entries({shard.stream: shard}, response)
+            entries += replies.entries({shard.stream: shard}, response)
             if len(entries) >= count:
                 break
         if not entries:
@@ -373,7 +247,7 @@ class EventStore:
                 if not page:
                     break
                 deliveries = {
-                    _text(pending["message_id"]): int(pending["times_delivered"])
+                    replies.text(pending["message_id"]): int(pending["times_delivered"])
                     for pending in await self.client.xpending_range(
                         shard.stream, CONSUMER_GROUP, min=page[0][0], max=page[-1][0],
                         count=len(page), consumername=consumer,
@@ -383,12 +257,12 @@ class EventStore:
                     if not fields:  # trimmed away by retention: nothing left to do
                         await self.client.xack(shard.stream, CONSUMER_GROUP, raw_id)
                         continue
-                    entry_id = _text(raw_id)
+                    entry_id = replies.text(raw_id)
                     member = fields[b"m"].decode()
                     held.append(QueueEntry(shard, entry_id, member, deliveries.get(entry_id, 1)))
                 if len(page) < HELD_PAGE:
                     break
-                after = _text(page[-1][0])
+                after = replies.text(page[-1][0])
         return held
 
     async def touch(self, entry: QueueEntry, consumer: str) -> None:
@@ -406,7 +280,7 @@ class EventStore:
             names = await self._scripts["consumers"](
                 (shard.stream,), (CONSUMER_GROUP, min_idle_ms, keep, limit)
             )
-            removed += [_text(name) for name in names]
+            removed += [replies.text(name) for name in names]
         return removed
 
     async def vanished(self, entry: QueueEntry, *, last_error: str, history: bytes) -> Vanished:
@@ -423,7 +297,7 @@ class EventStore:
                 history,
             ),
         )  # fmt: skip
-        return Vanished(_text(result))
+        return Vanished(replies.text(result))
 
     async def load(self, member: str) -> StoredEvent | None:
         """The stored event, or None if unknown or expired."""
@@ -433,13 +307,16 @@ class EventStore:
     async def load_many(self, members: Sequence[str]) -> list[StoredEvent | None]:
         """Stored events (None where unknown or expired), one round trip for all.
 
+        The one load path: the worker, ``events list`` and the console all read here.
         PERF: through the auto-pipeline, the commands share one round trip and skip
         redis-py's per-command checkout and packing (~100 µs each)."""
+        if not members:
+            return []
         futures = [self.pipeline.execute("HGETALL", self.keys(m).event(m)) for m in members]
-        replies = await asyncio.gather(*futures)
+        replies_ = await asyncio.gather(*futures)
         return [
-            StoredEvent.from_hash(member, _as_dict(fields)) if fields else None
-            for member, fields in zip(members, replies, strict=True)
+            StoredEvent.from_hash(member, replies.as_dict(fields)) if fields else None
+            for member, fields in zip(members, replies_, strict=True)
         ]
 
     async def finish(
@@ -462,6 +339,7 @@ class EventStore:
 
         Each shard's part is atomic; should a call fail, its entries stay pending and are
         applied again after the visibility timeout, which the sink's guard makes harmless.
+        Each outcome's sink attempt (if any) goes into the history line it records.
         """
         by_shard: dict[ShardKeys, list[EventOutcome]] = {}
         for outcome in outcomes:
@@ -497,10 +375,12 @@ class EventStore:
         last_error: str,
         delay_seconds: float,
         first_failed_ms: int = 0,
+        attempt: Attempt | None = None,
     ) -> None:
         keys = entry.shard
         member = entry.member
         now = now_ms()
+        extra: dict[str, Any] = {"attempt": attempt.to_json()} if attempt is not None else {}
         await self._scripts["retry"](
             (keys.event(member), keys.history(member), keys.stream, keys.retry),
             (
@@ -515,6 +395,7 @@ class EventStore:
                     attempts=attempts,
                     error=last_error,
                     retry_in_s=round(delay_seconds, 3),
+                    **extra,
                 ),
                 member,
                 now + int(delay_seconds * 1000),
@@ -528,20 +409,11 @@ class EventStore:
         for shard in all_shards(self.shards):
             moved += int(
                 await self._scripts["promote"](
-                    (shard.stream, shard.retry, shard.index, shard.dead),
+                    (shard.stream, shard.retry, shard.index, shard.dead, shard.resolved),
                     (now_ms(), limit, self.retention_ms),
                 )
             )
         return moved
-
-    async def requeue(self, member: str, by: str) -> bool:
-        """Replay one event through the queue; False if it is not stored (any more)."""
-        keys = self.keys(member)
-        result = await self._scripts["requeue"](
-            (keys.event(member), keys.history(member), keys.stream, keys.dead, keys.retry),
-            (member, now_ms(), history_entry("pending", by)),
-        )
-        return bool(int(result))
 
     async def release(self, entry: QueueEntry) -> None:
         """Hand an unprocessed entry back to the queue (graceful shutdown)."""
@@ -549,22 +421,192 @@ class EventStore:
             (entry.shard.stream,), (entry.entry_id, CONSUMER_GROUP, entry.member)
         )
 
+    # -- operator actions -----------------------------------------------------------------
+
+    async def requeue(self, member: str, by: str) -> bool:
+        """Replay one event through the queue; False if it is not stored (any more)."""
+        keys = self.keys(member)
+        result = await self._scripts["requeue"](
+            (
+                keys.event(member),
+                keys.history(member),
+                keys.stream,
+                keys.dead,
+                keys.retry,
+                keys.resolved,
+            ),
+            (member, now_ms(), history_entry("pending", by)),
+        )
+        return bool(int(result))
+
+    async def resolve(self, member: str, *, reason: str, actor: str) -> int:
+        """Close a dead event with a reason (``resolve.lua``): 1 resolved, 0 unknown,
+        2 not dead (left alone)."""
+        keys = self.keys(member)
+        now = now_ms()
+        result = await self._scripts["resolve"](
+            (keys.event(member), keys.history(member), keys.dead, keys.resolved),
+            (
+                member,
+                now,
+                history_entry("resolved", f"resolve:{actor}", reason=reason),
+                reason,
+                actor,
+            ),
+        )
+        return int(result)
+
+    async def replace_body(self, member: str, stored: bytes, sealed: bytes) -> bool:
+        """Swap a body for its re-encrypted form if it still holds ``stored`` (CAS)."""
+        result = await self._scripts["reencrypt"](
+            (self.keys(member).event(member),), (stored, sealed)
+        )
+        return bool(int(result))
+
+    # -- reads for operators --------------------------------------------------------------
+
     async def history(self, member: str) -> list[dict[str, Any]]:
-        raw = await self.client.lrange(self.keys(member).history(member), 0, -1)
-        return [orjson.loads(item) for item in raw]
+        raw = await self.pipeline.execute("LRANGE", self.keys(member).history(member), 0, -1)
+        return [orjson.loads(item) for item in raw or []]
+
+    async def exists_many(self, members: Sequence[str]) -> list[bool]:
+        """Whether each member is still stored with a body (a lost event's tombstone has
+        none: there is nothing to replay)."""
+        found = await self._chunked(
+            members, lambda m: self.pipeline.execute("HEXISTS", self.keys(m).event(m), "body")
+        )
+        return [bool(int(count)) for count in found]
+
+    async def states(self, members: Sequence[str]) -> list[EventState | None]:
+        """Each member's state (None where no longer stored), ``READ_CHUNK`` per round trip."""
+        found = await self._chunked(
+            members, lambda m: self.pipeline.execute("HGET", self.keys(m).event(m), "state")
+        )
+        return [EventState(replies.text(state)) if state else None for state in found]
+
+    async def reason_codes(self, members: Sequence[str]) -> list[str | None]:
+        found = await self._chunked(
+            members,
+            lambda m: self.pipeline.execute("HGET", self.keys(m).event(m), "reason_code"),
+        )
+        return [replies.text(code) if code is not None else None for code in found]
+
+    async def _chunked(self, members: Sequence[str], command: Any) -> list[Any]:
+        results: list[Any] = []
+        for start in range(0, len(members), READ_CHUNK):
+            chunk = members[start : start + READ_CHUNK]
+            results += await asyncio.gather(*(command(member) for member in chunk))
+        return results
+
+    def index_keys(self, which: str, record_key: str | None = None) -> list[str]:
+        """The sorted set ``which`` (``index``, ``dead``, ``resolved``, ``retry``, or
+        ``record`` with ``record_key``) of every shard."""
+        if which == "record":
+            assert record_key is not None
+            return [shard.record(record_key) for shard in all_shards(self.shards)]
+        if which not in INDEXES:
+            raise ValueError(f"no index {which!r}")
+        return [getattr(shard, which) for shard in all_shards(self.shards)]
+
+    async def newest_first(
+        self, zset: str, upper: int | str, lower: int | str, offset: int, count: int
+    ) -> list[tuple[str, int]]:
+        """Members of ``zset`` scored between ``lower`` and ``upper`` (ms), newest first,
+        with their scores; ``offset``/``count`` page through them."""
+        reply = await self.pipeline.execute(
+            "ZREVRANGEBYSCORE", zset, upper, lower, "WITHSCORES", "LIMIT", offset, count
+        )
+        return replies.scored(reply)
+
+    async def count_between(self, zsets: Iterable[str], lower: int | str, upper: int | str) -> int:
+        counts = await asyncio.gather(
+            *(self.pipeline.execute("ZCOUNT", zset, lower, upper) for zset in zsets)
+        )
+        return sum(int(count) for count in counts)
+
+    async def count_stored(self) -> int:
+        """How many events the index holds (expired ones until housekeeping trims them)."""
+        counts = await asyncio.gather(
+            *(self.pipeline.execute("ZCARD", key) for key in self.index_keys("index"))
+        )
+        return sum(int(count) for count in counts)
+
+    async def last_received_ms(self) -> int | None:
+        """When the newest stored event arrived (accepted or dead on arrival)."""
+        newest = await asyncio.gather(
+            *(
+                self.pipeline.execute("ZREVRANGE", key, 0, 0, "WITHSCORES")
+                for key in self.index_keys("index")
+            )
+        )
+        scores = [score for reply in newest for _, score in replies.scored(reply)]
+        return max(scores) if scores else None
+
+    async def scan_bodies(
+        self, shard: ShardKeys, cursor: int, count: int
+    ) -> tuple[int, list[tuple[str, bytes | None, bool]]]:
+        """One ZSCAN page of a shard's index with each event's stored body.
+
+        ZSCAN rather than offset pages: events may expire from the index meanwhile."""
+        reply = await self.pipeline.execute("ZSCAN", shard.index, cursor, "COUNT", count)
+        next_cursor, page = int(reply[0]), replies.scored(reply[1])
+        members = [member for member, _ in page]
+        bodies = await asyncio.gather(
+            *(
+                self.pipeline.execute("HMGET", self.keys(m).event(m), "body", "encrypted")
+                for m in members
+            )
+        )
+        return next_cursor, [
+            (member, body, encrypted == b"1")
+            for member, (body, encrypted) in zip(members, bodies, strict=True)
+        ]
+
+    async def key_use(self, minutes: int) -> dict[tuple[str, str], tuple[int, int]]:
+        """Verifications per (source, key fingerprint) over the last ``minutes``: the count
+        and the start (ms) of the newest minute the key verified a delivery in."""
+        now_minute = now_ms() // MINUTE_MS
+        wanted = [
+            (minute, shard.key_use_at(minute))
+            for shard in all_shards(self.shards)
+            for minute in range(now_minute - minutes + 1, now_minute + 1)
+        ]
+        found = await asyncio.gather(*(self.pipeline.execute("HGETALL", key) for _, key in wanted))
+        usage: dict[tuple[str, str], tuple[int, int]] = {}
+        for (minute, _), reply in zip(wanted, found, strict=True):
+            for field, count in replies.text_dict(reply).items():
+                source, _, fingerprint = field.partition("|")
+                total, last = usage.get((source, fingerprint), (0, 0))
+                usage[(source, fingerprint)] = (total + int(count), max(last, minute * MINUTE_MS))
+        return usage
 
     async def queue_stats(self) -> dict[str, int]:
-        """Backlog (entries not yet acknowledged), pending (being worked), retries, dead."""
-        totals = {"backlog": 0, "pending": 0, "retrying": 0, "dead": 0}
+        """Backlog (entries not yet acknowledged), pending (being worked), retries, dead,
+        resolved, and the receive time (ms) of the oldest unacknowledged entry (0: none)."""
+        totals = {
+            "backlog": 0, "pending": 0, "retrying": 0, "dead": 0, "resolved": 0, "oldest_ms": 0,
+        }  # fmt: skip
         for shard in all_shards(self.shards):
-            totals["backlog"] += int(await self.client.xlen(shard.stream))
+            backlog, retrying, dead, resolved, oldest = await asyncio.gather(
+                self.pipeline.execute("XLEN", shard.stream),
+                self.pipeline.execute("ZCARD", shard.retry),
+                self.pipeline.execute("ZCARD", shard.dead),
+                self.pipeline.execute("ZCARD", shard.resolved),
+                self.pipeline.execute("XRANGE", shard.stream, "-", "+", "COUNT", 1),
+            )
+            totals["backlog"] += int(backlog)
+            totals["retrying"] += int(retrying)
+            totals["dead"] += int(dead)
+            totals["resolved"] += int(resolved)
+            for entry_id, _ in replies.stream_entries(oldest):
+                # Entry ids start with the time they were added (ms).
+                added = int(entry_id.partition("-")[0])
+                totals["oldest_ms"] = min(totals["oldest_ms"] or added, added)
             try:
-                pending = await self.client.xpending(shard.stream, CONSUMER_GROUP)
-                totals["pending"] += int(pending["pending"])
+                pending = await self.pipeline.execute("XPENDING", shard.stream, CONSUMER_GROUP)
+                totals["pending"] += replies.pending_count(pending)
             except ResponseError:  # the group does not exist yet
                 pass
-            totals["retrying"] += int(await self.client.zcard(shard.retry))
-            totals["dead"] += int(await self.client.zcard(shard.dead))
         return totals
 
     async def aclose(self) -> None:
