@@ -296,6 +296,23 @@ class TestFraming:
         assert_refused(answer, 413, "payload_too_large")
         assert not rest_sent, "the server kept reading after its 413"
 
+    def test_answer_before_the_body_closes_the_connection(self, service: ServiceProcess) -> None:
+        """A 404 answered while the body is still coming: closed, though the sender goes on
+        sending (uvicorn alone would read and discard it for as long as bytes come)."""
+        request = request_bytes(
+            path="/webhooks/nope", headers=[*_signed.items(), ("content-length", "100000")]
+        )
+        with connect(service.port) as sock:
+            sock.sendall(request + b"a" * 10)
+            answer = read_answer(sock)
+            closed = False
+            for _ in range(30):  # a byte every 0.1 s for 3 s, well inside the keep-alive
+                closed = not send_quietly(sock, b"a") or wait_closed(sock, timeout=0.1)
+                if closed:
+                    break
+
+        assert (404, {"error": "unknown_source"}, True) == (answer.status, answer.json(), closed)
+
     def test_upgrade_with_a_body_is_refused(self, service: ServiceProcess) -> None:
         """An Upgrade request with a body (the parser would drop it): 400 upgrade_not_supported."""
         body = event_body()
@@ -672,7 +689,7 @@ def test_uvicorn_internals_the_bounded_protocol_relies_on() -> None:
             f"self.{name} =" in cycle_init
             for name in (
                 "keep_alive", "more_body", "response_started", "response_complete",
-                "disconnected", "scope", "message_event",
+                "disconnected", "on_response", "scope", "message_event",
             )
         ),
         "default headers on the server state": "default_headers"
@@ -680,3 +697,26 @@ def test_uvicorn_internals_the_bounded_protocol_relies_on() -> None:
     }  # fmt: skip
 
     assert [] == [name for name, holds in expectations.items() if not holds]
+
+
+# CPython shares one key table among a class's instance dicts up to this many keys; past it
+# each instance gets its own dict and attribute reads in uvicorn's per-request code slow down
+# (Objects/dictobject.c, SHARED_KEYS_MAX_SIZE).
+CPYTHON_SHARED_KEYS = 30
+
+
+def test_protocol_instances_stay_within_cpythons_shared_keys(
+    tmp_path: Path, redis_url: str, clean_redis: object
+) -> None:
+    """After a request, a protocol instance has at most 30 attributes (uvicorn's 28 + ours),
+    so CPython keeps its fast attribute path (measured: ~3.8k instructions a request past it)."""
+    from receiver.settings import Settings
+    from tests.servers import ServiceThread
+
+    settings = Settings.from_env(base_env(tmp_path, redis_url, RECEIVER_SINK="log:"))
+    with ServiceThread(settings) as running, connect(running.port) as sock:
+        sock.sendall(signed_request())
+        assert 202 == read_answer(sock).status
+        (protocol,) = running.server.server_state.connections
+
+        assert len(vars(protocol)) <= CPYTHON_SHARED_KEYS, sorted(vars(protocol))
