@@ -660,6 +660,82 @@ def phase_worker_scaling(b: Bench, events: int, counts: list[int]) -> dict[str, 
     return out
 
 
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@contextmanager
+def rss_meter(pid: int) -> Iterator[dict[str, float]]:
+    """The peak VmRSS (MiB) of ``pid`` during the block, sampled every 100 ms."""
+    import threading
+
+    out = {"peak_mib": rss_mib(pid)}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.1):
+            out["peak_mib"] = max(out["peak_mib"], rss_mib(pid))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    yield out
+    done.set()
+    thread.join()
+    out["end_mib"] = rss_mib(pid)
+
+
+SLOW_BODIES, SLOW_HEADERS, OVERSIZED = 200, 200, 100
+
+
+def phase_slowloris(b: Bench, duration: float) -> dict[str, Any]:
+    """Fixed-rate deliveries without, with, and again without 500 slow or oversized connections
+    held open (bench/slowclients.py, each replaced as the server closes it); serve's RSS."""
+    held = SLOW_BODIES + SLOW_HEADERS + OVERSIZED
+    log(
+        f"phase: slowloris, {FIXED_RATE} req/s (open loop) without / with {held} slow or oversized "
+        "connections / without"
+    )
+    port = free_port()
+    serve = b.start_serve(port, "serve-slowloris")
+    worker = b.start_worker(b.sqlite_url("slowloris"), "worker-slowloris")
+    time.sleep(1.0)
+    out: dict[str, Any] = {"idle_rss_mib": rss_mib(serve.pid), "runs": []}
+    for label in ("without", "with", "without again"):
+        helper = None
+        if label == "with":
+            helper = subprocess.Popen(
+                [PY, str(BENCH / "slowclients.py"), "--port", str(port),
+                 "--bodies", str(SLOW_BODIES), "--headers", str(SLOW_HEADERS),
+                 "--oversized", str(OVERSIZED), "--duration", str(duration + 2)],
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            assert helper.stdout is not None
+            ready = helper.stdout.readline().split()
+            log(f"  slow clients ready: {ready}")
+            time.sleep(1.0)  # the held bodies have arrived
+        requests, _ids = b.gen.write(int(FIXED_RATE * duration) + 10)
+        procs = [serve, worker, b.redis_proc]
+        with cpu_meter(procs) as usage, rss_meter(serve.pid) as rss:
+            result = b.openloop(port, requests, duration)
+        run: dict[str, Any] = {"label": label, "load": result, "cpu": usage, "rss": rss}
+        if helper is not None:
+            stdout, _ = helper.communicate(timeout=60)
+            run["slow_clients"] = json.loads(stdout.strip().splitlines()[-1])
+        b.wait_drained()
+        out["runs"].append(run)
+        log(
+            f"  {label}: p50 {result['p50_ms']} p99 {result['p99_ms']} p99.9 {result['p999_ms']} ms, "
+            f"statuses {result['statuses']}, errors {result['errors']}; serve RSS peak "
+            f"{rss['peak_mib']:.0f} MiB; cpu {usage}; slow clients {run.get('slow_clients')}"
+        )
+    b.stop(worker)
+    b.stop(serve)
+    return out
+
+
 def phase_profile(b: Bench, duration: float) -> dict[str, Any]:
     """py-spy (collapsed stacks) of the serve process and the worker under saturation."""
     log("phase: profile with py-spy (saturation)")
@@ -908,6 +984,49 @@ def report(b: Bench, command: str, results: dict[str, Any], started: float) -> s
                     f"{s['states']} | {s['cpu']} |"
                 )
         lines.append("")
+    sl = results.get("slowloris")
+    if sl:
+        body_mib = 262_144 / 2**20
+        lines += [
+            f"## Slow and oversized connections ({SLOW_BODIES} near-limit bodies trickled, "
+            f"{SLOW_HEADERS} near-limit headers trickled, {OVERSIZED} oversized-header senders; "
+            f"bench/slowclients.py), fixed rate {FIXED_RATE:,} req/s alongside",
+            "",
+            "| run | achieved req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | serve RSS peak MiB | "
+            "serve CPU % | slow clients: answers, fewest/most open |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for run in sl["runs"]:
+            load = run["load"]
+            non2 = sum(v for k, v in load["statuses"].items() if not k.startswith("2")) + sum(
+                load["errors"].values()
+            )
+            slow = run.get("slow_clients")
+            slow_text = (
+                f"{slow['statuses']}, {slow['min_open']}/{slow['max_open']}" if slow else "—"
+            )
+            lines.append(
+                f"| {run['label']} | {f1(load['achieved_rps'])} | {load['p50_ms']:.2f} | "
+                f"{load['p99_ms']:.2f} | {load['p999_ms']:.2f} | {non2} | "
+                f"{run['rss']['peak_mib']:.0f} | {run['cpu']['serve-slowloris']} | {slow_text} |"
+            )
+        bound = sl["idle_rss_mib"] + (SLOW_BODIES + SLOW_HEADERS + OVERSIZED) * (
+            body_mib + 32_768 / 2**20 + 64 / 1024
+        )
+        lines += [
+            "",
+            f"serve RSS before the runs: {sl['idle_rss_mib']:.0f} MiB; stated bound with these "
+            f"connections: idle + 500 × (body limit + header limit + 64 KiB) = {bound:.0f} MiB.",
+            "",
+        ]
+        peak = max(run["rss"]["peak_mib"] for run in sl["runs"])
+        gates.append(
+            (
+                f"serve RSS with 500 slow/oversized connections ≤ {bound:.0f} MiB",
+                f"{peak:.0f} MiB",
+                peak <= bound,
+            )
+        )
     lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for name, value, ok in gates:
         lines.append(f"| {name} | {value} | {'yes' if ok else 'NO'} |")
@@ -942,7 +1061,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="saturation,fixed,serve,workers",
-        help="comma-separated phases: saturation,fixed,serve,workers,profile",
+        help="comma-separated phases: saturation,fixed,serve,workers,profile,slowloris",
     )
     parser.add_argument(
         "--name", default="", help="report name under bench/results/ (default latest)"
@@ -986,6 +1105,8 @@ def main() -> None:
             )
         if "profile" in phases:
             results["profiles"] = phase_profile(b, args.duration)
+        if "slowloris" in phases:
+            results["slowloris"] = phase_slowloris(b, args.duration)
         assert b.redis is not None
         stats = b.redis.info("commandstats")
         results["commandstats"] = ", ".join(
