@@ -2,20 +2,23 @@
 
     python bench/slowclients.py --port P [--bodies 200] [--headers 200] [--oversized 100]
                                 [--duration 20] [--body-bytes 262144] [--header-bytes 32768]
+                                [--ramp 0]
 
 Three kinds of connection, each replaced as soon as the server closes it, so the number
 held stays at the total for the whole run:
 
-- ``bodies``: prompt headers declaring ``--body-bytes``, all of the body but one byte at
-  once, then one more byte every second that never completes it (the most memory a
+- ``bodies``: prompt headers declaring ``--body-bytes``, all of the body but 100 bytes at
+  once, then one more byte every second, never completing it (the most memory a
   connection can make the server hold);
 - ``headers``: a request line and ``--header-bytes`` minus 200 of header at once, then a
   header byte every second (slowloris);
 - ``oversized``: twice ``--header-bytes`` of header in one go, read the answer, wait a second,
   again.
 
-It prints ``READY <open>`` once every connection is open, and at the end one JSON line:
-answers by status, reconnects, and the fewest and most connections open at once.
+Oversized senders are refused at once by a bounded server, so only the slow ones can be held:
+it prints ``READY <open>`` once every slow connection is open, and at the end one JSON line:
+answers by status, reconnects, and the fewest and most slow connections open at once after
+READY (each is replaced when the server's read deadline closes it).
 """
 
 from __future__ import annotations
@@ -34,19 +37,21 @@ HEAD = b"POST /webhooks/rivya HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: appli
 class Stats:
     def __init__(self) -> None:
         self.statuses: Counter[str] = Counter()
-        self.open = 0
+        self.open = 0  # slow connections (bodies, headers) open now
         self.reconnects = 0
         self.min_open: int | None = None
         self.max_open = 0
 
-    def opened(self) -> None:
-        self.open += 1
-        self.max_open = max(self.max_open, self.open)
+    def opened(self, kind: str) -> None:
+        if kind != "oversized":
+            self.open += 1
+            self.max_open = max(self.max_open, self.open)
 
-    def closed(self, ready: bool) -> None:
-        self.open -= 1
-        if ready:
-            self.min_open = self.open if self.min_open is None else min(self.min_open, self.open)
+    def closed(self, kind: str, ready: bool) -> None:
+        if kind != "oversized":
+            self.open -= 1
+            if ready:
+                self.min_open = min(self.open, self.min_open or self.open)
 
 
 async def first_line(reader: asyncio.StreamReader) -> str:
@@ -64,11 +69,11 @@ async def hold(kind: str, args: argparse.Namespace, stats: Stats, stop: asyncio.
             stats.statuses["connect_error"] += 1
             await asyncio.sleep(0.1)
             continue
-        stats.opened()
+        stats.opened(kind)
         try:
             if kind == "bodies":
                 writer.write(HEAD + b"content-length: %d\r\n\r\n" % args.body_bytes)
-                writer.write(b"a" * (args.body_bytes - 1))
+                writer.write(b"a" * (args.body_bytes - 100))
             elif kind == "headers":
                 writer.write(HEAD + b"x-slow: " + b"a" * (args.header_bytes - 200))
             else:
@@ -87,7 +92,7 @@ async def hold(kind: str, args: argparse.Namespace, stats: Stats, stop: asyncio.
             stats.statuses["reset"] += 1
         finally:
             writer.close()
-            stats.closed(ready.is_set())
+            stats.closed(kind, ready.is_set())
         if not stop.is_set():
             stats.reconnects += 1
             if kind == "oversized":
@@ -99,12 +104,16 @@ async def main(args: argparse.Namespace) -> None:
     stop, ready = asyncio.Event(), asyncio.Event()
     kinds = ["bodies"] * args.bodies + ["headers"] * args.headers + ["oversized"] * args.oversized
     tasks = []
+    pause = args.ramp / len(kinds) if args.ramp else 0.0
     for index, kind in enumerate(kinds):
         tasks.append(asyncio.create_task(hold(kind, args, stats, stop, ready)))
-        if index % 50 == 49:
+        if pause:
+            await asyncio.sleep(pause)
+        elif index % 50 == 49:
             await asyncio.sleep(0.05)  # let the server accept them in batches
     deadline = time.monotonic() + 30
-    while stats.open < len(kinds) and time.monotonic() < deadline:  # noqa: ASYNC110 - a count
+    slow = args.bodies + args.headers
+    while stats.open < slow and time.monotonic() < deadline:  # noqa: ASYNC110 - a count
         await asyncio.sleep(0.05)
     ready.set()
     print(f"READY {stats.open}", flush=True)
@@ -115,6 +124,7 @@ async def main(args: argparse.Namespace) -> None:
         json.dumps(
             {
                 "connections": len(kinds),
+                "slow": slow,
                 "statuses": dict(stats.statuses),
                 "reconnects": stats.reconnects,
                 "min_open": stats.min_open,
@@ -134,4 +144,11 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=float, default=20)
     parser.add_argument("--body-bytes", type=int, default=262_144)
     parser.add_argument("--header-bytes", type=int, default=32_768)
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=0.0,
+        help="open the connections over this many seconds (default 0: all at once, so "
+        "their read deadlines fire together)",
+    )
     uvloop.run(main(parser.parse_args()))
