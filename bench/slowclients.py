@@ -47,11 +47,13 @@ class Stats:
             self.open += 1
             self.max_open = max(self.max_open, self.open)
 
-    def closed(self, kind: str, ready: bool) -> None:
+    def closed(self, kind: str, counting: bool) -> None:
         if kind != "oversized":
             self.open -= 1
-            if ready:
-                self.min_open = min(self.open, self.min_open or self.open)
+            if counting:
+                self.min_open = (
+                    self.open if self.min_open is None else min(self.min_open, self.open)
+                )
 
 
 async def first_line(reader: asyncio.StreamReader) -> str:
@@ -92,7 +94,7 @@ async def hold(kind: str, args: argparse.Namespace, stats: Stats, stop: asyncio.
             stats.statuses["reset"] += 1
         finally:
             writer.close()
-            stats.closed(kind, ready.is_set())
+            stats.closed(kind, ready.is_set() and not stop.is_set())
         if not stop.is_set():
             stats.reconnects += 1
             if kind == "oversized":
