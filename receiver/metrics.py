@@ -40,7 +40,8 @@ HTTP_REJECTIONS = Counter(
     ["code"],
 )
 CONNECTIONS_OPEN = Gauge(
-    "receiver_connections_open", "HTTP connections open on this serve process."
+    "receiver_connections_open",
+    "HTTP connections open on this process (public and admin listeners together).",
 )
 DUPLICATES = Counter(
     "receiver_duplicates_total", "Deliveries of an event id already stored.", ["source"]
