@@ -4,8 +4,10 @@
 answers ``202 {"status":"accepted"}`` (no verification, no storage, no logging).
 ``python bench/floor.py starlette --port 8102``: the same as one Starlette route, for reference.
 
-uvicorn is configured exactly like ``receiver serve`` (receiver/server.py: uvloop, httptools,
-no access log, no server header, backlog 2048), so the ratio ours/floor isolates our own work.
+uvicorn is configured like ``receiver serve`` (receiver/server.py: uvloop, httptools, no
+access log, no server header, backlog 2048) but with uvicorn's own httptools protocol, so the
+ratio ours/floor isolates our own work, the bounds of receiver/http_protocol.py included;
+``--protocol bounded`` runs the floor under our protocol instead, to price those bounds.
 """
 
 from __future__ import annotations
@@ -53,15 +55,26 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("kind", choices=("bare", "starlette"))
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--protocol",
+        choices=("httptools", "bounded"),
+        default="httptools",
+        help="uvicorn's httptools protocol, or ours with its limits (to price the limits)",
+    )
     args = parser.parse_args()
     app = bare if args.kind == "bare" else starlette_app()
+    http: object = "httptools"
+    if args.protocol == "bounded":
+        from receiver.http_protocol import HttpLimits, bounded_protocol
+
+        http = bounded_protocol(HttpLimits())
     # Same settings as receiver.server.uvicorn_config.
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=args.port,
         loop="uvloop",
-        http="httptools",
+        http=http,  # type: ignore[arg-type]
         lifespan="on",
         log_config=None,
         access_log=False,

@@ -660,6 +660,92 @@ def phase_worker_scaling(b: Bench, events: int, counts: list[int]) -> dict[str, 
     return out
 
 
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@contextmanager
+def rss_meter(pid: int) -> Iterator[dict[str, float]]:
+    """The peak VmRSS (MiB) of ``pid`` during the block, sampled every 100 ms."""
+    import threading
+
+    out = {"peak_mib": rss_mib(pid)}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.1):
+            out["peak_mib"] = max(out["peak_mib"], rss_mib(pid))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    yield out
+    done.set()
+    thread.join()
+    out["end_mib"] = rss_mib(pid)
+
+
+SLOW_BODIES, SLOW_HEADERS, OVERSIZED = 200, 200, 100
+# 0: the attackers open together, so their read deadlines fire together (the worst case);
+# BENCH_SLOW_RAMP=10 spreads them over 10 s instead.
+SLOW_RAMP = float(os.environ.get("BENCH_SLOW_RAMP", "0"))
+
+
+def phase_slowloris(b: Bench, rounds: int, duration: float) -> dict[str, Any]:
+    """Fixed-rate deliveries without and with 500 slow or oversized connections at work
+    (bench/slowclients.py, each slow one replaced as the server closes it), interleaved
+    rounds; serve's RSS peak."""
+    attackers = SLOW_BODIES + SLOW_HEADERS + OVERSIZED
+    log(
+        f"phase: slowloris, {FIXED_RATE} req/s (open loop) without / with {attackers} slow or "
+        f"oversized connections, {rounds} interleaved rounds"
+    )
+    port = free_port()
+    serve = b.start_serve(port, "serve-slowloris")
+    worker = b.start_worker(b.sqlite_url("slowloris"), "worker-slowloris")
+    time.sleep(1.0)
+    out: dict[str, Any] = {"idle_rss_mib": rss_mib(serve.pid), "runs": []}
+    for round_ in range(rounds):
+        for label in ("without", "with"):
+            procs = [serve, worker, b.redis_proc]
+            helper = None
+            if label == "with":
+                helper = b.start(
+                    f"slowclients-{round_}",
+                    [PY, str(BENCH / "slowclients.py"), "--port", str(port),
+                     "--bodies", str(SLOW_BODIES), "--headers", str(SLOW_HEADERS),
+                     "--oversized", str(OVERSIZED), "--duration", str(duration + 2),
+                     "--ramp", str(SLOW_RAMP)],
+                )  # fmt: skip
+                deadline = time.monotonic() + 60
+                while "READY" not in helper.logfile.read_text() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                time.sleep(1.0)  # the held bodies have arrived
+                procs.append(helper)
+            requests, _ids = b.gen.write(int(FIXED_RATE * duration) + 10)
+            with cpu_meter(procs) as usage, rss_meter(serve.pid) as rss:
+                result = b.openloop(port, requests, duration)
+            run: dict[str, Any] = {"label": label, "load": result, "cpu": usage, "rss": rss}
+            if helper is not None:
+                helper.popen.wait(60)
+                lines = helper.logfile.read_text().strip().splitlines()
+                run["slow_clients"] = {"ready": lines[0], **json.loads(lines[-1])}
+                b.stop(helper)
+            b.wait_drained()
+            out["runs"].append(run)
+            log(
+                f"  round {round_ + 1} {label}: p50 {result['p50_ms']} p99 {result['p99_ms']} "
+                f"p99.9 {result['p999_ms']} ms, statuses {result['statuses']}, errors "
+                f"{result['errors']}; serve RSS peak {rss['peak_mib']:.0f} MiB; cpu {usage}; "
+                f"slow clients {run.get('slow_clients')}"
+            )
+    b.stop(worker)
+    b.stop(serve)
+    return out
+
+
 def phase_profile(b: Bench, duration: float) -> dict[str, Any]:
     """py-spy (collapsed stacks) of the serve process and the worker under saturation."""
     log("phase: profile with py-spy (saturation)")
@@ -908,6 +994,66 @@ def report(b: Bench, command: str, results: dict[str, Any], started: float) -> s
                     f"{s['states']} | {s['cpu']} |"
                 )
         lines.append("")
+    sl = results.get("slowloris")
+    if sl:
+        lines += [
+            f"## Slow and oversized connections ({SLOW_BODIES} near-limit bodies and {SLOW_HEADERS} "
+            f"near-limit headers trickled a byte a second and replaced when closed, {OVERSIZED} "
+            f"senders of oversized headers once a second; bench/slowclients.py), fixed rate "
+            f"{FIXED_RATE:,} req/s of signed deliveries alongside; interleaved rounds",
+            "",
+            "| run | achieved req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | serve RSS peak MiB | "
+            "CPU % (serve / slow clients / machine idle) | slow clients: answers; slow ones open (fewest/most) |",
+            "|---|---:|---:|---:|---:|---:|---:|---|---|",
+        ]
+        by_label: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
+        for run in sl["runs"]:
+            load = run["load"]
+            by_label[run["label"]].append(load)
+            non2 = sum(v for k, v in load["statuses"].items() if not k.startswith("2")) + sum(
+                load["errors"].values()
+            )
+            slow = run.get("slow_clients")
+            helper_cpu = next(
+                (
+                    v
+                    for k, v in run["cpu"].items()
+                    if k.startswith("slowclients") and "sys" not in k
+                ),
+                "—",
+            )
+            slow_text = (
+                f"{slow['statuses']}; {slow['min_open']}/{slow['max_open']} of {slow['slow']}"
+                if slow
+                else "—"
+            )
+            lines.append(
+                f"| {run['label']} | {f1(load['achieved_rps'])} | {load['p50_ms']:.2f} | "
+                f"{load['p99_ms']:.2f} | {load['p999_ms']:.2f} | {non2} | "
+                f"{run['rss']['peak_mib']:.0f} | {run['cpu']['serve-slowloris']} / {helper_cpu} / "
+                f"{run['cpu']['machine idle']} | {slow_text} |"
+            )
+        for label, loads in by_label.items():
+            lines.append(
+                f"| **median, {label}** | | {med([x['p50_ms'] for x in loads]):.2f} | "
+                f"**{med([x['p99_ms'] for x in loads]):.2f}** | {med([x['p999_ms'] for x in loads]):.2f} | | | | |"
+            )
+        per_connection_mib = (262_144 + 32_768 + 65_536) / 2**20
+        bound = sl["idle_rss_mib"] + (SLOW_BODIES + SLOW_HEADERS + OVERSIZED) * per_connection_mib
+        peak = max(run["rss"]["peak_mib"] for run in sl["runs"])
+        lines += [
+            "",
+            f"serve RSS before the runs: {sl['idle_rss_mib']:.0f} MiB, peak {peak:.0f} MiB; stated "
+            f"bound: idle + 500 × (body limit + header limit + 64 KiB) = {bound:.0f} MiB.",
+            "",
+        ]
+        gates.append(
+            (
+                f"serve RSS with 500 slow/oversized connections ≤ {bound:.0f} MiB",
+                f"{peak:.0f} MiB",
+                peak <= bound,
+            )
+        )
     lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for name, value, ok in gates:
         lines.append(f"| {name} | {value} | {'yes' if ok else 'NO'} |")
@@ -942,7 +1088,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="saturation,fixed,serve,workers",
-        help="comma-separated phases: saturation,fixed,serve,workers,profile",
+        help="comma-separated phases: saturation,fixed,serve,workers,profile,slowloris",
     )
     parser.add_argument(
         "--name", default="", help="report name under bench/results/ (default latest)"
@@ -986,6 +1132,8 @@ def main() -> None:
             )
         if "profile" in phases:
             results["profiles"] = phase_profile(b, args.duration)
+        if "slowloris" in phases:
+            results["slowloris"] = phase_slowloris(b, args.rounds, args.duration)
         assert b.redis is not None
         stats = b.redis.info("commandstats")
         results["commandstats"] = ", ".join(

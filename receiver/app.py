@@ -29,10 +29,12 @@ from receiver.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     StorageUnavailable,
     UnknownSource,
     UnsupportedMediaType,
 )
+from receiver.http_protocol import READ_DEADLINE_PASSED
 from receiver.ingest import build_event
 from receiver.logs import get_logger
 from receiver.models import EventState
@@ -61,8 +63,27 @@ def _is_json(content_type: str) -> bool:
     )
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    """The whole body, or PayloadTooLarge as soon as it passes ``limit`` (no further reads)."""
+def _declares_more_than(declared: str, limit: int) -> bool:
+    """Whether a ``Content-Length`` passes ``limit``. The parser has checked its syntax, but
+    leading zeros keep it valid at any length, and ``int()`` refuses 4,300 digits or more."""
+    digits = declared.lstrip("0")
+    if not (digits.isascii() and digits.isdigit()):
+        return False  # zero, or not decimal: the limit while streaming still holds
+    return len(digits) > len(str(limit)) or int(digits) > limit
+
+
+def _declared_size(declared: str | None) -> int:
+    """A ``Content-Length`` as a number for the rejection log: 0 when absent or not
+    decimal, capped so 5,001 digits never reach ``int()``."""
+    digits = (declared or "").lstrip("0")
+    if not (digits.isascii() and digits.isdigit()):
+        return 0
+    return int(digits) if len(digits) <= 18 else 10**18
+
+
+async def _read_body(receive: Receive, limit: int, scope: Scope) -> bytes:
+    """The whole body, or PayloadTooLarge as soon as it passes ``limit`` (no further reads),
+    or RequestTimeout once the protocol marks the read deadline passed (http_protocol.py)."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -76,6 +97,8 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+        if READ_DEADLINE_PASSED in scope:
+            raise RequestTimeout
 
 
 async def _send_json(
@@ -126,6 +149,12 @@ class WebhookEndpoint:
                 extra = ((b"retry-after", str(exc.retry_after_seconds).encode()),)
             elif isinstance(exc, MethodNotAllowed):
                 extra = ((b"allow", b"POST"),)
+            elif isinstance(exc, (PayloadTooLarge, RequestTimeout)):
+                # The rest of the body is never read, so the connection cannot carry another
+                # request: say so, and uvicorn closes it after this answer.
+                extra = ((b"connection", b"close"),)
+                if isinstance(exc, RequestTimeout):
+                    metrics.child(metrics.HTTP_REJECTIONS, exc.code).inc()
             elif exc.status == 401 or exc.code == "missing_signature_header":
                 metrics.VERIFICATION_FAILURES.labels(exc.code).inc()
         except ClientDisconnected:
@@ -172,12 +201,12 @@ class WebhookEndpoint:
             name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
         }
         limit = self._app.settings.max_body_bytes
-        declared = headers.get("content-length", "")
+        declared = headers.get("content-length")
         body: bytes | None = None
         try:
-            if declared.isdigit() and int(declared) > limit:
+            if declared is not None and _declares_more_than(declared, limit):
                 raise PayloadTooLarge
-            body = await _read_body(receive, limit)
+            body = await _read_body(receive, limit, scope)
             if not _is_json(headers.get("content-type", "")):
                 raise UnsupportedMediaType
             event = build_event(source, verifier, runtime.cipher, headers, body, received_ms)
@@ -186,7 +215,7 @@ class WebhookEndpoint:
                 verifier=verifier,
                 headers=headers,
                 body=body,
-                body_bytes=int(declared) if declared.isdigit() else 0,
+                body_bytes=_declared_size(declared),
             )
             raise
         metrics.VERIFICATIONS.inc(source, event.signing_key)

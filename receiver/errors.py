@@ -45,6 +45,12 @@ class PayloadTooLarge(DeliveryRejected):
     status, code = 413, "payload_too_large"
 
 
+class RequestTimeout(DeliveryRejected):
+    """The body was not complete within ``RECEIVER_READ_TIMEOUT`` of its headers."""
+
+    status, code = 408, "request_timeout"
+
+
 class UnsupportedMediaType(DeliveryRejected):
     status, code = 415, "unsupported_media_type"
 

@@ -36,6 +36,16 @@ REQUEST_DURATION = Histogram(
     "Time from request start to the answer for webhook deliveries.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+HTTP_REJECTIONS = Counter(
+    "receiver_http_rejections_total",
+    "Requests refused for their framing or the connection bounds, by error code "
+    "(request_header_fields_too_large, request_timeout, too_many_connections, malformed_request).",
+    ["code"],
+)
+CONNECTIONS_OPEN = Gauge(
+    "receiver_connections_open",
+    "HTTP connections open on this process (public and admin listeners together).",
+)
 DUPLICATES = Counter(
     "receiver_duplicates_total", "Deliveries of an event id already stored.", ["source"]
 )

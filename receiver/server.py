@@ -20,7 +20,9 @@ from typing import Protocol
 import uvicorn
 from starlette.types import ASGIApp
 
+from receiver.http_protocol import HttpLimits, bounded_protocol
 from receiver.logs import get_logger
+from receiver.settings import Settings
 
 log = get_logger("receiver.server")
 
@@ -114,20 +116,30 @@ async def serve_together(
         await asyncio.gather(*tasks)
 
 
-def uvicorn_config(app: ASGIApp, host: str, port: int, shutdown_timeout: float) -> uvicorn.Config:
-    """uvloop and httptools when installed (``uvicorn[standard]``), else the pure-Python ones."""
+def uvicorn_config(app: ASGIApp, host: str, port: int, settings: Settings) -> uvicorn.Config:
+    """uvloop when installed, and httptools (``uvicorn[standard]``) bounded by our protocol.
+
+    The protocol class carries the header, deadline and connection limits (http_protocol.py);
+    WebSockets are off (the service has none, and an upgraded connection would leave those
+    limits behind). The public and the admin listener get the same bounds.
+    """
     fast_loop = importlib.util.find_spec("uvloop") is not None
-    fast_http = importlib.util.find_spec("httptools") is not None
+    limits = HttpLimits(
+        max_header_bytes=settings.max_header_bytes,
+        read_timeout_seconds=settings.read_timeout_seconds,
+        max_connections=settings.max_connections,
+    )
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="uvloop" if fast_loop else "asyncio",
-        http="httptools" if fast_http else "h11",
+        http=bounded_protocol(limits),
+        ws="none",
         lifespan="on",
         log_config=None,
         access_log=False,
         server_header=False,
-        timeout_graceful_shutdown=int(max(1, shutdown_timeout)),
+        timeout_graceful_shutdown=int(max(1, settings.shutdown_timeout_seconds)),
         backlog=2048,
     )

@@ -19,6 +19,10 @@ from receiver.redaction import Secret
 from receiver.signing import HMAC_PREFIX, Scheme, key_warnings, parse_keys
 
 DEFAULT_SOURCE = "rivya"
+# Measured (bench/README.md, "Slow and oversized connections"): each connection can hold up to
+# a body limit plus a header budget for a read deadline; this many keep serve under the 512 Mi
+# pod limit with the default limits.
+DEFAULT_MAX_CONNECTIONS = 1_000
 LogFormat = Literal["json", "console"]
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _SOURCE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # with fullmatch: ``$`` allows a final \n
@@ -31,6 +35,9 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604
 RETENTION_SKEW_MARGIN_SECONDS = 5
 DEFAULT_ADMIN_ADDR = ("127.0.0.1", 8081)
 _ADDR = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):([0-9]{1,5})")
+_SIZE = re.compile(r"([0-9]{1,15})\s*([A-Za-z]*)")
+# Binary units only: ``KB`` means 1000 to some and 1024 to others, so it is refused.
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2}
 
 
 def parse_duration(text: str) -> float:
@@ -39,6 +46,15 @@ def parse_duration(text: str) -> float:
     if not match:
         raise ValueError(f"not a duration: {text!r} (use e.g. 30d, 12h, 90s)")
     return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``32768``, ``32KiB`` (or ``32k``), ``1MiB`` (or ``1m``)."""
+    match = _SIZE.fullmatch(text.strip())
+    unit = _SIZE_UNITS.get(match.group(2).lower()) if match else None
+    if match is None or unit is None:
+        raise ValueError(f"not a size: {text[:40]!r} (use e.g. 32768, 32KiB, 1MiB)")
+    return int(match.group(1)) * unit
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +77,9 @@ class Settings:
     sink_url: Secret
     redis_url: Secret | None = None
     max_body_bytes: int = 262_144
+    max_header_bytes: int = 32_768
+    read_timeout_seconds: float = 10.0
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     retention_seconds: int = 30 * 86400
     encryption_keys: tuple[Secret, ...] = ()
     forward_secret: Secret | None = None
@@ -155,6 +174,15 @@ class Settings:
             sink_url=Secret(sink_url),
             redis_url=redis_url,
             max_body_bytes=reader.integer("RECEIVER_MAX_BODY_BYTES", 262_144, minimum=1),
+            # Below 1 KiB ordinary signed deliveries would not fit; above 1 MiB a connection
+            # cap no longer bounds memory in any useful way.
+            max_header_bytes=reader.size(
+                "RECEIVER_MAX_HEADER_BYTES", "32KiB", minimum=1024, maximum=1024**2
+            ),
+            read_timeout_seconds=reader.duration("RECEIVER_READ_TIMEOUT", "10s", minimum=0.001),
+            max_connections=reader.integer(
+                "RECEIVER_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, minimum=1, maximum=1_000_000
+            ),
             retention_seconds=retention_seconds,
             encryption_keys=encryption_keys,
             forward_secret=forward_secret,
@@ -197,6 +225,9 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "RECEIVER_SINK_FILE",
     "RECEIVER_DATA_DIR",
     "RECEIVER_MAX_BODY_BYTES",
+    "RECEIVER_MAX_HEADER_BYTES",
+    "RECEIVER_READ_TIMEOUT",
+    "RECEIVER_MAX_CONNECTIONS",
     "RECEIVER_RETENTION",
     "RECEIVER_ENCRYPTION_KEYS",
     "RECEIVER_ENCRYPTION_KEYS_FILE",
@@ -276,6 +307,16 @@ class _EnvReader:
             raise ConfigError(f"{name}: {exc}") from None
         if value < minimum:
             raise ConfigError(f"{name}: must be at least {minimum}s, got {raw!r}")
+        return value
+
+    def size(self, name: str, default: str, *, minimum: int, maximum: int) -> int:
+        raw = self._env.get(name, "").strip() or default
+        try:
+            value = parse_size(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+        if not minimum <= value <= maximum:
+            raise ConfigError(f"{name}: must be between {minimum} and {maximum} bytes, got {raw!r}")
         return value
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from receiver.server import uvicorn_config
 from receiver.worker import Worker
 
 
@@ -73,13 +74,10 @@ class WorkerListener:
             self._socket.close()
             raise
         self.port = int(self._socket.getsockname()[1])
-        config = uvicorn.Config(
-            create_worker_app(worker),
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-        )
+        # The same bounded protocol as serve's listeners (header budget, read deadlines,
+        # connection cap): a worker's port is reachable from the monitoring namespace.
+        config = uvicorn_config(create_worker_app(worker), host, self.port, worker.settings)
+        config.lifespan = "off"
         self._server = _SignalFreeServer(config)
 
     async def serve(self) -> None:

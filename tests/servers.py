@@ -16,13 +16,20 @@ import uvicorn
 
 from receiver.app import create_app
 from receiver.console import AdminApp, create_admin_app
-from receiver.server import CompanionServer, GracefulServer, bind, serve_together
+from receiver.server import (
+    CompanionServer,
+    GracefulServer,
+    bind,
+    serve_together,
+    uvicorn_config,
+)
 from receiver.settings import Settings
 from tests.conftest import free_port, wait_for_port
 
 
 class ServiceThread:
-    """``create_app(settings)`` served by uvicorn on a real socket, in a background thread.
+    """``create_app(settings)`` served on a real socket in a background thread, under the same
+    uvicorn configuration as ``receiver serve`` (the bounded protocol included).
 
     With ``admin=True`` the admin listener (console, API, metrics) runs beside it on its own
     port, around the same runtime, as ``receiver serve`` runs them.
@@ -34,26 +41,21 @@ class ServiceThread:
         self.port = free_port()
         self.admin_port = free_port() if admin else None
         self.app = create_app(settings, run_worker=run_worker)
-        self.server = GracefulServer(self._config(self.app, self.port), self.app, 0)
+        self.server = GracefulServer(self._config(self.app, self.port, settings), self.app, 0)
         self.admin_app: AdminApp | None = None
         self._admin_server: CompanionServer | None = None
         if self.admin_port is not None:
             self.admin_app = create_admin_app(settings)
             self.admin_app.attach(lambda: self.app.runtime)
-            self._admin_server = CompanionServer(self._config(self.admin_app, self.admin_port))
+            admin_config = self._config(self.admin_app, self.admin_port, settings)
+            self._admin_server = CompanionServer(admin_config)
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     @staticmethod
-    def _config(app: Any, port: int) -> uvicorn.Config:
-        return uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=5,
-        )
+    def _config(app: Any, port: int, settings: Settings) -> uvicorn.Config:
+        config = uvicorn_config(app, "127.0.0.1", port, settings)
+        config.timeout_graceful_shutdown = 5
+        return config
 
     @property
     def url(self) -> str:

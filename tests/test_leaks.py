@@ -13,6 +13,7 @@ from receiver.signing import sign_standard
 from tests.conftest import TEST_SECRET, free_port, wait_for_port
 from tests.factories import base_env, envelope, generation, signed_headers
 from tests.helpers import eventually
+from tests.raw_http import exchange, request_bytes
 from tests.redis_proc import RedisProcess
 from tests.servers import ServiceProcess
 
@@ -65,6 +66,7 @@ def test_no_secret_in_any_output(tmp_path: Path) -> None:
             RECEIVER_RETRY_BASE="50ms",
             RECEIVER_MAX_ATTEMPTS="2",
             RECEIVER_LOG_LEVEL="debug",
+            RECEIVER_READ_TIMEOUT="500ms",
             PYTHONPATH=str(plugin_dir),
         )
         service = ServiceProcess(env, tmp_path / "serve.log")
@@ -92,6 +94,15 @@ def test_no_secret_in_any_output(tmp_path: Path) -> None:
                 ).status_code
                 == 401
             )
+            # Requests the HTTP protocol layer refuses log their reason: never their bytes.
+            signed_query = f"/webhooks/riv\xe9ya?X-Amz-Signature={URL_SIGNATURE}"
+            refused = [
+                request_bytes(headers=[("x-key", f"{API_KEY}\x00")], body=b"{}"),
+                request_bytes(headers=[("authorization", f"Bearer {API_KEY}" * 2000)]),
+                f"GET {signed_query} HTTP/1.1\r\nx-key: {API_KEY}\r\n\r\n".encode("latin-1"),
+                request_bytes(headers={"x-key": API_KEY, "content-length": "5"}, body=b"{"),
+            ]
+            assert [400, 431, 400, 408] == [exchange(service.port, raw).status for raw in refused]
             deadline = time.monotonic() + 15
             while "gave up" not in service.output() and time.monotonic() < deadline:
                 time.sleep(0.1)

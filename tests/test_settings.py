@@ -11,7 +11,7 @@ from cryptography.fernet import Fernet
 
 from receiver.errors import ConfigError
 from receiver.redaction import Secret, mask_url
-from receiver.settings import KNOWN_VARIABLES, Settings, parse_duration
+from receiver.settings import KNOWN_VARIABLES, Settings, parse_duration, parse_size
 from receiver.signing import Scheme
 from tests.conftest import TEST_SECRET
 
@@ -77,6 +77,13 @@ BAD_VALUES = [
     ("RECEIVER_SHUTDOWN_DRAIN", "later"),
     ("RECEIVER_WORKER_CONCURRENCY", "0"),
     ("RECEIVER_QUEUE_SHARDS", "1025"),
+    ("RECEIVER_MAX_HEADER_BYTES", "32KB"),
+    ("RECEIVER_MAX_HEADER_BYTES", "512"),
+    ("RECEIVER_MAX_HEADER_BYTES", "2MiB"),
+    ("RECEIVER_READ_TIMEOUT", "0s"),
+    ("RECEIVER_READ_TIMEOUT", "a while"),
+    ("RECEIVER_MAX_CONNECTIONS", "0"),
+    ("RECEIVER_MAX_CONNECTIONS", "many"),
     ("RECEIVER_CONFIG", "/nonexistent/receiver.toml"),
     ("RECEIVER_WEBHOOK_SECRET_FILE", "/nonexistent/secret"),
 ]
@@ -89,7 +96,9 @@ BAD_IDS = [
     "log-format", "log-level", "visibility-zero", "attempts-zero", "retry-base-zero",
     "retry-max-negative", "retry-for-words", "retry-for-zero", "circuit-zero",
     "sink-timeout-decimal", "shutdown-word", "drain-word", "concurrency-zero",
-    "shards-too-many", "config-missing", "secret-file-missing",
+    "shards-too-many", "header-bytes-decimal-unit", "header-bytes-too-small",
+    "header-bytes-too-large", "read-timeout-zero", "read-timeout-word", "connections-zero",
+    "connections-word", "config-missing", "secret-file-missing",
 ]  # fmt: skip
 
 
@@ -120,6 +129,16 @@ class TestDefaults:
             settings.retry_for_seconds, settings.max_attempts, settings.retry_base_seconds,
             settings.retry_max_seconds, settings.circuit_failures,
         )  # fmt: skip
+
+    def test_http_bounds_defaults(self, tmp_path: Path) -> None:
+        """Header budget 32 KiB and read deadline 10 s (SPEC §10), connection cap 1,000."""
+        settings = Settings.from_env(env(tmp_path))
+
+        assert (32_768, 10.0, 1_000) == (
+            settings.max_header_bytes,
+            settings.read_timeout_seconds,
+            settings.max_connections,
+        )
 
     def test_missing_secret(self, tmp_path: Path) -> None:
         """No webhook secret: the settings load (a worker or an operator needs none), but a
@@ -153,12 +172,18 @@ class TestValues:
             ("RECEIVER_RETRY_FOR", "3d", "retry_for_seconds", 3 * 86400),
             ("RECEIVER_CIRCUIT_FAILURES", "2", "circuit_failures", 2),
             ("RECEIVER_QUEUE_SHARDS", "1024", "queue_shards", 1024),
+            ("RECEIVER_MAX_HEADER_BYTES", "16384", "max_header_bytes", 16_384),
+            ("RECEIVER_MAX_HEADER_BYTES", "64KiB", "max_header_bytes", 65_536),
+            ("RECEIVER_MAX_HEADER_BYTES", "1m", "max_header_bytes", 1_048_576),
+            ("RECEIVER_READ_TIMEOUT", "1500ms", "read_timeout_seconds", 1.5),
+            ("RECEIVER_MAX_CONNECTIONS", "20000", "max_connections", 20_000),
             ("RECEIVER_SINK", "log:", "sink", "log:"),
             ("RECEIVER_REDIS_URL", "rediss://:pw@h:6380/0", "redis", "rediss://:pw@h:6380/0"),
         ],
         ids=["tolerance", "scheme-any-case", "header", "max-body", "retention", "log-format",
              "log-level-any-case", "visibility-ms", "attempts", "retry-for", "circuit",
-             "shards-max", "sink", "redis"],
+             "shards-max", "header-bytes", "header-bytes-kib", "header-bytes-mib",
+             "read-timeout-ms", "connections", "sink", "redis"],
     )  # fmt: skip
     def test_value_read(self, tmp_path: Path, variable: str, value: str, attribute: str,
                         expected: object) -> None:  # fmt: skip
@@ -417,6 +442,29 @@ class TestParseDuration:
         """Anything else is a ValueError that quotes the text and shows an example."""
         with pytest.raises(ValueError, match=r"not a duration.*e\.g\. 30d"):
             parse_duration(text)
+
+
+class TestParseSize:
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [("32768", 32_768), ("32KiB", 32_768), ("32k", 32_768), ("32 kib", 32_768),
+         ("1MiB", 1_048_576), ("1M", 1_048_576), ("512b", 512), (" 4K ", 4096)],
+        ids=["bytes", "kib", "k", "spaced-lower", "mib", "m", "b", "padded"],
+    )  # fmt: skip
+    def test_valid(self, text: str, expected: int) -> None:
+        """Sizes in bytes or binary units convert to bytes."""
+        assert expected == parse_size(text)
+
+    @pytest.mark.parametrize(
+        "text",
+        ["", "big", "32KB", "1MB", "1.5k", "-1", "1G", "9" * 16],
+        ids=["empty", "word", "decimal-kilo", "decimal-mega", "fraction", "negative", "giga",
+             "too-many-digits"],
+    )  # fmt: skip
+    def test_invalid(self, text: str) -> None:
+        """Anything else (decimal units included: KB is ambiguous) names the accepted forms."""
+        with pytest.raises(ValueError, match=r"not a size.*32KiB"):
+            parse_size(text)
 
 
 class TestSourcesFile:

@@ -50,15 +50,13 @@ def serve(host: str, port: int, no_worker: bool) -> None:
         admin = _admin_app(settings) if admin_socket is not None else None
         runtime = await Runtime.open(settings, with_sink=True, adopt_orphan=True)
         app = create_app(settings, run_worker=not no_worker, runtime=runtime)
-        config = uvicorn_config(app, host, port, settings.shutdown_timeout_seconds)
+        config = uvicorn_config(app, host, port, settings)
         server = GracefulServer(config, app, settings.shutdown_drain_seconds)
         companions = []
         if admin is not None and admin_socket is not None:
             admin.attach(lambda: runtime)
             admin_host, admin_port = admin_socket.getsockname()[:2]
-            admin_config = uvicorn_config(
-                admin, admin_host, admin_port, settings.shutdown_timeout_seconds
-            )
+            admin_config = uvicorn_config(admin, admin_host, admin_port, settings)
             companions.append((CompanionServer(admin_config), admin_socket))
             log.info("admin_listening", addr=f"{admin_host}:{admin_port}")
         if settings.embedded_redis and runtime.embedded is not None:
@@ -97,7 +95,7 @@ def console() -> None:
         except ListenError as exc:
             fail(str(exc))
         admin = _admin_app(settings)
-        config = uvicorn_config(admin, host, port, settings.shutdown_timeout_seconds)
+        config = uvicorn_config(admin, host, port, settings)
         server = GracefulServer(config, admin, 0)
         log.info("admin_listening", addr=f"{host}:{port}")
         await serve_together(server, admin_socket, [], admin.lifespan())
