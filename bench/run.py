@@ -230,7 +230,18 @@ class Bench:
         self.notes: list[str] = []
 
     # processes
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+    def pinned(self, argv: list[str], role: str) -> list[str]:
+        """``argv`` under ``taskset`` with ``--pin``: the service (``serve`` or the floor) on
+        CPU 0, everything else (load generator, Redis, workers) on CPU 1. Cross-core
+        wake-ups cost more than they do on one core, so this is the harder figure."""
+        if not self.args.pin:
+            return argv
+        return ["taskset", "-c", "0" if role == "service" else "1", *argv]
+
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, role: str = "load"
+    ) -> Proc:
+        argv = self.pinned(argv, role)
         proc = Proc(name, argv, env or dict(os.environ), self.workdir / f"{name}.log")
         self.procs.append(proc)
         return proc
@@ -298,6 +309,7 @@ class Bench:
             name,
             [*self.receiver_cmd(), "serve", "--no-worker", "--port", str(port)],
             self.receiver_env(self.sqlite_url("serve"), name),
+            role="service",
         )
         wait_http(port, "/readyz")
         return proc
@@ -379,6 +391,7 @@ class Bench:
         path: str = "/webhooks/rivya",
     ) -> dict[str, Any]:
         argv, env = self._wrk_command(port, requests, duration, connections, path)
+        argv = self.pinned(argv, "load")
         return self._wrk_result(
             subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
         )
@@ -387,6 +400,7 @@ class Bench:
         self, port: int, requests: Path, duration: float, connections: int
     ) -> subprocess.Popen[str]:
         argv, env = self._wrk_command(port, requests, duration, connections, "/webhooks/rivya")
+        argv = self.pinned(argv, "load")
         return subprocess.Popen(
             argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -442,7 +456,7 @@ class Bench:
             "--path",
             path,
         ]
-        done = subprocess.run(argv, capture_output=True, text=True, check=True)
+        done = subprocess.run(self.pinned(argv, "load"), capture_output=True, text=True, check=True)
         return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -486,9 +500,15 @@ def machine_idle_seconds() -> float:
 def phase_saturation(b: Bench, rounds: int, duration: float) -> dict[str, Any]:
     log("phase: saturation (wrk -t1 -c64), floor / ours / starlette interleaved")
     floor_port, star_port, ours_port = free_port(), free_port(), free_port()
-    floor = b.start("floor-bare", [PY, str(BENCH / "floor.py"), "bare", "--port", str(floor_port)])
+    floor = b.start(
+        "floor-bare",
+        [PY, str(BENCH / "floor.py"), "bare", "--port", str(floor_port)],
+        role="service",
+    )
     star = b.start(
-        "floor-starlette", [PY, str(BENCH / "floor.py"), "starlette", "--port", str(star_port)]
+        "floor-starlette",
+        [PY, str(BENCH / "floor.py"), "starlette", "--port", str(star_port)],
+        role="service",
     )
     serve = b.start_serve(ours_port, "serve")
     worker = b.start_worker(b.sqlite_url("saturation"), "worker")
@@ -538,7 +558,9 @@ def phase_fixed_rate(b: Bench, rounds: int, duration: float) -> dict[str, Any]:
     )
     floor_port, ours_port = free_port(), free_port()
     floor = b.start(
-        "floor-bare-2", [PY, str(BENCH / "floor.py"), "bare", "--port", str(floor_port)]
+        "floor-bare-2",
+        [PY, str(BENCH / "floor.py"), "bare", "--port", str(floor_port)],
+        role="service",
     )
     wait_http(floor_port, "/")
     out: dict[str, Any] = {
@@ -843,6 +865,12 @@ def report(b: Bench, command: str, results: dict[str, Any], started: float) -> s
         "- ours = `receiver serve --no-worker` (RECEIVER_LOG_LEVEL=info, JSON logs to a file) + one "
         "`receiver worker` (SQLite sink unless stated); floor = bare ASGI app (bench/floor.py) under "
         "the same uvicorn flags (uvloop, httptools, one process)",
+        "- CPUs: "
+        + (
+            "pinned (`--pin`): serve and the floor on CPU 0 (taskset), wrk, Redis and workers on CPU 1"
+            if b.args.pin
+            else "not pinned: every process shares both CPUs"
+        ),
         "",
     ]
     gates: list[tuple[str, str, bool | None]] = []
@@ -1101,7 +1129,14 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="also record py-spy profiles (needs py-spy)"
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="taskset: serve (and the floor) on CPU 0; wrk, Redis and workers on CPU 1",
+    )
     args = parser.parse_args()
+    if args.pin and (os.cpu_count() or 1) < 2:
+        sys.exit("bench: --pin needs two CPUs")
     if args.quick:
         args.rounds, args.duration = 1, min(args.duration, 5)
     phases = set(args.only.split(","))
