@@ -22,8 +22,17 @@ CLUSTER_SUFFIX = "+cluster"
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 
 
-def create_client(url: str, *, max_connections: int = 64, timeout: float = 5.0) -> Any:
-    """A client with bounded timeouts, so a dead Redis becomes a fast 503, not a hang."""
+# The default of RECEIVER_REDIS_TIMEOUT (see settings.py for why it is below senders' own).
+DEFAULT_TIMEOUT_SECONDS = 2.0
+
+
+def create_client(
+    url: str, *, max_connections: int = 64, timeout: float = DEFAULT_TIMEOUT_SECONDS
+) -> Any:
+    """A client with bounded timeouts, so a dead or frozen Redis becomes a fast 503, not a hang.
+
+    ``timeout`` bounds connecting and every reply; the auto-pipeline's watchdog uses it too.
+    """
     scheme, _, rest = url.partition("://")
     if scheme.endswith(CLUSTER_SUFFIX):
         return RedisCluster.from_url(

@@ -48,9 +48,12 @@ class Runtime:
             url = await asyncio.to_thread(embedded.ensure_running, adopt_orphan=adopt_orphan)
         else:
             url = settings.redis_url.reveal()
-        client = create_client(url)
+        client = create_client(url, timeout=settings.redis_timeout_seconds)
         store = EventStore(
-            client, retention_seconds=settings.retention_seconds, shards=settings.queue_shards
+            client,
+            retention_seconds=settings.retention_seconds,
+            shards=settings.queue_shards,
+            redis_timeout_seconds=settings.redis_timeout_seconds,
         )
         try:
             await _prepare_with_retries(store, url)

@@ -77,6 +77,9 @@ BAD_VALUES = [
     ("RECEIVER_SHUTDOWN_DRAIN", "later"),
     ("RECEIVER_WORKER_CONCURRENCY", "0"),
     ("RECEIVER_QUEUE_SHARDS", "1025"),
+    ("RECEIVER_REDIS_TIMEOUT", "0s"),
+    ("RECEIVER_REDIS_TIMEOUT", "soon"),
+    ("RECEIVER_ALLOW_EVICTING_REDIS", "maybe"),
     ("RECEIVER_CONFIG", "/nonexistent/receiver.toml"),
     ("RECEIVER_WEBHOOK_SECRET_FILE", "/nonexistent/secret"),
 ]
@@ -89,7 +92,8 @@ BAD_IDS = [
     "log-format", "log-level", "visibility-zero", "attempts-zero", "retry-base-zero",
     "retry-max-negative", "retry-for-words", "retry-for-zero", "circuit-zero",
     "sink-timeout-decimal", "shutdown-word", "drain-word", "concurrency-zero",
-    "shards-too-many", "config-missing", "secret-file-missing",
+    "shards-too-many", "redis-timeout-zero", "redis-timeout-word", "allow-evicting-word",
+    "config-missing", "secret-file-missing",
 ]  # fmt: skip
 
 
@@ -102,14 +106,14 @@ class TestDefaults:
         expected = (
             ["rivya"], Scheme.STANDARD, (Secret(TEST_SECRET),), "Rivya-Signature", 300,
             f"sqlite:///{tmp_path.resolve()}/records.db", None, True, 262_144, 30 * 86400,
-            (), None, "json", "info",
+            (), None, "json", "info", 2.0, False,
         )  # fmt: skip
         assert expected == (
             list(settings.sources), source.scheme, source.keys, source.signature_header,
             source.tolerance_seconds, settings.sink_url.reveal(), settings.redis_url,
             settings.embedded_redis, settings.max_body_bytes, settings.retention_seconds,
             settings.encryption_keys, settings.forward_secret, settings.log_format,
-            settings.log_level,
+            settings.log_level, settings.redis_timeout_seconds, settings.allow_evicting_redis,
         )  # fmt: skip
 
     def test_retries_are_bounded_by_time_by_default(self, tmp_path: Path) -> None:
@@ -153,12 +157,16 @@ class TestValues:
             ("RECEIVER_RETRY_FOR", "3d", "retry_for_seconds", 3 * 86400),
             ("RECEIVER_CIRCUIT_FAILURES", "2", "circuit_failures", 2),
             ("RECEIVER_QUEUE_SHARDS", "1024", "queue_shards", 1024),
+            ("RECEIVER_REDIS_TIMEOUT", "750ms", "redis_timeout_seconds", 0.75),
+            ("RECEIVER_ALLOW_EVICTING_REDIS", "TRUE", "allow_evicting_redis", True),
+            ("RECEIVER_ALLOW_EVICTING_REDIS", "no", "allow_evicting_redis", False),
             ("RECEIVER_SINK", "log:", "sink", "log:"),
             ("RECEIVER_REDIS_URL", "rediss://:pw@h:6380/0", "redis", "rediss://:pw@h:6380/0"),
         ],
         ids=["tolerance", "scheme-any-case", "header", "max-body", "retention", "log-format",
              "log-level-any-case", "visibility-ms", "attempts", "retry-for", "circuit",
-             "shards-max", "sink", "redis"],
+             "shards-max", "redis-timeout-ms", "allow-evicting-true", "allow-evicting-no",
+             "sink", "redis"],
     )  # fmt: skip
     def test_value_read(self, tmp_path: Path, variable: str, value: str, attribute: str,
                         expected: object) -> None:  # fmt: skip
