@@ -10,6 +10,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
 RedisClient = aioredis.Redis | RedisCluster
@@ -46,7 +48,15 @@ def create_client(
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=30,
+        # No retries inside redis-py (its default is 10, with backoff): a connect to a
+        # frozen Redis would take ten timeouts, not one, before the 503. Every caller has a
+        # retry of its own: the sender, the worker's loop, start-up's bounded attempts.
+        retry=no_retries(),
     )
+
+
+def no_retries() -> Retry:
+    return Retry(NoBackoff(), 0)
 
 
 def is_cluster(client: Any) -> bool:

@@ -4,19 +4,32 @@ and nothing acknowledged lost (issue 13). Redis here is always the test's own se
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 
 from receiver.keys import all_shards, member_of
 from tests.factories import base_env, event_body, signed_headers
+from tests.helpers import eventually
 from tests.redis_proc import RedisProcess
 from tests.servers import ServiceProcess
+from tests.test_crash_safety import wait_for_final_states
 
 pytestmark = pytest.mark.slow
 
@@ -114,3 +127,240 @@ def test_killed_connections_under_load_answer_503_never_500(tmp_path: Path) -> N
     assert len(acknowledged) > 100
     assert all(kept), f"{kept.count(False)} acknowledged events lost"
     assert {202} == {status for _, status in after}
+
+
+# -- the embedded Redis: stale pid files, deaths, a full disk -----------------------------
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A data dir with a short path (a unix socket path has at most 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="rcv-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def embedded_env(data_dir: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
+    return base_env(data_dir, None, RECEIVER_SINK=f"sqlite:///{tmp_path}/records.db", **extra)
+
+
+def post(service: ServiceProcess, event_id: str, body: bytes | None = None) -> int:
+    body = body or event_body()
+    try:
+        response = httpx.post(
+            f"{service.url}/webhooks/rivya",
+            content=body,
+            headers=signed_headers(body, event_id=event_id),
+            timeout=10,
+        )
+    except httpx.HTTPError:
+        return 599
+    return response.status_code
+
+
+def metric(service: ServiceProcess, name: str) -> float:
+    """A sample from /metrics, on the admin listener (start the service with admin=True)."""
+    for line in httpx.get(f"{service.admin_url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def ready(service: ServiceProcess) -> bool:
+    try:
+        return httpx.get(f"{service.url}/readyz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def log_lines(service: ServiceProcess, event: str) -> list[dict[str, Any]]:
+    lines = []
+    for line in service.output().splitlines():
+        if line.startswith("{") and f'"event":"{event}"' in line:
+            lines.append(orjson.loads(line))
+    return lines
+
+
+def redis_pid(data_dir: Path) -> int:
+    return int((data_dir / "redis" / "redis.pid").read_text())
+
+
+def wait_gone(pid: int) -> None:
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    eventually(gone, what=f"pid {pid} to exit")
+
+
+def test_embedded_redis_killed_under_serve_comes_back(short_dir: Path, tmp_path: Path) -> None:
+    """kill -9 of the embedded redis-server under serve: it is restarted (logged with the
+    reason, counted on /metrics), /healthz stays 200, the stored event is still there, and
+    the next deliveries answer 202."""
+    body = event_body()
+    service = ServiceProcess(embedded_env(short_dir, tmp_path), tmp_path / "serve.log", admin=True)
+    with service:
+        first = post(service, "msg_before_kill", body)
+        old_pid = redis_pid(short_dir)
+        os.kill(old_pid, signal.SIGKILL)
+        eventually(
+            lambda: (
+                metric(service, "receiver_embedded_redis_restarts_total") >= 1 and ready(service)
+            ),
+            what="the embedded Redis to come back",
+        )
+        health = httpx.get(f"{service.url}/healthz").status_code
+        again = post(service, "msg_before_kill", body)
+        after = [post(service, f"msg_after_kill_{n}") for n in range(20)]
+        died = log_lines(service, "embedded_redis_died")
+        restarted = log_lines(service, "embedded_redis_restarted")
+        new_pid = redis_pid(short_dir)
+    assert (202, 200, 200) == (first, health, again)
+    assert [202] * 20 == after
+    assert ["killed by SIGKILL"] == [line["reason"] for line in died]
+    assert (1, True) == (len(restarted), new_pid != old_pid)
+
+
+def test_serve_and_cli_start_over_a_stale_pid_file(short_dir: Path, tmp_path: Path) -> None:
+    """serve and its redis-server both killed -9 leave a pid file naming a process that is
+    gone and a dead socket: serve starts again and so does a CLI command, and the event
+    stored before is still there."""
+    env = embedded_env(short_dir, tmp_path)
+    body = event_body()
+
+    def kill_both(service: ServiceProcess) -> None:
+        pid = redis_pid(short_dir)
+        service.kill()
+        os.kill(pid, signal.SIGKILL)
+        wait_gone(pid)
+        assert (short_dir / "redis" / "redis.pid").exists()
+        assert (short_dir / "redis" / "redis.sock").exists()
+
+    service = ServiceProcess(env, tmp_path / "serve.log").start()
+    first = post(service, "msg_stale", body)
+    kill_both(service)
+    with ServiceProcess(env, tmp_path / "serve2.log", port=service.port) as restarted:
+        again = post(restarted, "msg_stale", body)
+        kill_both(restarted)
+    listed = subprocess.run(
+        [sys.executable, "-m", "receiver", "events", "list", "--json"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (202, 200) == (first, again)
+    assert (0, "") == (listed.returncode, "Traceback" if "Traceback" in listed.stderr else "")
+    assert ["msg_stale"] == [event["event_id"] for event in orjson.loads(listed.stdout)]
+
+
+@pytest.mark.parametrize("other", ["sleep", "redis-server"])
+def test_a_reused_pid_is_never_signalled(short_dir: Path, tmp_path: Path, other: str) -> None:
+    """The pid file names a live process that is not our server (its pid was reused, here
+    by a sleep or by another redis-server): serve starts its own Redis, and the other
+    process is never signalled."""
+    if other == "sleep":
+        process = subprocess.Popen(["sleep", "120"])
+
+        def stop_other() -> None:
+            process.kill()
+            process.wait()
+
+    else:
+        server = RedisProcess(tmp_path / "other").start()
+        assert server.process is not None
+        process, stop_other = server.process, server.stop
+    try:
+        directory = short_dir / "redis"
+        directory.mkdir(mode=0o700)
+        (directory / "redis.pid").write_text(f"{process.pid}\n")
+        with socket.socket(socket.AF_UNIX) as dead:  # a socket file nobody listens on
+            dead.bind(str(directory / "redis.sock"))
+        with ServiceProcess(embedded_env(short_dir, tmp_path), tmp_path / "serve.log") as service:
+            accepted = post(service, "msg_reused_pid")
+            ours = redis_pid(short_dir)
+        still_running = process.poll() is None
+    finally:
+        stop_other()
+    assert (202, True, True) == (accepted, ours != process.pid, still_running)
+
+
+def test_embedded_redis_that_cannot_come_back_fails_healthz(
+    short_dir: Path, tmp_path: Path
+) -> None:
+    """The embedded Redis dies and its append-only file is corrupt, so every restart fails:
+    each attempt is logged with Redis's own reason, then /healthz answers 503
+    embedded_redis_down (a supervisor's cue to restart serve), and serve still stops cleanly."""
+    service = ServiceProcess(embedded_env(short_dir, tmp_path), tmp_path / "serve.log").start()
+    try:
+        assert 202 == post(service, "msg_before_corruption")
+        pid = redis_pid(short_dir)
+        os.kill(pid, signal.SIGSTOP)  # nothing more reaches the file while we replace it
+        (short_dir / "redis" / "appendonly.aof").write_bytes(b"not an append-only file\n")
+        os.kill(pid, signal.SIGKILL)
+        eventually(
+            lambda: httpx.get(f"{service.url}/healthz").status_code == 503,
+            timeout=60,
+            what="/healthz to fail",
+        )
+        health = httpx.get(f"{service.url}/healthz").json()
+    finally:
+        code = service.stop()
+    failures = [line["reason"] for line in log_lines(service, "embedded_redis_restart_failed")]
+    assert {"error": "embedded_redis_down"} == health
+    assert 5 == len(failures)
+    assert all("Bad file format reading the append only file" in reason for reason in failures)
+    assert 1 == len(log_lines(service, "embedded_redis_gave_up"))
+    assert 0 == code
+    assert "Traceback" not in service.output()
+
+
+def test_full_disk_kills_redis_and_serve_recovers_once_space_is_freed(tmp_path: Path) -> None:
+    """The data dir's filesystem (an 8 MiB tmpfs) fills up: the embedded Redis exits on the
+    failed AOF write, deliveries get 503 meanwhile; once space is freed it is back by
+    itself, every event acknowledged before, during and after is stored and applied."""
+    mount = Path(tempfile.mkdtemp(prefix="rcv-disk-", dir="/tmp"))
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.fail(f"this test mounts a small tmpfs and needs root: {mounted.stderr.strip()}")
+    acknowledged: list[str] = []
+    service = ServiceProcess(
+        embedded_env(mount, tmp_path, RECEIVER_RETRY_BASE="100ms"), tmp_path / "serve.log"
+    ).start()
+    try:
+        for n in range(50):
+            if post(service, f"msg_disk_before_{n}") == 202:
+                acknowledged.append(f"msg_disk_before_{n}")
+        filler = mount / "filler"
+        # Unbuffered: the write that meets ENOSPC raises here, none is left for close().
+        with open(filler, "wb", buffering=0) as fill, contextlib.suppress(OSError):
+            while True:
+                fill.write(b"\0" * 65536)
+        during: Counter[int] = Counter()
+        for n in range(200):
+            status = post(service, f"msg_disk_full_{n}", event_body(client_request_id="x" * 4000))
+            during[status] += 1
+            if status in (200, 202):
+                acknowledged.append(f"msg_disk_full_{n}")
+            if log_lines(service, "embedded_redis_died"):
+                break
+        died = log_lines(service, "embedded_redis_died")
+        filler.unlink()
+        eventually(lambda: ready(service), what="readiness after the disk was freed")
+        after = [post(service, f"msg_disk_after_{n}") for n in range(20)]
+        acknowledged += [f"msg_disk_after_{n}" for n, code in enumerate(after) if code == 202]
+        with redis.Redis(unix_socket_path=str(mount / "redis" / "redis.sock")) as client:
+            states = wait_for_final_states(client, set(acknowledged), timeout=60)
+        health = httpx.get(f"{service.url}/healthz").status_code
+    finally:
+        service.stop()
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+        shutil.rmtree(mount, ignore_errors=True)
+    assert died, f"Redis never died of the full disk: {dict(during)}"
+    assert "exit status 1" in died[0]["reason"]
+    assert during[503] >= 1
+    assert ([202] * 20, 200) == (after, health)
+    assert {b"applied"} == set(states.values())
