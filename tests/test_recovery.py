@@ -364,3 +364,215 @@ def test_full_disk_kills_redis_and_serve_recovers_once_space_is_freed(tmp_path: 
     assert during[503] >= 1
     assert ([202] * 20, 200) == (after, health)
     assert {b"applied"} == set(states.values())
+
+
+# -- Redis that is frozen, full, read-only, evicting or locked down ------------------------
+
+
+def run_receiver(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "receiver", *args],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+async def timed_posts(url: str, count: int) -> list[tuple[int, float, str | None]]:
+    """``count`` concurrent deliveries: (status, seconds to the answer, Retry-After)."""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+        async def one(n: int) -> tuple[int, float, str | None]:
+            body = event_body()
+            started = time.monotonic()
+            response = await client.post(
+                "/webhooks/rivya", content=body, headers=signed_headers(body)
+            )
+            elapsed = time.monotonic() - started
+            return response.status_code, elapsed, response.headers.get("retry-after")
+
+        return list(await asyncio.gather(*(one(n) for n in range(count))))
+
+
+def test_a_frozen_redis_answers_503_within_the_timeout(tmp_path: Path) -> None:
+    """Redis frozen (SIGSTOP) for longer than RECEIVER_REDIS_TIMEOUT=1s: concurrent and then
+    one-by-one deliveries each get 503 with Retry-After within the timeout plus slack (not
+    the sender's own timeout), /readyz says timeout; thawed, deliveries are accepted."""
+    timeout, slack = 1.0, 2.0
+    with RedisProcess(tmp_path / "redis") as server:
+        env = base_env(tmp_path, server.url, RECEIVER_REDIS_TIMEOUT="1s")
+        with ServiceProcess(env, tmp_path / "serve.log", "serve", "--no-worker") as service:
+            assert 202 == post(service, "msg_before_freeze")
+            server.freeze()
+            try:
+                together = asyncio.run(timed_posts(service.url, 20))
+                one_by_one = [asyncio.run(timed_posts(service.url, 1))[0] for _ in range(3)]
+                readiness = httpx.get(f"{service.url}/readyz", timeout=30)
+            finally:
+                server.resume()
+            eventually(lambda: ready(service), what="readiness after the thaw")
+            after = [post(service, f"msg_after_thaw_{n}") for n in range(10)]
+    answers = together + one_by_one
+    assert {(503, "5")} == {(status, retry_after) for status, _, retry_after in answers}
+    slowest = max(elapsed for _, elapsed, _ in answers)
+    assert slowest < timeout + slack, f"the slowest 503 took {slowest:.2f}s"
+    assert (503, "timeout") == (readiness.status_code, readiness.json()["reason"])
+    assert [202] * 10 == after
+
+
+def _fill_memory(server: RedisProcess) -> tuple[str, Any]:
+    """Redis at maxmemory with noeviction: every write fails with OOM until undone."""
+    admin = redis.Redis(port=server.port)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 1024 * 1024)
+    filled = 0
+    with contextlib.suppress(redis.exceptions.OutOfMemoryError):
+        while filled < 100:  # 64 KiB at a time until Redis says it is full
+            admin.set(f"filler{filled}", b"x" * 65536)
+            filled += 1
+    assert filled < 100, "Redis never reached maxmemory"
+    # Right at the limit, freed client buffers can let a small write through now and then:
+    # keep the limit a little under what is used, as after a burst that hit it.
+    admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) - 256 * 1024)
+
+    def undo() -> None:
+        admin.delete(*(f"filler{n}" for n in range(filled)))
+        admin.config_set("maxmemory", 0)
+        admin.close()
+
+    return "out_of_memory", undo
+
+
+def _make_replica(server: RedisProcess, primary: RedisProcess) -> tuple[str, Any]:
+    """Redis turned into a read-only replica (a failover that pointed us at the wrong node)."""
+    admin = redis.Redis(port=server.port)
+    admin.execute_command("REPLICAOF", "127.0.0.1", str(primary.port))
+
+    def undo() -> None:
+        admin.execute_command("REPLICAOF", "NO", "ONE")
+        admin.close()
+
+    return "read_only", undo
+
+
+@pytest.mark.parametrize("fault", ["maxmemory", "replica"])
+def test_a_redis_that_refuses_writes_answers_503_and_is_not_ready(
+    tmp_path: Path, fault: str
+) -> None:
+    """Redis at maxmemory (noeviction) or a read-only replica: deliveries get 503
+    storage_unavailable with Retry-After (never a 500), /readyz is 503 with the reason
+    (out_of_memory, read_only); once Redis takes writes again both recover."""
+    with (
+        RedisProcess(tmp_path / "redis") as server,
+        RedisProcess(tmp_path / "primary") as primary,
+    ):
+        env = base_env(tmp_path, server.url)
+        with ServiceProcess(env, tmp_path / "serve.log", "serve", "--no-worker") as service:
+            assert 202 == post(service, "msg_before_refusal")
+            reason, undo = (
+                _fill_memory(server) if fault == "maxmemory" else _make_replica(server, primary)
+            )
+            eventually(lambda: not ready(service), what="readiness to notice")
+            refused = asyncio.run(timed_posts(service.url, 10))
+            readiness = httpx.get(f"{service.url}/readyz").json()
+            undo()
+            eventually(lambda: ready(service), what="readiness once writes work")
+            after = [post(service, f"msg_after_refusal_{n}") for n in range(10)]
+            output = service.output()
+    assert {(503, "5")} == {(status, retry_after) for status, _, retry_after in refused}
+    assert {"error": "not_ready", "failed": ["redis"], "reason": reason} == readiness
+    assert [202] * 10 == after
+    assert "Traceback" not in output
+
+
+def test_serve_and_worker_refuse_an_evicting_redis(tmp_path: Path) -> None:
+    """An allkeys-lru Redis: serve and worker exit 1 with one line naming
+    RECEIVER_ALLOW_EVICTING_REDIS; with it set to true serve starts, with a critical line."""
+    with RedisProcess(
+        tmp_path / "redis", extra_args=("--maxmemory-policy", "allkeys-lru")
+    ) as server:
+        env = base_env(tmp_path, server.url)
+        commands = (("serve", "--port", "0"), ("worker",))
+        refused = [run_receiver(env, *command) for command in commands]
+        allowed_env = {**env, "RECEIVER_ALLOW_EVICTING_REDIS": "true"}
+        with ServiceProcess(allowed_env, tmp_path / "serve.log", "serve", "--no-worker") as service:
+            accepted = post(service, "msg_evicting_allowed")
+            warned = log_lines(service, "redis_evicting_allowed")
+    for result in refused:
+        assert 1 == result.returncode
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("receiver: configuration error: RECEIVER_ALLOW_EVICTING_REDIS:")
+        assert "allkeys-lru" in line
+    assert 202 == accepted
+    assert [("critical", "allkeys-lru")] == [(line["level"], line["policy"]) for line in warned]
+
+
+def test_a_redis_that_refuses_config_get_is_said_once(tmp_path: Path) -> None:
+    """A managed Redis with CONFIG disabled: serve says once that it cannot check durability
+    and serves anyway."""
+    with RedisProcess(tmp_path / "redis", extra_args=("--rename-command", "CONFIG", "")) as server:
+        env = base_env(tmp_path, server.url)
+        with ServiceProcess(env, tmp_path / "serve.log", "serve", "--no-worker") as service:
+            accepted = post(service, "msg_managed")
+            said = log_lines(service, "redis_config_unreadable")
+    assert (202, 1) == (accepted, len(said))
+    assert "CONFIG GET is not allowed" in said[0]["detail"]
+
+
+# -- readiness -----------------------------------------------------------------------------
+
+
+async def get_concurrently(url: str, path: str, count: int, rounds: int) -> list[int]:
+    """``rounds`` waves of ``count`` concurrent GETs (one client, so connections are reused)."""
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+    statuses: list[int] = []
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+        for _ in range(rounds):
+            responses = await asyncio.gather(*(client.get(path) for _ in range(count)))
+            statuses += [response.status_code for response in responses]
+    return statuses
+
+
+def test_300_concurrent_readiness_probes_all_answer_200(tmp_path: Path) -> None:
+    """300 concurrent /readyz, in waves, with a healthy Redis: every one answers 200, and they
+    share their probes (about one SET a second reaches Redis, not one per request)."""
+    with RedisProcess(tmp_path / "redis") as server:
+        env = base_env(tmp_path, server.url, RECEIVER_LOG_LEVEL="warning")
+        with ServiceProcess(env, tmp_path / "serve.log", "serve", "--no-worker") as service:
+            started = time.monotonic()
+            statuses = asyncio.run(get_concurrently(service.url, "/readyz", 300, rounds=2))
+            elapsed = time.monotonic() - started
+        with redis.Redis(port=server.port) as admin:
+            probes = admin.info("commandstats").get("cmdstat_set", {}).get("calls", 0)
+    assert [200] * 600 == statuses
+    assert 1 <= probes <= elapsed + 2, f"{probes} probes in {elapsed:.1f}s"
+
+
+def test_a_sink_outage_keeps_ingest_accepting_and_serve_ready(
+    tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+) -> None:
+    """With the HTTP sink up, 30 readiness probes never reach it (no HEAD per probe, beyond
+    the worker's own first ping); once it is gone, deliveries still get 202 and serve's
+    /readyz stays 200: events wait in Redis."""
+    from tests.conftest import TEST_SECRET
+    from tests.servers import Downstream
+
+    downstream = Downstream(200).__enter__()
+    try:
+        env = base_env(
+            tmp_path, redis_url, RECEIVER_SINK=downstream.url, RECEIVER_FORWARD_SECRET=TEST_SECRET
+        )
+        with ServiceProcess(env, tmp_path / "serve.log") as service:
+            # The worker pings the sink once as it starts (its own view of the sink).
+            eventually(lambda: "HEAD" in downstream.methods, what="the worker's first ping")
+            before = downstream.methods.count("HEAD")
+            while_up = [httpx.get(f"{service.url}/readyz").status_code for _ in range(30)]
+            sink_probes = downstream.methods.count("HEAD") - before
+            downstream.__exit__(None, None, None)
+            accepted = [post(service, f"msg_sink_down_{n}") for n in range(20)]
+            while_down = []
+            for _ in range(3):  # across probe results, not one cached answer
+                while_down.append(httpx.get(f"{service.url}/readyz").status_code)
+                time.sleep(1.1)
+    finally:
+        downstream.__exit__(None, None, None)
+    assert ([200] * 30, 0) == (while_up, sink_probes)
+    assert ([202] * 20, [200] * 3) == (accepted, while_down)
