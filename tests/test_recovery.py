@@ -160,7 +160,11 @@ def post(service: ServiceProcess, event_id: str, body: bytes | None = None) -> i
 
 def metric(service: ServiceProcess, name: str) -> float:
     """A sample from /metrics, on the admin listener (start the service with admin=True)."""
-    for line in httpx.get(f"{service.admin_url}/metrics", timeout=10).text.splitlines():
+    return metric_of(service.admin_url, name)
+
+
+def metric_of(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return 0.0
@@ -576,3 +580,52 @@ def test_a_sink_outage_keeps_ingest_accepting_and_serve_ready(
         downstream.__exit__(None, None, None)
     assert ([200] * 30, 0) == (while_up, sink_probes)
     assert ([202] * 20, [200] * 3) == (accepted, while_down)
+
+
+# -- logging -------------------------------------------------------------------------------
+
+
+def test_a_stalled_stdout_keeps_serve_answering(
+    tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+) -> None:
+    """serve's stdout is a pipe nobody reads: deliveries and /healthz keep being answered and
+    receiver_log_lines_dropped_total moves on /metrics; once the pipe is read again, every
+    line is whole JSON and one says how many were dropped."""
+    from tests.conftest import free_port, wait_for_port
+
+    port, admin_port = free_port(), free_port()
+    env = base_env(tmp_path, redis_url, RECEIVER_ADMIN_ADDR=f"127.0.0.1:{admin_port}")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "receiver", "serve", "--port", str(port)],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert process.stdout is not None
+    url = f"http://127.0.0.1:{port}"
+    answers: list[tuple[str, int]] = []
+    chunks: list[bytes] = []
+    stdout = process.stdout
+    reader = threading.Thread(target=lambda: chunks.extend(iter(stdout.read1, b"")))
+    try:
+        wait_for_port(port, 30)
+        long_id = "msg_stall_" + "x" * 180  # long ids make long lines: the pipe fills sooner
+        for round_ in range(40):
+            answers += asyncio.run(deliver_all(url, 100, f"{long_id}_{round_}"))
+            dropped = metric_of(
+                f"http://127.0.0.1:{admin_port}", "receiver_log_lines_dropped_total"
+            )
+            if dropped > 0:
+                break
+        health = httpx.get(f"{url}/healthz", timeout=5).status_code
+        reader.start()  # the log collector reads again
+        eventually(lambda: b'"log_lines_dropped"' in b"".join(chunks), what="the report line")
+    finally:
+        process.terminate()
+        code = process.wait(30)
+        if reader.is_alive():
+            reader.join(10)
+        stdout.close()
+    lines = [orjson.loads(line) for line in b"".join(chunks).splitlines()]  # all whole
+    [report] = [line for line in lines if line["event"] == "log_lines_dropped"]
+    assert {202} == {status for _, status in answers}
+    assert (True, 200, 0) == (dropped > 0, health, code)
+    assert report["dropped"] >= dropped
