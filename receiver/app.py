@@ -344,7 +344,9 @@ async def metrics_response(runtime: Runtime) -> Response:
         metrics.QUEUE_PENDING.set(stats["pending"])
         metrics.QUEUE_RETRYING.set(stats["retrying"])
         metrics.DEAD_LETTERS.set(stats["dead"])
-        workers = await asyncio.wait_for(runtime.store.workers.known(), READINESS_TIMEOUT_SECONDS)
+        workers = await asyncio.wait_for(
+            runtime.store.workers.known(), runtime.settings.redis_timeout_seconds
+        )
         metrics.WORKERS_LIVE.set(sum(1 for info in workers if is_live(info)))
     body = prometheus_client.generate_latest() + prometheus_client.generate_latest(
         metrics.SERVICE_REGISTRY
