@@ -294,8 +294,10 @@ def test_embedded_redis_that_cannot_come_back_fails_healthz(
 ) -> None:
     """The embedded Redis dies and its append-only file is corrupt, so every restart fails:
     each attempt is logged with Redis's own reason, then /healthz answers 503
-    embedded_redis_down (a supervisor's cue to restart serve), and serve still stops cleanly."""
-    service = ServiceProcess(embedded_env(short_dir, tmp_path), tmp_path / "serve.log").start()
+    embedded_redis_down on both listeners (the deploy files' supervisors ask the admin one),
+    and serve still stops cleanly."""
+    env = embedded_env(short_dir, tmp_path)
+    service = ServiceProcess(env, tmp_path / "serve.log", admin=True).start()
     try:
         assert 202 == post(service, "msg_before_corruption")
         pid = redis_pid(short_dir)
@@ -308,10 +310,12 @@ def test_embedded_redis_that_cannot_come_back_fails_healthz(
             what="/healthz to fail",
         )
         health = httpx.get(f"{service.url}/healthz").json()
+        admin_health = httpx.get(f"{service.admin_url}/healthz")
     finally:
         code = service.stop()
     failures = [line["reason"] for line in log_lines(service, "embedded_redis_restart_failed")]
     assert {"error": "embedded_redis_down"} == health
+    assert (503, health) == (admin_health.status_code, admin_health.json())
     assert 5 == len(failures)
     assert all("Bad file format reading the append only file" in reason for reason in failures)
     assert 1 == len(log_lines(service, "embedded_redis_gave_up"))
@@ -554,17 +558,19 @@ def test_a_sink_outage_keeps_ingest_accepting_and_serve_ready(
     tmp_path: Path, redis_url: str, clean_redis: redis.Redis
 ) -> None:
     """With the HTTP sink up, 30 readiness probes never reach it (no HEAD per probe, beyond
-    the worker's own first ping); once it is gone, deliveries still get 202 and serve's
-    /readyz stays 200: events wait in Redis."""
+    the worker's own first ping); once it is gone, deliveries still get 202, and serve's
+    /readyz stays 200 on both listeners while the admin one shows the worker's circuit open:
+    events wait in Redis."""
     from tests.conftest import TEST_SECRET
     from tests.servers import Downstream
 
     downstream = Downstream(200).__enter__()
     try:
         env = base_env(
-            tmp_path, redis_url, RECEIVER_SINK=downstream.url, RECEIVER_FORWARD_SECRET=TEST_SECRET
-        )
-        with ServiceProcess(env, tmp_path / "serve.log") as service:
+            tmp_path, redis_url, RECEIVER_SINK=downstream.url, RECEIVER_FORWARD_SECRET=TEST_SECRET,
+            RECEIVER_CIRCUIT_FAILURES="1", RECEIVER_RETRY_BASE="100ms",
+        )  # fmt: skip
+        with ServiceProcess(env, tmp_path / "serve.log", admin=True) as service:
             # The worker pings the sink once as it starts (its own view of the sink).
             eventually(lambda: "HEAD" in downstream.methods, what="the worker's first ping")
             before = downstream.methods.count("HEAD")
@@ -572,14 +578,23 @@ def test_a_sink_outage_keeps_ingest_accepting_and_serve_ready(
             sink_probes = downstream.methods.count("HEAD") - before
             downstream.__exit__(None, None, None)
             accepted = [post(service, f"msg_sink_down_{n}") for n in range(20)]
-            while_down = []
+            eventually(
+                lambda: (
+                    httpx.get(f"{service.admin_url}/readyz").json().get("sink") == "circuit_open"
+                ),
+                what="the worker's circuit to open",
+            )
+            while_down, admin_down = [], []
             for _ in range(3):  # across probe results, not one cached answer
                 while_down.append(httpx.get(f"{service.url}/readyz").status_code)
+                detail = httpx.get(f"{service.admin_url}/readyz")
+                admin_down.append((detail.status_code, detail.json()["sink"]))
                 time.sleep(1.1)
     finally:
         downstream.__exit__(None, None, None)
     assert ([200] * 30, 0) == (while_up, sink_probes)
     assert ([202] * 20, [200] * 3) == (accepted, while_down)
+    assert [(200, "circuit_open")] * 3 == admin_down
 
 
 # -- logging -------------------------------------------------------------------------------
