@@ -403,7 +403,8 @@ def test_no_secret_when_serve_warns_about_or_refuses_redis(tmp_path: Path) -> No
         admin = redis.Redis(port=server.port, password=REDIS_PASSWORD)
         env = base_env(tmp_path, f"redis://:{REDIS_PASSWORD}@127.0.0.1:{server.port}/0")
         with ServiceProcess(env, tmp_path / "warned.log") as warned:
-            pass
+            # The port is bound before start-up ends: wait for the line, not just the port.
+            eventually(lambda: '"redis_durability"' in warned.output(), what="the warning")
         admin.config_set("maxmemory-policy", "allkeys-lru")
         refused = ServiceProcess(env, tmp_path / "refused.log").start(wait=False)
         code = refused.wait(60)
