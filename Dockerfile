@@ -87,8 +87,8 @@ VOLUME /data
 EXPOSE 8000
 
 # slim has no curl: ask /healthz with the interpreter we already ship. Liveness only:
-# /readyz (Redis and sink) is for load balancers, a dependency outage is not a reason to
-# restart this container. Port 8000 matches the CMD below; change both together.
+# /readyz (Redis accepts writes) is for load balancers, a dependency outage is not a reason
+# to restart this container. Port 8000 matches the CMD below; change both together.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"]
 

@@ -4,6 +4,10 @@
 the body once, enforcing the size limit while streaming, and answers with its own JSON
 errors (SPEC §3, §9). Health, readiness and metrics are ordinary Starlette routes, and
 Starlette's lifespan owns the runtime (Redis, store, sink, worker).
+
+``/healthz`` is liveness: it fails only for what a restart of the process cures (the
+in-process worker died, the embedded Redis could not be brought back). ``/readyz`` says
+whether Redis accepts writes (``receiver.readiness``), never whether the sink answers.
 """
 
 from __future__ import annotations
@@ -47,7 +51,6 @@ from receiver.store.workers import is_live
 from receiver.worker import Worker
 
 WEBHOOK_PREFIX = "/webhooks/"
-READINESS_TIMEOUT_SECONDS = 2.0
 MAX_LOGGED_SOURCE = 64
 log = get_logger("receiver.http")
 
@@ -302,8 +305,12 @@ class ReceiverApp:
         self.recorder = RejectionRecorder(self._runtime.store.rejections)
         if self.run_worker:
             assert self._runtime.sink is not None
-            self.worker = Worker(self._runtime, self._runtime.sink)
-            self._worker_task = asyncio.create_task(self.worker.run(), name="worker")
+            self.worker = worker = Worker(self._runtime, self._runtime.sink)
+            self._worker_task = asyncio.create_task(worker.run(), name="worker")
+            task = self._worker_task
+            self._runtime.worker_alive = lambda: not task.done()
+            # The sink's health is the worker's view (its circuit), never a ping per request.
+            self._runtime.sink_failing = lambda: worker.circuit.is_open
         log.info(
             "started",
             worker=self.run_worker,
@@ -330,37 +337,45 @@ class ReceiverApp:
         return JSONResponse({"error": code}, status_code=exc.status_code, headers=exc.headers)
 
     async def healthz(self, _request: Request) -> Response:
-        # Liveness fails when the in-process worker died: a restart is the cure, and
-        # without it the service would keep acknowledging events nobody applies.
-        task = self._worker_task
-        if task is not None and task.done() and not self.draining:
-            return JSONResponse({"error": "worker_stopped"}, status_code=503)
-        return JSONResponse({"status": "ok"})
+        return liveness_response(self._runtime)
 
     async def readyz(self, _request: Request) -> Response:
+        """Ready when Redis accepts a write; the sink is not asked (SPEC §3)."""
         if self.draining:
             metrics.READY.set(0)
             return JSONResponse({"error": "shutting_down"}, status_code=503)
-        failed = await check_dependencies(self.runtime)
-        metrics.READY.set(0 if failed else 1)
-        if failed:
-            return JSONResponse({"error": "not_ready", "failed": failed}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        result = await self.runtime.readiness.check()
+        metrics.READY.set(1 if result.ready else 0)
+        return JSONResponse(result.payload(), status_code=200 if result.ready else 503)
+
+
+def liveness_response(runtime: Runtime | None) -> Response:
+    """``/healthz`` of the public and the admin listener: 503 only when a restart of the
+    process is the cure (``Runtime.liveness_failure``)."""
+    failure = runtime.liveness_failure() if runtime is not None else None
+    if failure is not None:
+        return JSONResponse({"error": failure}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 async def metrics_response(runtime: Runtime) -> Response:
     """Prometheus text: process counters plus Redis-backed gauges read at scrape time.
 
-    Served by the admin listener (SPEC §10), from ``serve`` or ``console``."""
-    failed = await check_dependencies(runtime)
-    metrics.READY.set(0 if failed or runtime.draining else 1)
+    Served by the admin listener (SPEC §10), from ``serve`` or ``console``. Readiness is the
+    last probe's result: a scrape never probes Redis or the sink."""
+    last = runtime.readiness.last
+    metrics.READY.set(1 if last is not None and last.ready and not runtime.draining else 0)
     with contextlib.suppress(*REDIS_ERRORS, asyncio.TimeoutError):
-        stats = await asyncio.wait_for(runtime.store.queue_stats(), READINESS_TIMEOUT_SECONDS)
+        stats = await asyncio.wait_for(
+            runtime.store.queue_stats(), runtime.settings.redis_timeout_seconds
+        )
         metrics.QUEUE_BACKLOG.set(stats["backlog"])
         metrics.QUEUE_PENDING.set(stats["pending"])
         metrics.QUEUE_RETRYING.set(stats["retrying"])
         metrics.DEAD_LETTERS.set(stats["dead"])
-        workers = await asyncio.wait_for(runtime.store.workers.known(), READINESS_TIMEOUT_SECONDS)
+        workers = await asyncio.wait_for(
+            runtime.store.workers.known(), runtime.settings.redis_timeout_seconds
+        )
         metrics.WORKERS_LIVE.set(sum(1 for info in workers if is_live(info)))
     body = prometheus_client.generate_latest() + prometheus_client.generate_latest(
         metrics.SERVICE_REGISTRY
@@ -369,17 +384,15 @@ async def metrics_response(runtime: Runtime) -> Response:
 
 
 async def check_dependencies(runtime: Runtime) -> list[str]:
-    """Names of the dependencies that do not answer: ``redis``, ``sink``."""
+    """What keeps this process from its work, for the detailed views (admin ``/readyz``,
+    the console): ``redis`` when it refuses the readiness write (a result at most 1 s old),
+    ``sink`` while the in-process worker's circuit is open. Nothing here calls the sink:
+    a ping per request was a HEAD per probe to an HTTP sink (issue 13)."""
     failed: list[str] = []
-    try:
-        await asyncio.wait_for(runtime.client.ping(), READINESS_TIMEOUT_SECONDS)
-    except REDIS_ERRORS:
+    if not (await runtime.readiness.check()).ready:
         failed.append("redis")
-    if runtime.sink is not None:
-        try:
-            await asyncio.wait_for(runtime.sink.ping(), READINESS_TIMEOUT_SECONDS)
-        except Exception:  # any failure of a third-party sink's ping means "not ready"
-            failed.append("sink")
+    if runtime.sink_failing is not None and runtime.sink_failing():
+        failed.append("sink")
     return failed
 
 

@@ -15,8 +15,10 @@ per reply). On Redis Cluster the batch goes through redis-py's cluster pipeline,
 routes each command to its node.
 
 Commands stay independent: one failing does not fail the others. A lost connection fails
-the commands waiting on it, and the next batch connects again. A server that stops
-answering fails them after the client's socket timeout, like any other Redis call.
+the commands waiting on it with a Redis ``ConnectionError``, whatever the transport raised
+(uvloop raises ``RuntimeError`` for a write on a transport it has just closed after a
+reset), and the next batch connects again. A server that stops answering fails them after
+the client's socket timeout (``RECEIVER_REDIS_TIMEOUT``), like any other Redis call.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ from typing import Any
 import hiredis
 from redis._parsers import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, NoScriptError, RedisError
+from redis.exceptions import InvalidResponse, NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from receiver.redis_client import is_cluster
+from receiver.redis_client import REDIS_ERRORS, is_cluster
 
 # A batch this long is written at once, not at the end of the tick. Under load one tick
 # runs dozens of request handlers; had their commands waited for the last one, Redis would
@@ -42,7 +44,10 @@ from receiver.redis_client import is_cluster
 # (interleaved saturation runs): 16 gave 0.248-0.255x the floor, waiting for the end of the
 # tick 0.213-0.235x; 8 and 4 were no better (more writes for the same overlap).
 FLUSH_AT = 16
-DEFAULT_TIMEOUT_SECONDS = 5.0
+DEFAULT_TIMEOUT_SECONDS = 2.0
+# The watchdog looks this often (at most), so a silent server fails callers within
+# about the timeout plus this, not the timeout plus a quarter of it.
+WATCH_INTERVAL_SECONDS = 0.25
 READ_SIZE = 65536
 
 Batch = list[tuple[Sequence[Any], asyncio.Future[Any]]]
@@ -132,6 +137,7 @@ class SharedConnection:
         self._pool = pool
         kwargs = pool.connection_kwargs
         self._timeout = kwargs.get("socket_timeout") or DEFAULT_TIMEOUT_SECONDS
+        self._watch_interval = min(self._timeout / 4, WATCH_INTERVAL_SECONDS)
         self._encoding = kwargs.get("encoding", "utf-8") if kwargs.get("decode_responses") else None
         self._encoding_errors = kwargs.get("encoding_errors", "strict")
         self._connection: Any = None
@@ -152,6 +158,10 @@ class SharedConnection:
         except (TypeError, ValueError) as exc:  # an argument Redis cannot take: a bug
             _fail(futures, exc)
             return
+        if self._writer is not None and self._writer.transport.is_closing():
+            # The event loop saw the connection fail (a reset) before our reader did: what
+            # waits on it fails, and this batch, not yet written, goes to the next one.
+            self._drop(RedisConnectionError("Redis connection lost"))
         if self._writer is not None:
             self._write(data, futures)
             return
@@ -164,8 +174,12 @@ class SharedConnection:
         if not self._waiting:
             self._last_progress = asyncio.get_running_loop().time()
         self._waiting.extend(futures)
-        # A write to a connection the server closed fails later, in the reader, with the rest.
-        self._writer.write(data)
+        try:
+            # A write to a connection the server closed mostly fails later, in the reader,
+            # with the rest; a transport that already knows it is gone raises here instead.
+            self._writer.write(data)
+        except Exception as exc:  # RuntimeError (uvloop: closed handle), OSError
+            self._drop(_connection_error(exc))
 
     async def _connect(self) -> None:
         try:
@@ -173,7 +187,7 @@ class SharedConnection:
         except BaseException as exc:
             unsent, self._unsent = self._unsent, []
             for _, futures in unsent:
-                _fail(futures, exc)
+                _fail(futures, _connection_error(exc))
             if not isinstance(exc, Exception):
                 raise
             return
@@ -185,7 +199,7 @@ class SharedConnection:
         self._writer = connection._writer
         loop = asyncio.get_running_loop()
         self._reader = loop.create_task(self._read(connection, connection._reader))
-        self._watchdog = loop.call_later(self._timeout / 4, self._watch)
+        self._watchdog = loop.call_later(self._watch_interval, self._watch)
         unsent, self._unsent = self._unsent, []
         for data, futures in unsent:
             self._write(data, futures)
@@ -210,10 +224,8 @@ class SharedConnection:
                     _resolve(waiting.popleft(), reply)
         except asyncio.CancelledError:
             raise
-        except RedisError as exc:
-            self._drop(exc, connection)
         except Exception as exc:  # OSError, or a reply nobody asked for (IndexError)
-            self._drop(RedisConnectionError(f"Redis connection failed: {exc!r}"), connection)
+            self._drop(_connection_error(exc), connection)
 
     def _watch(self) -> None:
         """Fail everything in flight when the server has not answered for the timeout."""
@@ -223,7 +235,7 @@ class SharedConnection:
         if self._waiting and idle > self._timeout:
             self._drop(RedisTimeoutError(f"no reply from Redis in {self._timeout:g} s"))
             return
-        self._watchdog = asyncio.get_running_loop().call_later(self._timeout / 4, self._watch)
+        self._watchdog = asyncio.get_running_loop().call_later(self._watch_interval, self._watch)
 
     def _drop(self, exc: BaseException, connection: Any = None) -> None:
         """Close the connection (if it is still ``connection``) and fail what waits on it."""
@@ -277,6 +289,17 @@ def _fail(futures: Iterable[asyncio.Future[Any]], exc: BaseException) -> None:
     for future in futures:
         if not future.done():
             future.set_exception(exc)
+
+
+def _connection_error(exc: BaseException) -> Exception:
+    """``exc`` as callers can handle it: a Redis error stays, anything else (a transport's
+    RuntimeError, a cancelled connect) becomes a ConnectionError: to the caller, Redis is
+    unavailable (503), never a bug (500)."""
+    if isinstance(exc, REDIS_ERRORS) and not isinstance(exc, OSError):
+        return exc
+    error = RedisConnectionError(f"Redis connection failed: {exc!r}")
+    error.__cause__ = exc
+    return error
 
 
 def _ignore_result(task: asyncio.Task[Any]) -> None:

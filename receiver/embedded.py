@@ -5,29 +5,47 @@ and a restarted ``serve`` find it. A server left behind by a ``kill -9`` of ``se
 found through that socket and reused rather than fought over (PITFALLS: Processes).
 Append-only persistence with ``appendfsync always``: an event we answered 2xx for is on
 disk, not just in memory.
+
+A pid file outlives its process, and its pid may since belong to anything else: a pid is
+only acted on when that process is a ``redis-server`` working in our directory, so a
+stale file never stops a start and an unrelated process is never signalled (PITFALLS:
+Recovery). Starts are serialised by a lock file, so ``serve``, its supervisor and CLI
+commands never start two servers on one append-only file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from receiver.errors import ConfigError
+from receiver.redaction import redact_text
 
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107
 START_TIMEOUT_SECONDS = 15.0
 STOP_TIMEOUT_SECONDS = 15.0
+KILL_TIMEOUT_SECONDS = 5.0
 COMPACT_HASH_VALUE_BYTES = 4096
+# How much of the end of redis.log is read to say why the server stopped.
+LOG_TAIL_BYTES = 65536
+MAX_REASON_LENGTH = 300
+# A redis.log line: "pid:role 01 Dec 2026 21:47:27.406 # message"; "#" marks a warning.
+_LOG_LINE = re.compile(r"^\d+:[A-Z] \d{1,2} \w{3} \d{4} [\d:.]+ ([.\-*#]) (.*)$")
 
 
 def redis_server_binary() -> str:
@@ -53,6 +71,7 @@ class EmbeddedRedis:
     directory: Path
     owned: bool = False
     process: subprocess.Popen[bytes] | None = None
+    _log_offset: int = 0
 
     @property
     def socket_path(self) -> Path:
@@ -76,7 +95,11 @@ class EmbeddedRedis:
         """True if a server is listening on our socket and answers PING."""
         if not self.socket_path.exists():
             return False
-        client = redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=1)
+        client = redis.Redis(
+            unix_socket_path=str(self.socket_path),
+            socket_timeout=1,
+            retry=Retry(NoBackoff(), 0),  # one look, not ten with backoff
+        )
         try:
             return bool(client.ping())
         except (redis.ConnectionError, redis.TimeoutError, OSError):
@@ -84,27 +107,40 @@ class EmbeddedRedis:
         finally:
             client.close()
 
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "redis.pid"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "redis.log"
+
     def ensure_running(self, *, adopt_orphan: bool = False) -> str:
         """Reuse a live server on our socket or start one; return its URL.
 
         With ``adopt_orphan`` (``serve`` uses it), a live server whose parent is gone (left
-        behind by a killed ``serve``) becomes ours to stop on exit.
+        behind by a killed ``serve``) becomes ours to stop on exit. A stale pid file or
+        socket is cleared; a server that holds our pid file but does not answer is stopped.
         """
-        if self.answers():
-            if adopt_orphan and self._is_orphan():
-                self.owned = True
-            return self.url
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._stop_leftover()
-        self.socket_path.unlink(missing_ok=True)
-        log_path = self.directory / "redis.log"
+        with self._start_lock():
+            if self.answers():
+                if adopt_orphan and self._is_orphan():
+                    self.owned = True
+                return self.url
+            self._stop_leftover()
+            self.socket_path.unlink(missing_ok=True)
+            self._start()
+        return self.url
+
+    def _start(self) -> None:
         command = [
             redis_server_binary(),
             "--port", "0",
             "--unixsocket", str(self.socket_path),
             "--unixsocketperm", "700",
             "--dir", str(self.directory),
-            "--pidfile", str(self.directory / "redis.pid"),
+            "--pidfile", str(self.pid_file),
             "--appendonly", "yes",
             "--appendfsync", "always",
             "--save", "",
@@ -112,9 +148,12 @@ class EmbeddedRedis:
             # Event hashes hold the body (~0.5-2 KB): keeping them in the compact encoding
             # instead of a hash table cuts memory per stored event by ~40% (bench/memory.py).
             "--hash-max-ziplist-value", str(COMPACT_HASH_VALUE_BYTES),
-            "--logfile", str(log_path),
+            "--logfile", str(self.log_path),
             "--daemonize", "no",
         ]  # fmt: skip
+        # Where this server's own lines start in redis.log: its reason for stopping is there.
+        with contextlib.suppress(OSError):
+            self._log_offset = self.log_path.stat().st_size
         # A session of its own: Ctrl-C on the terminal must not kill Redis before ``serve``
         # has finished its in-flight work; we stop it ourselves, last.
         self.process = subprocess.Popen(
@@ -128,17 +167,79 @@ class EmbeddedRedis:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if self.answers():
-                return self.url
+                return
             if self.process.poll() is not None:
                 break
             time.sleep(0.02)
-        raise ConfigError(f"RECEIVER_DATA_DIR: the embedded Redis did not start; see {log_path}")
+        else:  # started but never answered: do not leave it behind
+            self.process.kill()
+            self.process.wait()
+        self.owned = False
+        raise ConfigError(
+            f"RECEIVER_DATA_DIR: the embedded Redis did not start ({self.exit_reason()}); "
+            f"see {self.log_path}"
+        )
+
+    @contextlib.contextmanager
+    def _start_lock(self) -> Iterator[None]:
+        with open(self.directory / "start.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def server_pid(self) -> int | None:
+        """The pid in our pid file, if that process is our ``redis-server``; else None."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid > 0 and _is_redis_server_in(pid, self.directory) else None
+
+    def alive(self) -> bool:
+        """True while the server we use runs. A busy or frozen one still counts: only a
+        server that is gone is restarted, never one that is merely slow."""
+        if self.process is not None:
+            return self.process.poll() is None
+        return self.server_pid() is not None
+
+    def restart(self) -> str:
+        """After our server died: clear what it left behind and start another (or reuse one
+        that another process started meanwhile)."""
+        if self.process is not None:
+            self.process.poll()  # reap it: a zombie would still look alive
+            self.process = None
+        self.owned = False
+        return self.ensure_running(adopt_orphan=True)
+
+    def exit_reason(self) -> str:
+        """Why our server stopped: its exit status and its last warning in redis.log."""
+        parts: list[str] = []
+        code = self.process.poll() if self.process is not None else None
+        if code is not None:
+            parts.append(
+                f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+            )
+        try:
+            with open(self.log_path, "rb") as log:
+                size = log.seek(0, os.SEEK_END)
+                log.seek(max(self._log_offset, size - LOG_TAIL_BYTES))
+                tail = log.read().decode("utf-8", "replace")
+        except OSError:
+            tail = ""
+        warning = last_warning(tail)
+        if warning:
+            parts.append(warning)
+        return "; ".join(parts) or "unknown"
 
     def _is_orphan(self) -> bool:
+        pid = self.server_pid()
+        if pid is None:
+            return False
         try:
-            pid = int((self.directory / "redis.pid").read_text().strip())
             stat = Path(f"/proc/{pid}/stat").read_text()
-        except (OSError, ValueError):
+        except OSError:
             return False
         # Field 4 of /proc/PID/stat, after the parenthesised command name, is the parent pid.
         parent = int(stat.rsplit(")", 1)[1].split()[1])
@@ -146,17 +247,14 @@ class EmbeddedRedis:
 
     def _stop_leftover(self) -> None:
         """A server that holds our pid file but no longer answers is stopped before we start."""
-        pid_file = self.directory / "redis.pid"
-        try:
-            pid = int(pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"redis-server" in cmdline:
-                os.kill(pid, signal.SIGTERM)
-                _wait_gone(pid, STOP_TIMEOUT_SECONDS)
-        pid_file.unlink(missing_ok=True)
+        pid = self.server_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)  # Redis fsyncs the AOF and exits
+                if not _wait_gone(pid, STOP_TIMEOUT_SECONDS):
+                    os.kill(pid, signal.SIGKILL)  # frozen (SIGSTOP) or hung
+                    _wait_gone(pid, KILL_TIMEOUT_SECONDS)
+        self.pid_file.unlink(missing_ok=True)
 
     def stop(self) -> None:
         """Stop the server if this process owns it. SIGTERM makes Redis fsync the AOF and exit."""
@@ -174,11 +272,42 @@ class EmbeddedRedis:
         self._stop_leftover()  # adopted from a killed ``serve``: we only know its pid
 
 
-def _wait_gone(pid: int, timeout: float) -> None:
+def last_warning(log_text: str) -> str:
+    """The last warning (``#``) line of a redis.log excerpt, without its prefix, redacted.
+
+    Warnings Redis prints while it starts (memory overcommit, THP) are not a reason to stop:
+    when the excerpt shows the server became ready, only lines after that count.
+    """
+    lines = log_text.splitlines()
+    ready = [n for n, line in enumerate(lines) if "ready to accept connections" in line]
+    warnings = [
+        match.group(2)
+        for line in lines[ready[-1] + 1 if ready else 0 :]
+        if (match := _LOG_LINE.match(line.strip())) and match.group(1) == "#"
+    ]
+    return redact_text(warnings[-1])[:MAX_REASON_LENGTH] if warnings else ""
+
+
+def _is_redis_server_in(pid: int, directory: Path) -> bool:
+    """True if ``pid`` is a live ``redis-server`` whose working directory is ``directory``
+    (Redis changes into its ``--dir``). Anything else, a zombie included, is not ours."""
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:  # gone, a zombie, or not ours to inspect
+        return False
+    return name.startswith("redis-server") and Path(cwd) == directory.resolve()
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until ``pid`` has exited (a zombie counts as exited); True if it did in time."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
         time.sleep(0.05)
+    return False

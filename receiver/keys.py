@@ -91,6 +91,11 @@ def worker_info(consumer: str) -> str:
     return f"{WORKERS_TAG}:w:{consumer}"
 
 
+# Readiness writes this small key (in each shard's slot, so every node that holds a queue
+# is asked) to learn that Redis accepts writes; it expires by itself.
+PROBE_TTL_MS = 10_000
+
+
 def member_of(source: str, event_id: str) -> str:
     """The queue/index member naming one event; source names cannot contain ``|``."""
     return f"{source}{MEMBER_SEPARATOR}{event_id}"
@@ -123,6 +128,8 @@ class ShardKeys:
     # Hash of the last verification time (ms) per ``<source>|<key fingerprint>``.
     key_last_use: str = field(init=False)
     # The key-use hash of the current minute, as (minute, name): see ``key_use``.
+    # Written by readiness probes (``rcv:{q0}:probe``), expires after PROBE_TTL_MS.
+    probe: str = field(init=False)
     _minute: tuple[int, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -135,6 +142,7 @@ class ShardKeys:
             ("retry", f"{tag}:retry"),
             ("resolved", f"{tag}:resolved"),
             ("key_last_use", f"{tag}:keyuse:last"),
+            ("probe", f"{tag}:probe"),
         ):
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_minute", (-1, ""))

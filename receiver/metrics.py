@@ -87,6 +87,14 @@ SINK_UP = Gauge(
     "receiver_sink_up",
     "1 when the sink answered the worker's last batch or probe, 0 when it failed for all.",
 )
+EMBEDDED_REDIS_RESTARTS = Counter(
+    "receiver_embedded_redis_restarts_total",
+    "Times serve started its embedded redis-server again after it died.",
+)
+LOG_LINES_DROPPED = Counter(
+    "receiver_log_lines_dropped_total",
+    "Log lines dropped because stdout did not take them (a stalled log collector).",
+)
 # Gauges read from Redis when ``/metrics`` of ``serve`` is scraped. They live in their own
 # registry so a worker's metrics port (the default registry) does not export them as 0.
 SERVICE_REGISTRY = CollectorRegistry()
@@ -109,7 +117,9 @@ DEAD_LETTERS = Gauge(
     "receiver_dead_letters", "Stored events in state dead (replayable).", registry=SERVICE_REGISTRY
 )
 READY = Gauge(
-    "receiver_ready", "1 when Redis and the sink answer, else 0.", registry=SERVICE_REGISTRY
+    "receiver_ready",
+    "The last readiness probe: 1 when Redis accepted its write and serve is not draining.",
+    registry=SERVICE_REGISTRY,
 )
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
 RedisClient = aioredis.Redis | RedisCluster
@@ -22,8 +24,17 @@ CLUSTER_SUFFIX = "+cluster"
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 
 
-def create_client(url: str, *, max_connections: int = 64, timeout: float = 5.0) -> Any:
-    """A client with bounded timeouts, so a dead Redis becomes a fast 503, not a hang."""
+# The default of RECEIVER_REDIS_TIMEOUT (see settings.py for why it is below senders' own).
+DEFAULT_TIMEOUT_SECONDS = 2.0
+
+
+def create_client(
+    url: str, *, max_connections: int = 64, timeout: float = DEFAULT_TIMEOUT_SECONDS
+) -> Any:
+    """A client with bounded timeouts, so a dead or frozen Redis becomes a fast 503, not a hang.
+
+    ``timeout`` bounds connecting and every reply; the auto-pipeline's watchdog uses it too.
+    """
     scheme, _, rest = url.partition("://")
     if scheme.endswith(CLUSTER_SUFFIX):
         return RedisCluster.from_url(
@@ -37,7 +48,15 @@ def create_client(url: str, *, max_connections: int = 64, timeout: float = 5.0) 
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=30,
+        # No retries inside redis-py (its default is 10, with backoff): a connect to a
+        # frozen Redis would take ten timeouts, not one, before the 503. Every caller has a
+        # retry of its own: the sender, the worker's loop, start-up's bounded attempts.
+        retry=no_retries(),
     )
+
+
+def no_retries() -> Retry:
+    return Retry(NoBackoff(), 0)
 
 
 def is_cluster(client: Any) -> bool:

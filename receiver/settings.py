@@ -28,6 +28,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _SOURCE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # with fullmatch: ``$`` allows a final \n
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,100}")
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)?\s*$")
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 # Between receiver hosts (one accepts a copy, another the replay) whose clocks differ. NTP
 # keeps them within milliseconds; 5 s covers a host that has drifted, and keeps the floor
@@ -106,6 +108,8 @@ class Settings:
     admin_session_seconds: float = 8 * 3600.0
     # Who runs operator actions (replay, resolve) for the audit log; ``--actor`` wins.
     actor: str | None = None
+    redis_timeout_seconds: float = 2.0
+    allow_evicting_redis: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -208,6 +212,10 @@ class Settings:
             admin_users_file=_optional_path(reader.text("RECEIVER_ADMIN_USERS_FILE", "")),
             admin_session_seconds=reader.duration("RECEIVER_ADMIN_SESSION_TTL", "8h", minimum=60),
             actor=_actor(reader.text("RECEIVER_ACTOR", "")),
+            # Below the sender's own timeout (Rivya's is "short"; 3 s is common), so a frozen
+            # Redis answers 503 with Retry-After instead of a timeout the sender cannot read.
+            redis_timeout_seconds=reader.duration("RECEIVER_REDIS_TIMEOUT", "2s", minimum=0.1),
+            allow_evicting_redis=reader.boolean("RECEIVER_ALLOW_EVICTING_REDIS", default=False),
         )
 
 
@@ -250,6 +258,8 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "RECEIVER_ADMIN_USERS_FILE",
     "RECEIVER_ADMIN_SESSION_TTL",
     "RECEIVER_ACTOR",
+    "RECEIVER_REDIS_TIMEOUT",
+    "RECEIVER_ALLOW_EVICTING_REDIS",
 )
 
 
@@ -318,6 +328,16 @@ class _EnvReader:
         if not minimum <= value <= maximum:
             raise ConfigError(f"{name}: must be between {minimum} and {maximum} bytes, got {raw!r}")
         return value
+
+    def boolean(self, name: str, *, default: bool) -> bool:
+        raw = self._env.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw in _TRUE:
+            return True
+        if raw in _FALSE:
+            return False
+        raise ConfigError(f"{name}: must be true or false, got {raw[:40]!r}")
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
         value = (self._env.get(name, "").strip() or default).lower()

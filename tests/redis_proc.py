@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from receiver.embedded import redis_server_binary
@@ -13,12 +15,19 @@ class RedisProcess:
     """redis-server on a free TCP port, data under ``directory``."""
 
     def __init__(
-        self, directory: Path, *, appendonly: bool = False, appendfsync: str = "everysec"
+        self,
+        directory: Path,
+        *,
+        appendonly: bool = False,
+        appendfsync: str = "everysec",
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.directory = directory
         self.port = free_port()
         self.appendonly = appendonly
         self.appendfsync = appendfsync
+        # More redis-server options, e.g. ("--maxmemory-policy", "allkeys-lru").
+        self.extra_args = tuple(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,6 +51,7 @@ class RedisProcess:
                 "yes" if self.appendonly else "no",
                 "--appendfsync",
                 self.appendfsync,
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -55,6 +65,7 @@ class RedisProcess:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.resume()  # a frozen server cannot act on SIGTERM
             self.process.terminate()
             self.process.wait(10)
 
@@ -63,6 +74,15 @@ class RedisProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers (a hung host, a long fork)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
 
     def __enter__(self) -> RedisProcess:
         return self.start()

@@ -207,6 +207,7 @@ class Downstream:
         self.delay = 0.0
         self.body = body
         self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.methods: list[str] = []  # every request's method, HEAD probes included
         self.port = free_port()
         config = uvicorn.Config(
             self._app,
@@ -233,6 +234,7 @@ class Downstream:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
+        self.methods.append(scope["method"])
         if scope["method"] == "POST":
             self.requests.append(({k.decode(): v.decode() for k, v in scope["headers"]}, body))
         index = (

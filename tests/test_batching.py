@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -173,3 +174,40 @@ async def test_replies_follow_the_clients_decoding(redis_url: str) -> None:
         await pipeline.aclose()
         await client.aclose()
     assert reply == "héllo"
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_transport_closed_under_the_pipeline_is_replaced(tmp_path: Path, loop: str) -> None:
+    """The event loop closes the connection's transport (as after a reset) before the reader
+    has seen it: a batch written then never raises (uvloop's RuntimeError would have been a
+    500); it goes out on a new connection and gets its replies."""
+    import uvloop
+
+    async def scenario(url: str) -> tuple[list[str], list[Any]]:
+        client = create_client(url)
+        pipeline = AutoPipeline(client)
+        try:
+            assert await pipeline.execute("PING") == b"PONG"
+            channel = pipeline._channel
+            assert channel is not None
+            assert channel._writer is not None
+            channel._writer.transport.abort()  # what uvloop does on ECONNRESET / EPIPE
+            # One iteration: the loop closes the handle (connection_lost); the reader task,
+            # woken by that, runs after this one. That gap is where the 500s came from.
+            await asyncio.sleep(0)
+            futures, raised = [], []
+            for _ in range(FLUSH_AT * 2):  # FLUSH_AT makes execute() itself write the batch
+                try:
+                    futures.append(pipeline.execute("PING"))
+                except Exception as exc:
+                    raised.append(repr(exc))
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        finally:
+            await pipeline.aclose()
+            await client.aclose()
+        return raised, results
+
+    with RedisProcess(tmp_path / "redis") as server:
+        runner = uvloop.run if loop == "uvloop" else asyncio.run
+        raised, results = runner(scenario(server.url))
+    assert ([], [b"PONG"] * FLUSH_AT * 2) == (raised, results)

@@ -103,6 +103,8 @@ def test_no_secret_in_any_output(tmp_path: Path) -> None:
                 request_bytes(headers={"x-key": API_KEY, "content-length": "5"}, body=b"{"),
             ]
             assert [400, 431, 400, 408] == [exchange(service.port, raw).status for raw in refused]
+            # Readiness probes Redis on a connection of its own, with the same password.
+            assert client.get("/readyz").status_code == 200
             deadline = time.monotonic() + 15
             while "gave up" not in service.output() and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -400,3 +402,25 @@ def test_no_secret_in_the_ops_outputs(tmp_path: Path) -> None:
         wrong["webhook-signature"].removeprefix("v1,"),
     ]
     assert [secret for secret in secrets if secret in output] == []
+
+
+def test_no_secret_when_serve_warns_about_or_refuses_redis(tmp_path: Path) -> None:
+    """The start-up durability lines (appendfsync everysec) and the refusal of an evicting
+    Redis name the setting, never the Redis URL or its password."""
+    import redis
+
+    with RedisProcess(tmp_path / "redis", appendonly=True) as server:
+        redis.Redis(port=server.port).config_set("requirepass", REDIS_PASSWORD)
+        admin = redis.Redis(port=server.port, password=REDIS_PASSWORD)
+        env = base_env(tmp_path, f"redis://:{REDIS_PASSWORD}@127.0.0.1:{server.port}/0")
+        with ServiceProcess(env, tmp_path / "warned.log") as warned:
+            # The port is bound before start-up ends: wait for the line, not just the port.
+            eventually(lambda: '"redis_durability"' in warned.output(), what="the warning")
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+        refused = ServiceProcess(env, tmp_path / "refused.log").start(wait=False)
+        code = refused.wait(60)
+        admin.close()
+    outputs = [warned.output(), refused.output()]
+    assert '"redis_durability"' in outputs[0]
+    assert (1, True) == (code, "RECEIVER_ALLOW_EVICTING_REDIS" in outputs[1])
+    assert [] == [output for output in outputs if REDIS_PASSWORD in output]

@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import logging
 import re
+import select
 import subprocess
 import sys
 import threading
@@ -288,3 +289,73 @@ class TestConfiguredOutput:
         assert len(lines) == 5 * lines_each
         assert sum(line["event"] == "loop" for line in lines) == lines_each
         assert [line["k"] for line in lines if line.get("n") == 2] == list(range(lines_each))
+
+
+STALL_SCRIPT = """
+import asyncio, sys, time
+import structlog
+from receiver import metrics
+from receiver.logs import configure_logging
+
+configure_logging("info", "json")
+log = structlog.get_logger()
+
+async def main():
+    worst, last = 0.0, time.monotonic()
+    for k in range(__LINES__):
+        log.info("line", k=k, pad="x" * 200)
+        if k % 50 == 49:  # a loop iteration per 50 lines, like a busy service
+            await asyncio.sleep(0)
+            now = time.monotonic()
+            worst, last = max(worst, now - last), now
+    dropped = metrics.LOG_LINES_DROPPED._value.get()
+    sys.stderr.write(f"{worst} {dropped}\\n")
+    sys.stderr.flush()
+    sys.stdin.readline()  # the parent reads stdout from now on
+    await asyncio.sleep(1)  # the loop sends the backlog as the pipe drains
+    log.info("after")
+    await asyncio.sleep(0.5)
+
+__RUN__(main())
+"""
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_stalled_stdout_never_blocks_the_loop(loop: str) -> None:
+    """stdout is a pipe nobody reads: the loop keeps its pace, lines past the backlog are
+    dropped and counted; once the pipe is read, every line that comes out is whole and in
+    order, followed by one line saying how many were dropped, then the next line."""
+    lines = 20_000  # ~5.6 MB: far past the pipe (64 KiB) and the backlog
+    runner = "asyncio.run" if loop == "asyncio" else "__import__('uvloop').run"
+    script = STALL_SCRIPT.replace("__LINES__", str(lines)).replace("__RUN__", runner)
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdin is not None
+    assert process.stdout is not None
+    assert process.stderr is not None
+    try:
+        # A writer that blocked would never get here: the parent reads nothing until then.
+        reported, _, _ = select.select([process.stderr], [], [], 60)
+        assert reported, "the loop blocked on stdout"
+        report = process.stderr.readline().decode().split()
+        assert len(report) == 2, "the loop blocked on stdout (or the script failed)"
+        process.stdin.write(b"go\n")
+        process.stdin.flush()
+        out = process.stdout.read()
+        assert 0 == process.wait(30)
+    finally:
+        process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout, process.stderr):
+            stream.close()
+    worst, dropped = float(report[0]), int(float(report[1]))
+    parsed = [orjson.loads(line) for line in out.splitlines()]  # every line is whole JSON
+    numbered = [line["k"] for line in parsed if line["event"] == "line"]
+    tail = [line["event"] for line in parsed if line["event"] != "line"]
+    assert worst < 1.0, f"the loop stalled for {worst:.2f}s"
+    assert numbered == sorted(numbered)
+    assert (dropped > 0, lines - dropped) == (True, len(numbered))
+    assert ["log_lines_dropped", "after"] == tail
+    assert dropped == next(line["dropped"] for line in parsed if line["event"] != "line")

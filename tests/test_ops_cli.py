@@ -624,6 +624,51 @@ class TestConfig:
         ) in result.stdout.splitlines()
         assert short.removeprefix("whsec_") not in result.stdout + result.stderr
 
+    @pytest.mark.parametrize(
+        ("appendfsync", "warning"),
+        [("everysec", "redis appendfsync is everysec"), ("no", "redis appendfsync is no")],
+        ids=["everysec", "no"],
+    )
+    def test_check_warns_about_a_lax_fsync_and_strict_fails(
+        self, tmp_path: Path, appendfsync: str, warning: str
+    ) -> None:
+        """appendfsync everysec or no loses acknowledged events in some crashes: config check
+        warns (exit 0), --strict makes the warning a failure (exit 1)."""
+        from tests.redis_proc import RedisProcess
+
+        with RedisProcess(
+            tmp_path / "redis",
+            appendonly=True,
+            appendfsync=appendfsync,
+            extra_args=("--maxmemory-policy", "noeviction"),
+        ) as server:
+            env = base_env(tmp_path, server.url, RECEIVER_SINK="log:")
+            lenient = cli(env, "config", "check")
+            strict = cli(env, "config", "check", "--strict")
+        warnings = [line for line in lenient.stdout.splitlines() if line.startswith("WARNING:")]
+        assert (0, [f"WARNING: {warning}"]) == (
+            lenient.returncode,
+            [line[: len("WARNING: ") + len(warning)] for line in warnings],
+        )
+        assert 1 == strict.returncode
+        assert "--strict" in strict.stderr
+
+    def test_check_strict_passes_on_the_embedded_redis(self) -> None:
+        """The embedded Redis (appendfsync always, noeviction) has nothing to warn about."""
+        import shutil
+
+        data_dir = Path(f"/tmp/rcv-strict-{time.time_ns()}")  # short: unix socket path limit
+        try:
+            result = cli(
+                base_env(data_dir, None, RECEIVER_SINK="log:"), "config", "check", "--strict"
+            )
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        assert (0, []) == (
+            result.returncode,
+            [line for line in result.stdout.splitlines() if line.startswith("WARNING:")],
+        )
+
     def test_check_unreachable_redis_exits_1(self, services: Services) -> None:
         """An unreachable Redis fails the check with one clear ``redis`` line."""
         env = services.env(RECEIVER_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")

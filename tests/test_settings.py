@@ -84,6 +84,9 @@ BAD_VALUES = [
     ("RECEIVER_READ_TIMEOUT", "a while"),
     ("RECEIVER_MAX_CONNECTIONS", "0"),
     ("RECEIVER_MAX_CONNECTIONS", "many"),
+    ("RECEIVER_REDIS_TIMEOUT", "0s"),
+    ("RECEIVER_REDIS_TIMEOUT", "soon"),
+    ("RECEIVER_ALLOW_EVICTING_REDIS", "maybe"),
     ("RECEIVER_CONFIG", "/nonexistent/receiver.toml"),
     ("RECEIVER_WEBHOOK_SECRET_FILE", "/nonexistent/secret"),
 ]
@@ -98,7 +101,8 @@ BAD_IDS = [
     "sink-timeout-decimal", "shutdown-word", "drain-word", "concurrency-zero",
     "shards-too-many", "header-bytes-decimal-unit", "header-bytes-too-small",
     "header-bytes-too-large", "read-timeout-zero", "read-timeout-word", "connections-zero",
-    "connections-word", "config-missing", "secret-file-missing",
+    "connections-word", "redis-timeout-zero", "redis-timeout-word", "allow-evicting-word",
+    "config-missing", "secret-file-missing",
 ]  # fmt: skip
 
 
@@ -111,14 +115,14 @@ class TestDefaults:
         expected = (
             ["rivya"], Scheme.STANDARD, (Secret(TEST_SECRET),), "Rivya-Signature", 300,
             f"sqlite:///{tmp_path.resolve()}/records.db", None, True, 262_144, 30 * 86400,
-            (), None, "json", "info",
+            (), None, "json", "info", 2.0, False,
         )  # fmt: skip
         assert expected == (
             list(settings.sources), source.scheme, source.keys, source.signature_header,
             source.tolerance_seconds, settings.sink_url.reveal(), settings.redis_url,
             settings.embedded_redis, settings.max_body_bytes, settings.retention_seconds,
             settings.encryption_keys, settings.forward_secret, settings.log_format,
-            settings.log_level,
+            settings.log_level, settings.redis_timeout_seconds, settings.allow_evicting_redis,
         )  # fmt: skip
 
     def test_retries_are_bounded_by_time_by_default(self, tmp_path: Path) -> None:
@@ -177,13 +181,17 @@ class TestValues:
             ("RECEIVER_MAX_HEADER_BYTES", "1m", "max_header_bytes", 1_048_576),
             ("RECEIVER_READ_TIMEOUT", "1500ms", "read_timeout_seconds", 1.5),
             ("RECEIVER_MAX_CONNECTIONS", "20000", "max_connections", 20_000),
+            ("RECEIVER_REDIS_TIMEOUT", "750ms", "redis_timeout_seconds", 0.75),
+            ("RECEIVER_ALLOW_EVICTING_REDIS", "TRUE", "allow_evicting_redis", True),
+            ("RECEIVER_ALLOW_EVICTING_REDIS", "no", "allow_evicting_redis", False),
             ("RECEIVER_SINK", "log:", "sink", "log:"),
             ("RECEIVER_REDIS_URL", "rediss://:pw@h:6380/0", "redis", "rediss://:pw@h:6380/0"),
         ],
         ids=["tolerance", "scheme-any-case", "header", "max-body", "retention", "log-format",
              "log-level-any-case", "visibility-ms", "attempts", "retry-for", "circuit",
              "shards-max", "header-bytes", "header-bytes-kib", "header-bytes-mib",
-             "read-timeout-ms", "connections", "sink", "redis"],
+             "read-timeout-ms", "connections", "redis-timeout-ms", "allow-evicting-true",
+             "allow-evicting-no", "sink", "redis"],
     )  # fmt: skip
     def test_value_read(self, tmp_path: Path, variable: str, value: str, attribute: str,
                         expected: object) -> None:  # fmt: skip

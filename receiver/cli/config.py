@@ -15,7 +15,8 @@ def config() -> None:
 
 
 @config.command("check")
-def config_check() -> None:
+@click.option("--strict", is_flag=True, help="Fail (exit 1) on warnings too.")
+def config_check(strict: bool) -> None:
     """Validate the configuration, print it (secrets masked), and probe Redis and the sink."""
     settings = load_settings()
     report = run_async(lambda: ops.check_config(settings))
@@ -29,6 +30,8 @@ def config_check() -> None:
     if not report.ok:
         failed = ", ".join(check.name for check in report.checks if not check.ok)
         fail(f"config check failed: {failed}")
+    if strict and report.warnings:
+        fail(f"config check failed: {len(report.warnings)} warning(s) and --strict")
 
 
 @click.group()

@@ -48,7 +48,9 @@ def serve(host: str, port: int, no_worker: bool) -> None:
         except ListenError as exc:
             fail(str(exc))
         admin = _admin_app(settings) if admin_socket is not None else None
-        runtime = await Runtime.open(settings, with_sink=True, adopt_orphan=True)
+        runtime = await Runtime.open(
+            settings, with_sink=True, adopt_orphan=True, check_durability=True, supervise=True
+        )
         app = create_app(settings, run_worker=not no_worker, runtime=runtime)
         config = uvicorn_config(app, host, port, settings)
         server = GracefulServer(config, app, settings.shutdown_drain_seconds)
@@ -127,7 +129,7 @@ def worker(metrics_port: int | None, metrics_host: str) -> None:
         from receiver.worker import Worker
         from receiver.worker_http import WorkerListener
 
-        runtime = await Runtime.open(settings, with_sink=True)
+        runtime = await Runtime.open(settings, with_sink=True, check_durability=True)
         assert runtime.sink is not None
         consumer = Worker(runtime, runtime.sink)
         listener: WorkerListener | None = None

@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from receiver.app import READINESS_TIMEOUT_SECONDS, check_dependencies, metrics_response
+from receiver.app import liveness_response, metrics_response
 from receiver.console import api, pages
 from receiver.console.auth import Authenticator, SessionKey
 from receiver.console.security import SecurityHeaders
@@ -92,6 +92,12 @@ class AdminApp:
             raise RuntimeError("the admin app's lifespan has not started")
         return self._own_runtime
 
+    def _runtime_or_none(self) -> Runtime | None:
+        try:
+            return self.runtime
+        except RuntimeError:  # asked before start-up finished
+            return None
+
     @property
     def auth(self) -> Authenticator:
         if self._auth is None:  # built on first use: the runtime exists only from start-up
@@ -131,27 +137,33 @@ class AdminApp:
         return JSONResponse({"error": code}, status_code=exc.status_code, headers=exc.headers)
 
     async def healthz(self, _request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        # The same liveness as the public listener's: supervisors (Kubernetes, compose) ask
+        # this port, and a dead in-process worker or embedded Redis needs a restart.
+        return liveness_response(self._runtime_or_none())
 
     async def readyz(self, _request: Request) -> Response:
-        """Detailed readiness: each dependency, draining, and the queue (SPEC §10)."""
+        """Detailed readiness (SPEC §10). Ready, as the public one, when Redis accepts writes
+        and serve is not draining; the sink (the in-process worker's circuit) and the queue
+        are detail: a sink outage must not take ingest out of the load balancer (SPEC §3)."""
         runtime = self.runtime
-        failed = await check_dependencies(runtime)
+        result = await runtime.readiness.check()
         detail: dict[str, Any] = {
-            "redis": "failed" if "redis" in failed else "ok",
+            "redis": "ok" if result.ready else result.reason,
             "draining": runtime.draining,
         }
-        if runtime.sink is not None:
-            detail["sink"] = "failed" if "sink" in failed else "ok"
-        if "redis" not in failed:
+        if runtime.sink_failing is not None:
+            detail["sink"] = "circuit_open" if runtime.sink_failing() else "ok"
+        if result.ready:
             with contextlib.suppress(*REDIS_ERRORS, asyncio.TimeoutError):
                 detail["queue"] = await asyncio.wait_for(
-                    runtime.store.queue_stats(), READINESS_TIMEOUT_SECONDS
+                    runtime.store.queue_stats(), runtime.settings.redis_timeout_seconds
                 )
         if runtime.draining:
             return JSONResponse({"error": "shutting_down", **detail}, status_code=503)
-        if failed:
-            return JSONResponse({"error": "not_ready", "failed": failed, **detail}, status_code=503)
+        if not result.ready:
+            return JSONResponse(
+                {"error": "not_ready", "failed": ["redis"], **detail}, status_code=503
+            )
         return JSONResponse({"status": "ready", **detail})
 
     async def metrics(self, _request: Request) -> Response:

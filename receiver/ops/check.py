@@ -1,7 +1,7 @@
 """``config check`` and ``sink init``: show the settings, probe Redis and the sink.
 
 Settings print with secrets masked; probes answer within a short timeout and report the
-Redis settings durability depends on (SPEC §7).
+Redis settings durability depends on (SPEC §7, ``receiver.durability``).
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import ResponseError
-
+from receiver.durability import read_durability
 from receiver.embedded import EmbeddedRedis
 from receiver.errors import ConfigError
 from receiver.redaction import mask_url, redact_text
@@ -135,41 +134,8 @@ async def _check_redis(settings: Settings, wait_seconds: float, report: ConfigRe
             await asyncio.to_thread(embedded.stop)
 
 
-async def _config_value(client: Any, name: str) -> str | None:
-    """``CONFIG GET name``; None when CONFIG is disabled or renamed (managed Redis)."""
-    try:
-        reply = await client.config_get(name)
-    except ResponseError:
-        return None
-    if isinstance(reply, dict):
-        value = reply.get(name)
-        if isinstance(value, dict):  # a cluster client answers per node
-            value = next(iter(value.values()), None)
-        if isinstance(value, bytes):
-            return value.decode()
-        return value if isinstance(value, str) else None
-    return None
-
-
 async def _check_durability(client: Any, report: ConfigReport) -> None:
-    policy = await _config_value(client, "maxmemory-policy")
-    appendonly = await _config_value(client, "appendonly")
-    if policy is None and appendonly is None:
-        report.warnings.append(
-            "redis: CONFIG GET is not allowed; check by hand that maxmemory-policy is "
-            "noeviction and appendonly is yes"
-        )
-        return
-    if policy is not None and policy != "noeviction":
-        report.warnings.append(
-            f"redis maxmemory-policy is {policy}, not noeviction: under memory pressure Redis "
-            "may evict stored events and dedup keys (lost events, duplicates applied again)"
-        )
-    if appendonly is not None and appendonly != "yes":
-        report.warnings.append(
-            "redis appendonly is no: a Redis restart loses events acknowledged since the last "
-            "snapshot, and their dedup keys with them"
-        )
+    report.warnings += (await read_durability(client)).warnings()
 
 
 async def _check_sink(settings: Settings, wait_seconds: float, report: ConfigReport) -> None:

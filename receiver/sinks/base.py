@@ -59,7 +59,7 @@ class Sink(Protocol):
         ...
 
     async def ping(self) -> None:
-        """Raise if the backend cannot be reached (used by ``/readyz``)."""
+        """Raise if the backend cannot be reached (``config check``; never serve's ``/readyz``)."""
         ...
 
     async def setup(self) -> None:

@@ -79,8 +79,19 @@ class EventStore:
     (``rejections``, ``workers``, ``audit``) sharing its pipeline.
     """
 
-    def __init__(self, client: Any, *, retention_seconds: int, shards: int = 1) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        retention_seconds: int,
+        shards: int = 1,
+        redis_timeout_seconds: float | None = None,
+    ) -> None:
         self.client = client
+        # A blocking read must return before the client's socket timeout fails it.
+        self._max_block_ms = (
+            None if redis_timeout_seconds is None else max(1, int(redis_timeout_seconds * 500))
+        )
         self.retention_ms = retention_seconds * 1000
         self._retention_text = str(self.retention_ms)
         self.shards = shards
@@ -165,6 +176,8 @@ class EventStore:
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[QueueEntry]:
         """New entries for this consumer across all shards (waits up to ``block_ms``)."""
+        if self._max_block_ms is not None:
+            block_ms = min(block_ms, self._max_block_ms)
         if not is_cluster(self.client):
             streams = {shard.stream: shard for shard in all_shards(self.shards)}
             # PERF: while there is a backlog, a non-blocking read on the shared pipeline
