@@ -72,9 +72,12 @@ def assert_refused(answer: Answer, status: int, code: str) -> None:
 
 
 def log_problems(output: str) -> list[str]:
-    """Lines at error level or above, tracebacks, and lines that are not JSON."""
+    """Lines at error level or above, tracebacks, and lines that are not JSON.
+
+    Only whole lines count: the service may be writing its last line as we read the file."""
     problems = []
-    for line in output.splitlines():
+    complete = output if output.endswith("\n") else output.rpartition("\n")[0]
+    for line in complete.splitlines():
         try:
             parsed = orjson.loads(line)
         except orjson.JSONDecodeError:
