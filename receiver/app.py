@@ -38,7 +38,7 @@ from receiver.errors import (
     UnknownSource,
     UnsupportedMediaType,
 )
-from receiver.http_protocol import READ_DEADLINE_PASSED
+from receiver.http_protocol import READ_DEADLINE_PASSED, Refusal
 from receiver.ingest import build_event
 from receiver.logs import get_logger
 from receiver.models import EventState
@@ -286,6 +286,19 @@ class ReceiverApp:
         """Readiness turns 503 so load balancers stop sending; requests still get served."""
         if self._runtime is not None:
             self._runtime.draining = True
+
+    def note_refusal(self, refusal: Refusal) -> None:
+        """A request the HTTP protocol refused itself (431, 408, 503, 400), for the
+        rejected-deliveries log beside the app's own rejections (http_protocol.py)."""
+        if self.recorder is None:
+            return
+        path = refusal.path
+        source = path[len(WEBHOOK_PREFIX) :] if path.startswith(WEBHOOK_PREFIX) else ""
+        scope = {
+            "client": refusal.client,
+            "headers": [(name.encode("latin-1"), b"") for name in refusal.header_names],
+        }
+        self.recorder.note(scope=scope, source=source, status=refusal.status, code=refusal.code)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(WEBHOOK_PREFIX):

@@ -48,7 +48,7 @@ import asyncio
 import functools
 import http
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -69,17 +69,35 @@ HEALTH_METHODS = frozenset({"GET", "HEAD"})
 HEALTH_RESERVE = 32
 RETRY_AFTER_SECONDS = 5
 MAX_LOGGED_REASON = 100
+MAX_LOGGED_PATH = 200
 log = get_logger("receiver.http")
 
 
 @dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request the protocol answered itself, for the rejected-deliveries log (issue 14):
+    the client, the path and header names as far as they were read. Never header values."""
+
+    status: int
+    code: str
+    client: tuple[str, int] | None
+    path: str
+    header_names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class HttpLimits:
-    """The bounds one server applies to every connection (``Settings`` supplies them)."""
+    """The bounds one server applies to every connection (``Settings`` supplies them).
+
+    ``on_refusal`` hears of every request the protocol refuses (431, 408, 503, 400): the
+    app records them beside the rejections it answers itself. Called on the refusal path
+    only, so a normal request never pays for it."""
 
     max_header_bytes: int = 32_768
     read_timeout_seconds: float = 10.0
     max_connections: int = 1_000
     health_reserve: int = HEALTH_RESERVE
+    on_refusal: Callable[[Refusal], None] | None = None
 
 
 def bounded_protocol(limits: HttpLimits) -> type[BoundedHttpToolsProtocol]:
@@ -328,6 +346,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         state.done_reading = True
         self._cancel_timers()
         _count_and_log(status, code, reason)
+        self._report(status, code)
         self.flow.pause_reading()
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
@@ -345,12 +364,32 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.close()
 
+    def _report(self, status: int, code: str) -> None:
+        """Tell ``limits.on_refusal`` what was refused, as far as it was read."""
+        listener = self.limits.on_refusal
+        if listener is None:
+            return
+        url = getattr(self, "url", b"") or b""
+        names = tuple(name.decode("latin-1") for name, _ in (getattr(self, "headers", None) or ()))
+        refusal = Refusal(
+            status=status,
+            code=code,
+            client=self.client,
+            path=url.split(b"?", 1)[0].decode("latin-1")[:MAX_LOGGED_PATH],
+            header_names=names,
+        )
+        try:
+            listener(refusal)
+        except Exception:  # a diagnostic must never turn a refusal into a failure
+            log.exception("refusal_not_recorded")
+
     async def _health_or_refuse(self, scope: Any, receive: Any, send: Any) -> None:
         """The app of a connection past the cap: health checks only."""
         if scope["path"] in HEALTH_PATHS and scope["method"] in HEALTH_METHODS:
             await self.bounds.full_app(scope, receive, send)
             return
         _count_and_log(503, "too_many_connections")
+        self._report(503, "too_many_connections")
         body = orjson.dumps({"error": "too_many_connections"})
         headers = [
             (b"content-type", b"application/json"),

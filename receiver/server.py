@@ -128,6 +128,8 @@ def uvicorn_config(app: ASGIApp, host: str, port: int, settings: Settings) -> uv
         max_header_bytes=settings.max_header_bytes,
         read_timeout_seconds=settings.read_timeout_seconds,
         max_connections=settings.max_connections,
+        # The public app records what the protocol refuses with its other rejections.
+        on_refusal=getattr(app, "note_refusal", None),
     )
     return uvicorn.Config(
         app,

@@ -200,6 +200,37 @@ class TestRejectedDeliveries:
         )
         assert absent["reason"] == "missing header webhook-timestamp, webhook-signature"
 
+    def test_requests_the_http_layer_refuses_are_logged_too(
+        self, serve: ServiceProcess, env: dict[str, str]
+    ) -> None:
+        """A 431 (oversized headers) and a 400 (a request the parser refuses), answered by the
+        HTTP protocol before the app sees them, are kept beside the app's own rejections:
+        with the path's source and the header names, never a header's value."""
+        from tests.raw_http import exchange, request_bytes
+
+        secret_value = "x" * 40_000
+        oversized = request_bytes(headers=[("x-padding", secret_value)], body=b"{}")
+        malformed = request_bytes(
+            headers=[("x-token", "hunter2"), ("transfer-encoding", "chunked")]
+        )
+        statuses = [exchange(serve.port, raw).status for raw in (oversized, malformed)]
+        assert [431, 400] == statuses
+
+        def both_logged() -> bool:
+            return len(cli_json(env, "deliveries", "list", "--rejected")) == 2
+
+        eventually(both_logged, WAIT_SECONDS, "two refused requests in the log")
+        [too_large] = cli_json(
+            env, "deliveries", "list", "--rejected", "--code", "request_header_fields_too_large"
+        )
+        [refused] = cli_json(env, "deliveries", "list", "--rejected", "--code", "malformed_request")
+        assert (too_large["status"], too_large["source"]) == (431, "rivya")
+        assert (refused["status"], refused["source"]) == (400, "rivya")
+        assert "x-token" in refused["headers"]
+        text = str(too_large) + str(refused)
+        assert "hunter2" not in text
+        assert secret_value[:100] not in text
+
 
 class TestTimeline:
     def test_a_sink_answering_400_shows_status_and_snippet(
