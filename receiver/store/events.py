@@ -30,6 +30,7 @@ from receiver.models import EventState
 from receiver.redis_client import is_cluster
 from receiver.store import replies
 from receiver.store.audit import AuditLog
+from receiver.store.pollgate import PollGate
 from receiver.store.rejections import RejectionLog
 from receiver.store.values import (
     AcceptResult,
@@ -42,6 +43,7 @@ from receiver.store.values import (
     history_entry,
     now_ms,
 )
+from receiver.store.watch import WatchList
 from receiver.store.workers import WorkerRegistry
 
 # How often an idle worker polls the shards of a Redis Cluster (no cross-slot BLOCK there).
@@ -105,6 +107,9 @@ class EventStore:
         self.rejections = RejectionLog(self.pipeline, Script(self.pipeline, load_lua("reject")))
         self.workers = WorkerRegistry(self.pipeline, Script(self.pipeline, load_lua("heartbeat")))
         self.audit = AuditLog(self.pipeline)
+        # Reconciliation (issue 16): the watch list and the reconcilers' shared gate.
+        self.watch = WatchList(self.pipeline, load_lua, shards=shards)
+        self.poll_gate = PollGate(self.pipeline, load_lua)
 
     def keys(self, member: str) -> ShardKeys:
         return keys_for(member, self.shards)
@@ -118,6 +123,8 @@ class EventStore:
             await script.load()
         await self.rejections.prepare()
         await self.workers.prepare()
+        await self.watch.prepare()
+        await self.poll_gate.prepare()
         for shard in all_shards(self.shards):
             try:
                 await self.client.xgroup_create(shard.stream, CONSUMER_GROUP, id="0", mkstream=True)
@@ -153,7 +160,7 @@ class EventStore:
                 self._retention_text,
                 member,
                 state,
-                history_entry(state, "ingest", **note),
+                history_entry(state, event.by, **note),
                 event.body,
                 # The event hash's other fields, as name/value pairs (accept.lua writes
                 # state, attempts, the times and the body hash itself). It reads source,
