@@ -469,6 +469,8 @@ class TestSurfaces:
             # ingest, applied, then the replay's pending and applied again
             eventually(lambda: clean_redis.llen(history) == 4, what="the replay to be applied")
             send = cli(env, "send-test", "--source", POLL_SOURCE)
+            status_text = cli(env, "status").stdout
+            status = orjson.loads(cli(env, "status", "--json").stdout)
         assert event_id in listed.stdout
         assert 0 == shown.returncode, shown.stderr
         assert "polled from Rivya's status API" in shown.stdout
@@ -476,10 +478,19 @@ class TestSurfaces:
         assert (POLL_SOURCE, None) == (as_json["source"], as_json["signed_at"])
         assert "reconcile" == as_json["history"][0]["by"]
         assert 0 == replayed.returncode, replayed.stderr
-        assert "replayed 1 of 1" in replayed.stdout
+        assert "queued 1 of 1 events for replay" in replayed.stdout
         assert "applied" == event_hash(clean_redis, POLL_SOURCE, event_id)["state"]
         assert 2 == send.returncode
         assert "takes no webhooks" in send.stderr
+        # status: a polled event is no accepted delivery; the reconcile part says what is on
+        assert (None, 0, False) == (
+            status["last_accepted_at"],
+            status["reconcile"]["watched"],
+            status["reconcile"]["key_refused"],
+        )
+        assert status["reconcile"]["last_polled_at"] is not None
+        assert "reconcile:    0 watched (0 due)" in status_text
+        assert "last polled event 20" in status_text
 
     def test_track_refuses_what_cannot_be_a_task_id(
         self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis, fake: FakeRivya

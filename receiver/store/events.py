@@ -551,6 +551,33 @@ class EventStore:
         )
         return sum(int(count) for count in counts)
 
+    async def newest_by_origin(
+        self, poll_source: str, *, page: int = 100, pages: int = 5
+    ) -> tuple[int | None, int | None]:
+        """When the newest delivered event and the newest polled one (``poll_source``)
+        arrived, from at most ``page * pages`` of each shard's newest index members."""
+        delivered: list[int] = []
+        polled: list[int] = []
+        prefix = f"{poll_source}{MEMBER_SEPARATOR}"
+        for key in self.index_keys("index"):
+            found_delivered = found_polled = False
+            for start in range(0, page * pages, page):
+                reply = await self.pipeline.execute(
+                    "ZREVRANGE", key, start, start + page - 1, "WITHSCORES"
+                )
+                members = replies.scored(reply)
+                for member, score in members:
+                    if member.startswith(prefix):
+                        if not found_polled:
+                            polled.append(score)
+                        found_polled = True
+                    elif not found_delivered:
+                        delivered.append(score)
+                        found_delivered = True
+                if (found_delivered and found_polled) or len(members) < page:
+                    break
+        return (max(delivered) if delivered else None, max(polled) if polled else None)
+
     async def last_received_ms(self) -> int | None:
         """When the newest stored event arrived (accepted or dead on arrival)."""
         newest = await asyncio.gather(

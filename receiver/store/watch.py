@@ -19,6 +19,7 @@ from typing import Any
 from receiver.batching import AutoPipeline, Script
 from receiver.keys import WATCH_LEASE_MS, WatchKeys, all_watch_shards, watch_keys_for
 from receiver.models import TERMINAL_RANK, EventState, Record
+from receiver.store import replies
 
 # Tasks one claim or trim call takes at most (a batch the reconciler can start at once).
 MAX_CLAIM = 200
@@ -143,7 +144,7 @@ class WatchList:
                 break
             want = min(MAX_CLAIM, limit - len(taken))
             reply = await self._scripts["watch_claim"](shard.all, (want, self.lease_ms))
-            values = [_text(value) for value in reply or []]
+            values = [replies.text(value) for value in reply or []]
             for n in range(0, len(values), 5):
                 task_id, since, checks, errors, claim = values[n : n + 5]
                 taken.append(ClaimedTask(task_id, int(since), int(checks), int(errors), claim))
@@ -192,7 +193,7 @@ class WatchList:
 
     async def stats(self, now_ms: int) -> WatchStats:
         """How many tasks are watched, how many are due, the oldest and the next due."""
-        replies = await asyncio.gather(
+        answers = await asyncio.gather(
             *(
                 self._pipeline.execute(*command)
                 for shard in self.all_shards()
@@ -207,12 +208,12 @@ class WatchList:
         watched = due_now = 0
         oldest: list[int] = []
         upcoming: list[int] = []
-        for n in range(0, len(replies), 4):
-            count, due, first, soonest = replies[n : n + 4]
+        for n in range(0, len(answers), 4):
+            count, due, first, soonest = answers[n : n + 4]
             watched += int(count)
             due_now += int(due)
-            oldest += _scores(first)
-            upcoming += _scores(soonest)
+            oldest += [score for _, score in replies.scored(first)]
+            upcoming += [score for _, score in replies.scored(soonest)]
         return WatchStats(
             watched=watched,
             due_now=due_now,
@@ -223,17 +224,4 @@ class WatchList:
     async def due_at(self, task_id: str) -> int | None:
         """When ``task_id`` is next due (ms; a lease end while held), None if not watched."""
         score = await self._pipeline.execute("ZSCORE", self.shard_of(task_id).due, task_id)
-        return None if score is None else int(float(_text(score)))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _scores(reply: Any) -> list[int]:
-    """The scores of a ``ZRANGE … WITHSCORES`` reply (RESP2 flat list or RESP3 pairs)."""
-    if not reply:
-        return []
-    if isinstance(reply[0], list | tuple):
-        return [int(float(_text(score))) for _, score in reply]
-    return [int(float(_text(score))) for score in reply[1::2]]
+        return None if score is None else int(float(replies.text(score)))
