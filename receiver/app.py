@@ -42,6 +42,8 @@ from receiver.http_protocol import READ_DEADLINE_PASSED, Refusal
 from receiver.ingest import build_event
 from receiver.logs import get_logger
 from receiver.models import EventState
+from receiver.reconcile.reconciler import Reconciler
+from receiver.reconcile.status import refresh_gauges
 from receiver.redis_client import REDIS_ERRORS
 from receiver.rejections import RejectionRecorder
 from receiver.runtime import Runtime
@@ -52,6 +54,8 @@ from receiver.worker import Worker
 
 WEBHOOK_PREFIX = "/webhooks/"
 MAX_LOGGED_SOURCE = 64
+# On shutdown, the in-process reconciler's requests in flight get this long to settle.
+RECONCILER_GRACE_SECONDS = 5.0
 log = get_logger("receiver.http")
 
 
@@ -260,6 +264,8 @@ class ReceiverApp:
         self.worker: Worker | None = None
         self.recorder: RejectionRecorder | None = None
         self._worker_task: asyncio.Task[None] | None = None
+        self.reconciler: Reconciler | None = None
+        self._reconciler_task: asyncio.Task[None] | None = None
         self._webhook = WebhookEndpoint(self)
         self._starlette = Starlette(
             routes=[
@@ -324,6 +330,10 @@ class ReceiverApp:
             self._runtime.worker_alive = lambda: not task.done()
             # The sink's health is the worker's view (its circuit), never a ping per request.
             self._runtime.sink_failing = lambda: worker.circuit.is_open
+        if self.settings.rivya_api_key is not None:
+            # Issue 16: with the API key, this process also reconciles watched tasks.
+            self.reconciler = Reconciler(self._runtime)
+            self._reconciler_task = asyncio.create_task(self.reconciler.run(), name="reconciler")
         log.info(
             "started",
             worker=self.run_worker,
@@ -337,6 +347,10 @@ class ReceiverApp:
             # worker finishes or releases its events, then the sink, Redis and the
             # embedded server close, in that order (PITFALLS: Processes).
             self._runtime.draining = True
+            if self.reconciler is not None and self._reconciler_task is not None:
+                grace = min(RECONCILER_GRACE_SECONDS, self.settings.shutdown_timeout_seconds)
+                await self.reconciler.stop(grace)
+                await self._reconciler_task
             if self.worker is not None and self._worker_task is not None:
                 await self.worker.stop(self.settings.shutdown_timeout_seconds)
                 await self._worker_task
@@ -390,6 +404,10 @@ async def metrics_response(runtime: Runtime) -> Response:
             runtime.store.workers.known(), runtime.settings.redis_timeout_seconds
         )
         metrics.WORKERS_LIVE.set(sum(1 for info in workers if is_live(info)))
+    with contextlib.suppress(*REDIS_ERRORS, asyncio.TimeoutError):
+        await asyncio.wait_for(
+            refresh_gauges(runtime.store), runtime.settings.redis_timeout_seconds
+        )
     body = prometheus_client.generate_latest() + prometheus_client.generate_latest(
         metrics.SERVICE_REGISTRY
     )

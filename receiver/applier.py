@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from receiver import metrics
@@ -22,13 +22,15 @@ from receiver.bodies import BodyDecryptError
 from receiver.errors import PermanentSinkError, TransientSinkError
 from receiver.keys import MEMBER_SEPARATOR, source_of
 from receiver.logs import get_logger
-from receiver.models import ApplyOutcome, EventState, ReasonCode, Record, SinkResult
+from receiver.models import TERMINAL_RANK, ApplyOutcome, EventState, ReasonCode, Record, SinkResult
 from receiver.redaction import redact_text
 from receiver.retries import RetryPolicy
 from receiver.rivya import UnmappableEvent, map_event, parse_body
 from receiver.runtime import Runtime
+from receiver.settings import POLL_SOURCE
 from receiver.sinks.base import Sink, apply_all
 from receiver.store import Attempt, EventOutcome, QueueEntry, StoredEvent, Vanished, now_ms
+from receiver.store.watch import follow
 
 log = get_logger("receiver.worker")
 MAX_ERROR_LENGTH = 500
@@ -93,13 +95,44 @@ class BatchApplier:
             outcomes += applied
         # Events scheduled for a retry were acknowledged with it; the rest are decided.
         decided = [outcome for outcome in outcomes if outcome.state is not EventState.PENDING]
-        if decided:
-            await self.store.finish_many(decided)
+        await self._record(decided, to_apply)
         events = {entry.member: event for entry, event in batch}
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
         for outcome in decided:
             self._report(outcome, events[outcome.member], duration_ms)
         return held
+
+    async def _record(
+        self,
+        decided: list[EventOutcome],
+        applied: list[tuple[QueueEntry, StoredEvent, Record]],
+    ) -> None:
+        """Finish the decided outcomes and keep the reconciliation watch list in step
+        (issue 16): sent together, so the watch costs no extra round trip, and at most one
+        script call per watch shard per batch."""
+        states = {outcome.member: outcome.state for outcome in decided}
+        results = [
+            (record, states[event.member], event.received_ms)
+            for _, event, record in applied
+            if event.member in states
+        ]
+        changes = follow(results, self.runtime.settings.reconcile_after_seconds)
+        calls: list[Awaitable[object]] = []
+        if decided:
+            calls.append(self.store.finish_many(decided))
+        if changes:
+            calls.append(self.store.watch.apply(changes))
+        if calls:
+            await asyncio.gather(*calls)
+        for _, event, record in applied:
+            # A polled event that changed a record to its terminal state: the webhook for
+            # it never came (Rivya sends none for queued/processing, so those do not count).
+            if (
+                event.source == POLL_SOURCE
+                and states.get(event.member) is EventState.APPLIED
+                and record.status_rank == TERMINAL_RANK
+            ):
+                metrics.RECONCILE_RECORDS_FIXED.inc()
 
     def _record_of(self, event: StoredEvent) -> Record:
         body = self.runtime.cipher.open(event.body, event.encrypted)

@@ -186,3 +186,72 @@ def keys_for(member: str, shards: int) -> ShardKeys:
 
 def all_shards(shards: int) -> list[ShardKeys]:
     return [shard_keys(n) for n in range(shards)]
+
+
+# -- reconciliation (issue 16) -----------------------------------------------------------
+# The watch list is sharded by TASK id (the record key), not by event member, so every
+# event of one task, whatever its source, updates the same entry in one cluster slot. Its
+# shard count is the queue's (``RECEIVER_QUEUE_SHARDS``); the tag is ``{w<n>}``.
+
+
+def watch_shard_of(task_id: str, shards: int) -> int:
+    return zlib.crc32(task_id.encode()) % shards if shards > 1 else 0
+
+
+@dataclass(frozen=True, slots=True)
+class WatchKeys:
+    """The keys of one watch shard; every watch script touches only these three."""
+
+    shard: int
+    tag: str = field(init=False)
+    # Sorted set task id -> when it is next due for a status check (ms). While a
+    # reconciler holds a task, its score is the end of that lease.
+    due: str = field(init=False)
+    # Sorted set task id -> when it was first watched (ms): the age the reconciler gives
+    # up at (RECEIVER_RECONCILE_MAX_AGE) and housekeeping trims at (RECEIVER_RETENTION).
+    since: str = field(init=False)
+    # Hash task id -> "<checks> <errors> <lease_until_ms> <wanted_due_ms> <holder>"
+    # (lua/watch.lua explains each).
+    meta: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        tag = f"{PREFIX}:{{w{self.shard}}}"
+        for name, value in (
+            ("tag", tag),
+            ("due", f"{tag}:watch"),
+            ("since", f"{tag}:watch:since"),
+            ("meta", f"{tag}:watch:meta"),
+        ):
+            object.__setattr__(self, name, value)
+
+    @property
+    def all(self) -> tuple[str, str, str]:
+        return (self.due, self.since, self.meta)
+
+
+@functools.cache
+def watch_keys(shard: int) -> WatchKeys:
+    return WatchKeys(shard)
+
+
+def watch_keys_for(task_id: str, shards: int) -> WatchKeys:
+    return watch_keys(watch_shard_of(task_id, shards))
+
+
+def all_watch_shards(shards: int) -> list[WatchKeys]:
+    return [watch_keys(n) for n in range(shards)]
+
+
+# The reconcilers' shared state, one slot: the global rate limit (the next free request
+# slot, ms on Redis's clock), the pause after a 429 or a refused key, and the "key
+# refused" flag.
+RECONCILE_TAG = f"{PREFIX}:{{reconcile}}"
+RECONCILE_NEXT_SLOT = f"{RECONCILE_TAG}:next"
+RECONCILE_PAUSE = f"{RECONCILE_TAG}:pause"
+RECONCILE_REFUSED = f"{RECONCILE_TAG}:refused"
+# A refused key is remembered this long without a new answer (status shows it); any
+# accepted answer clears it at once.
+RECONCILE_REFUSED_TTL_MS = 86400 * 1000
+# A reconciler holds the tasks it polls for this long, renewing the lease while the
+# request runs; one killed mid-batch leaves its tasks due again once it runs out.
+WATCH_LEASE_MS = 5_000

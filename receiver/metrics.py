@@ -95,6 +95,17 @@ LOG_LINES_DROPPED = Counter(
     "receiver_log_lines_dropped_total",
     "Log lines dropped because stdout did not take them (a stalled log collector).",
 )
+# Reconciliation (issue 16). Polls by outcome: terminal, in_progress, unknown_task,
+# rate_limited, refused, failed, timeout, invalid_answer, gave_up.
+RECONCILE_POLLS = Counter(
+    "receiver_reconcile_polls_total",
+    "Requests to Rivya's status API, by outcome (and tasks given up, as gave_up).",
+    ["outcome"],
+)
+RECONCILE_RECORDS_FIXED = Counter(
+    "receiver_reconcile_records_fixed_total",
+    "Records a polled event brought to a terminal state: a webhook that never came.",
+)
 # Gauges read from Redis when ``/metrics`` of ``serve`` is scraped. They live in their own
 # registry so a worker's metrics port (the default registry) does not export them as 0.
 SERVICE_REGISTRY = CollectorRegistry()
@@ -170,3 +181,34 @@ WORKERS_LIVE = Gauge(
     "Workers whose heartbeat in Redis is recent.",
     registry=SERVICE_REGISTRY,
 )
+RECONCILE_WATCHED = Gauge(
+    "receiver_reconcile_watched_tasks",
+    "Tasks on the reconciliation watch list (not terminal as far as we know).",
+    registry=SERVICE_REGISTRY,
+)
+RECONCILE_OLDEST_AGE = Gauge(
+    "receiver_reconcile_oldest_watched_age_seconds",
+    "How long the longest-watched task has been watched (0 when none is).",
+    registry=SERVICE_REGISTRY,
+)
+RECONCILE_KEY_REFUSED = Gauge(
+    "receiver_reconcile_key_refused",
+    "1 while Rivya refuses RECEIVER_RIVYA_API_KEY (401/403): polling has stopped.",
+    registry=SERVICE_REGISTRY,
+)
+
+
+def combined_registry() -> CollectorRegistry:
+    """The default registry and the service gauges together, for a process's own metrics
+    port (``receiver reconcile --metrics-port``), where no ``serve`` reads them at scrape."""
+
+    class Both:
+        def collect(self) -> Any:
+            from prometheus_client import REGISTRY
+
+            yield from REGISTRY.collect()
+            yield from SERVICE_REGISTRY.collect()
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Both())
+    return registry

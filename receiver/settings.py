@@ -23,6 +23,28 @@ DEFAULT_SOURCE = "rivya"
 # a body limit plus a header budget for a read deadline; this many keep serve under the 512 Mi
 # pod limit with the default limits.
 DEFAULT_MAX_CONNECTIONS = 1_000
+# The source of reconciliation events (issue 16, SPEC §10): stored like a webhook's but
+# made by polling Rivya's status API. It has no signing keys and is never a webhook path.
+POLL_SOURCE = "rivya-poll"
+DEFAULT_RIVYA_API_URL = "https://rivya.ai"
+# Rivya documents API keys as ``rvya_sk_…``; the log redaction recognises them by exactly
+# this shape, so a key of any other shape could not be masked wherever it might show up.
+_API_KEY = re.compile(r"rvya_sk_[A-Za-z0-9_-]{1,500}")
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|m|h))?\s*$")
+_RATE_UNITS = {"s": 1, "m": 60, "h": 3600, None: 1}
+MAX_RECONCILE_RATE = 1000.0
+# Header names that carry the request itself: an API key in one of them would break it.
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "accept",
+        "user-agent",
+    }
+)
 LogFormat = Literal["json", "console"]
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _SOURCE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # with fullmatch: ``$`` allows a final \n
@@ -110,6 +132,13 @@ class Settings:
     actor: str | None = None
     redis_timeout_seconds: float = 2.0
     allow_evicting_redis: bool = False
+    # Reconciliation (issue 16): Rivya's status API and how politely it is polled.
+    rivya_api_url: str = DEFAULT_RIVYA_API_URL
+    rivya_api_key: Secret | None = None
+    rivya_api_key_header: str = "Authorization"
+    reconcile_after_seconds: float = 600.0
+    reconcile_max_age_seconds: float = 48 * 3600.0
+    reconcile_rate: float = 5.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -118,6 +147,20 @@ class Settings:
 
     def source(self, name: str) -> SourceConfig | None:
         return self.sources.get(name)
+
+    @property
+    def event_sources(self) -> tuple[str, ...]:
+        """Every source stored events can have: the configured ones and ``rivya-poll``."""
+        return (*sorted(self.sources), POLL_SOURCE)
+
+    def require_api_key(self) -> Secret:
+        """The Rivya API key, or ConfigError: ``receiver reconcile`` cannot poll without it."""
+        if self.rivya_api_key is None:
+            raise ConfigError(
+                "RECEIVER_RIVYA_API_KEY: required to poll Rivya's status API "
+                "(or RECEIVER_RIVYA_API_KEY_FILE)"
+            )
+        return self.rivya_api_key
 
     def require_signing_keys(self) -> None:
         """ConfigError unless every source has keys: ``serve`` cannot verify without them.
@@ -172,6 +215,7 @@ class Settings:
         encryption = reader.secret("RECEIVER_ENCRYPTION_KEYS")
         encryption_keys = _encryption_keys(encryption)
         log_format = reader.choice("RECEIVER_LOG_FORMAT", "json", ("json", "console"))
+        max_age = reader.duration("RECEIVER_RECONCILE_MAX_AGE", "48h", minimum=0.001)
         return cls(
             sources=sources,
             data_dir=data_dir,
@@ -207,7 +251,8 @@ class Settings:
             shutdown_drain_seconds=reader.duration("RECEIVER_SHUTDOWN_DRAIN", "2s", minimum=0),
             worker_concurrency=reader.integer("RECEIVER_WORKER_CONCURRENCY", 16, minimum=1),
             queue_shards=reader.integer("RECEIVER_QUEUE_SHARDS", 1, minimum=1, maximum=1024),
-            warnings=_warnings(sources, forward_secret),
+            warnings=_warnings(sources, forward_secret)
+            + _reconcile_warnings(max_age, retention_seconds),
             admin_addr=_admin_addr(environ),
             admin_users_file=_optional_path(reader.text("RECEIVER_ADMIN_USERS_FILE", "")),
             admin_session_seconds=reader.duration("RECEIVER_ADMIN_SESSION_TTL", "8h", minimum=60),
@@ -216,6 +261,16 @@ class Settings:
             # Redis answers 503 with Retry-After instead of a timeout the sender cannot read.
             redis_timeout_seconds=reader.duration("RECEIVER_REDIS_TIMEOUT", "2s", minimum=0.1),
             allow_evicting_redis=reader.boolean("RECEIVER_ALLOW_EVICTING_REDIS", default=False),
+            rivya_api_url=_rivya_api_url(reader.text("RECEIVER_RIVYA_API_URL", "")),
+            rivya_api_key=_api_key(reader.secret("RECEIVER_RIVYA_API_KEY")),
+            rivya_api_key_header=_api_key_header(
+                reader.text("RECEIVER_RIVYA_API_KEY_HEADER", "Authorization")
+            ),
+            reconcile_after_seconds=reader.duration(
+                "RECEIVER_RECONCILE_AFTER", "10m", minimum=0.001
+            ),
+            reconcile_max_age_seconds=max_age,
+            reconcile_rate=_rate(reader.text("RECEIVER_RECONCILE_RATE", "5/s")),
         )
 
 
@@ -260,6 +315,13 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "RECEIVER_ACTOR",
     "RECEIVER_REDIS_TIMEOUT",
     "RECEIVER_ALLOW_EVICTING_REDIS",
+    "RECEIVER_RIVYA_API_URL",
+    "RECEIVER_RIVYA_API_KEY",
+    "RECEIVER_RIVYA_API_KEY_FILE",
+    "RECEIVER_RIVYA_API_KEY_HEADER",
+    "RECEIVER_RECONCILE_AFTER",
+    "RECEIVER_RECONCILE_MAX_AGE",
+    "RECEIVER_RECONCILE_RATE",
 )
 
 
@@ -405,6 +467,16 @@ def _warnings(
     return tuple(lines)
 
 
+def _reconcile_warnings(max_age_seconds: float, retention_seconds: int) -> tuple[str, ...]:
+    if max_age_seconds <= retention_seconds:
+        return ()
+    # Housekeeping forgets watched tasks at the retention, before any reconciler gave up.
+    return (
+        "RECEIVER_RECONCILE_MAX_AGE: longer than RECEIVER_RETENTION; tasks leave the watch "
+        "list at the retention without a gave_up event",
+    )
+
+
 def _check_retention(retention_seconds: int, sources: Mapping[str, SourceConfig]) -> None:
     """Refuse a retention that lets the same signed bytes in twice.
 
@@ -463,6 +535,9 @@ def _sources_from_file(path: Path, default: SourceConfig) -> dict[str, SourceCon
         where = f"RECEIVER_CONFIG: sources.{name}"
         if not _SOURCE_NAME.fullmatch(name) or not isinstance(table, dict):
             raise ConfigError(f"{where}: names are letters, digits, - and _; values are tables")
+        if name == POLL_SOURCE:
+            # Reconciliation events must only ever come from our own polling (issue 16).
+            raise ConfigError(f"{where}: {POLL_SOURCE} is reserved for reconciliation events")
         try:
             scheme = Scheme(table.get("scheme", default.scheme.value))
         except ValueError:
@@ -539,3 +614,64 @@ def _admin_addr(environ: Mapping[str, str]) -> tuple[str, int] | None:
 
 def _optional_path(text: str) -> Path | None:
     return Path(text).expanduser() if text else None
+
+
+def _rivya_api_url(raw: str) -> str:
+    """The base URL of Rivya's API (SPEC §10): http(s), a host, no credentials or query."""
+    url = raw or DEFAULT_RIVYA_API_URL
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise ConfigError("RECEIVER_RIVYA_API_URL: not a URL") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigError("RECEIVER_RIVYA_API_URL: must be an http:// or https:// URL with a host")
+    # Not echoed: a URL with user:password@ or a query may carry a secret.
+    if "@" in parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(
+            "RECEIVER_RIVYA_API_URL: must not carry credentials, a query or a fragment "
+            "(the key goes in RECEIVER_RIVYA_API_KEY)"
+        )
+    return url.rstrip("/")
+
+
+def _api_key(secret: Secret | None) -> Secret | None:
+    """Refuse what is not a Rivya API key, naming the variable and never the value."""
+    if secret is None:
+        return None
+    key = secret.reveal()
+    if key.startswith(("whsec_", "whpk_")):
+        raise ConfigError(
+            "RECEIVER_RIVYA_API_KEY: this is a webhook signing key (whsec_/whpk_), "
+            "not a Rivya API key (rvya_sk_...)"
+        )
+    if not _API_KEY.fullmatch(key):
+        raise ConfigError(
+            "RECEIVER_RIVYA_API_KEY: not a Rivya API key (rvya_sk_ followed by letters, "
+            "digits, - and _)"
+        )
+    return secret
+
+
+def _api_key_header(name: str) -> str:
+    if not _HEADER_NAME.fullmatch(name) or name.lower() in _RESERVED_HEADERS:
+        raise ConfigError(
+            "RECEIVER_RIVYA_API_KEY_HEADER: not a header name an API key can travel in "
+            "(e.g. Authorization or X-API-Key)"
+        )
+    return name
+
+
+def _rate(raw: str) -> float:
+    """Requests per second from ``5``, ``5/s``, ``300/m`` or ``0.5/s``."""
+    match = _RATE.match(raw)
+    if not match:
+        raise ConfigError(
+            f"RECEIVER_RECONCILE_RATE: not a rate (use e.g. 5/s, 300/m), got {raw[:40]!r}"
+        )
+    rate = float(match.group(1)) / _RATE_UNITS[match.group(2)]
+    if not 0 < rate <= MAX_RECONCILE_RATE:
+        raise ConfigError(
+            f"RECEIVER_RECONCILE_RATE: must be above 0 and at most {MAX_RECONCILE_RATE:g}/s"
+        )
+    return rate

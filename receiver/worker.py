@@ -67,6 +67,8 @@ CONSUMER_SWEEP_LIMIT = 100
 REDIS_FRESH_SECONDS = 10.0
 # Liveness: housekeeping ticks every half second; a minute without a tick is a stuck loop.
 HEARTBEAT_STALE_SECONDS = 60.0
+# How often housekeeping drops watch entries older than the retention (issue 16).
+WATCH_TRIM_INTERVAL_SECONDS = 60.0
 
 
 def consumer_name() -> str:
@@ -406,7 +408,7 @@ class Worker:
         held, remove consumers long gone; periodically."""
         visibility_ms = int(self.settings.visibility_timeout_seconds * 1000)
         reclaim_every = min(self.settings.visibility_timeout_seconds / 2, 15)
-        last_reclaim = 0.0
+        last_reclaim = last_trim = 0.0
         last_sweep = time.monotonic() - self._consumer_sweep  # the first tick sweeps
         last_registered = -HEARTBEAT_SECONDS
         while not self._stopping.is_set():
@@ -429,6 +431,10 @@ class Worker:
                 if now - last_sweep >= self._consumer_sweep:
                     last_sweep = now
                     await self._remove_gone_consumers()
+                if now - last_trim >= WATCH_TRIM_INTERVAL_SECONDS:
+                    last_trim = now
+                    # Bounded without a reconciler too: no watch outlives the retention.
+                    await self.store.watch.trim(now_ms() - self.store.retention_ms)
             except REDIS_ERRORS as exc:
                 self._redis_failed("maintenance_failed", exc)
             await self._pause(MAINTENANCE_INTERVAL_SECONDS)

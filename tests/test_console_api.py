@@ -399,3 +399,52 @@ def test_console_pages_render_for_a_signed_in_person(service: ServiceThread, olg
         answers = {path: http.get(path) for path in ("/", "/events", "/failed", "/audit")}
     assert dict.fromkeys(answers, 200) == {p: r.status_code for p, r in answers.items()}
     assert csrf == csrf_of(answers["/events"].text)
+
+
+class TestTrackTasks:
+    def test_an_operator_token_tracks_submitted_tasks(
+        self, service: ServiceThread, olga: Person, redis_url: str
+    ) -> None:
+        """POST /api/v1/tasks watches the tasks (202), again is idempotent, and status shows
+        them in its reconcile section (issue 16)."""
+        from tests.reconcilers import watched
+
+        body = {"task_ids": ["task_api_1", "task_api_2", "task_api_1"]}
+        with client(service) as http:
+            first = http.post("/api/v1/tasks", headers=olga.bearer, json=body)
+            again = http.post(
+                "/api/v1/tasks", headers=olga.bearer, json={"task_ids": ["task_api_2"]}
+            )
+            status = http.get("/api/v1/status", headers=olga.bearer).json()
+        assert 202 == first.status_code
+        assert (["task_api_1", "task_api_2"], 2, 0) == (
+            first.json()["task_ids"],
+            first.json()["newly_watched"],
+            first.json()["already_watched"],
+        )
+        assert (0, 1) == (again.json()["newly_watched"], again.json()["already_watched"])
+        with redis.Redis.from_url(redis_url) as admin:
+            assert {"task_api_1", "task_api_2"} <= set(watched(admin))
+        assert status["reconcile"]["watched"] >= 2
+        assert status["reconcile"]["key_refused"] is False
+
+    @pytest.mark.parametrize(
+        ("body", "detail"),
+        [
+            ({}, "task_ids: a list"),
+            ({"task_ids": "task_1"}, "task_ids: a list"),
+            ({"task_ids": []}, "at least one"),
+            ({"task_ids": ["ok", "has space"]}, "item 2 is not a task id"),
+            ({"task_ids": [12]}, "item 1 is not a task id"),
+            ({"task_ids": ["t"] * 1001}, "at most 1000"),
+        ],
+        ids=["missing", "not-a-list", "empty", "space", "number", "too-many"],
+    )
+    def test_what_cannot_be_a_task_id_is_400(
+        self, service: ServiceThread, olga: Person, body: dict[str, object], detail: str
+    ) -> None:
+        """Anything but a list of 1 to 1000 task ids is 400 invalid_parameter, saying which."""
+        with client(service) as http:
+            response = http.post("/api/v1/tasks", headers=olga.bearer, json=body)
+        assert (400, "invalid_parameter") == (response.status_code, response.json()["error"])
+        assert detail in response.json()["detail"]

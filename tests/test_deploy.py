@@ -475,6 +475,28 @@ class TestParse:
         assert "for" not in lost
         assert {"critical"} == {circuit["labels"]["severity"], lost["labels"]["severity"]}
 
+    @pytest.mark.parametrize(
+        ("metric", "severity"),
+        [
+            ("receiver_reconcile_records_fixed_total", "warning"),
+            ("receiver_reconcile_key_refused", "critical"),
+            ("receiver_reconcile_oldest_watched_age_seconds", "warning"),
+        ],
+        ids=["records-fixed", "key-refused", "watch-aging"],
+    )
+    def test_reconciliation_is_alerted(self, metric: str, severity: str) -> None:
+        """Issue 16: polling that fixes records (deliveries lost upstream), a refused API key
+        and a task watched for a day each have an alert, aggregated across instances."""
+        rules = [
+            rule
+            for group in load_yaml(ALERTS)[0]["groups"]
+            for rule in group["rules"]
+            if metric in rule["expr"]
+        ]
+        assert 1 == len(rules), f"one alert on {metric}"
+        assert severity == rules[0]["labels"]["severity"]
+        assert re.search(r"\b(sum|max)\(", rules[0]["expr"]), "across serve instances"
+
 
 # --- settings ------------------------------------------------------------------------
 

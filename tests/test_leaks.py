@@ -424,3 +424,61 @@ def test_no_secret_when_serve_warns_about_or_refuses_redis(tmp_path: Path) -> No
     assert '"redis_durability"' in outputs[0]
     assert (1, True) == (code, "RECEIVER_ALLOW_EVICTING_REDIS" in outputs[1])
     assert [] == [output for output in outputs if REDIS_PASSWORD in output]
+
+
+def test_no_api_key_in_reconciliation_output(
+    tmp_path: Path, redis_url: str, clean_redis: object
+) -> None:
+    """Issue 16: the Rivya API key never shows in serve's log (polls, failures, a refused
+    key), the CLI (track, events list/show, config check), or /metrics, even when Rivya's
+    answers echo it back."""
+    from tests.fake_rivya import FakeRivya, Reply
+    from tests.reconcilers import cli
+
+    echo = {"detail": f"you sent Bearer {API_KEY}", "key": API_KEY}
+    with FakeRivya() as fake:
+        succeeded = generation("task_leak_ok", "succeeded", client_request_id=API_KEY)
+        fake.script("task_leak_ok", Reply.of(succeeded))
+        fake.script("task_leak_5xx", Reply(500, echo), Reply.of(generation("task_leak_5xx")))
+        env = base_env(
+            tmp_path,
+            redis_url,
+            RECEIVER_RIVYA_API_KEY=API_KEY,
+            RECEIVER_RIVYA_API_URL=fake.url,
+            RECEIVER_RECONCILE_AFTER="200ms",
+            RECEIVER_RECONCILE_RATE="50/s",
+            RECEIVER_LOG_LEVEL="debug",
+        )
+        service = ServiceProcess(env, tmp_path / "serve.log", admin=True)
+        outputs: list[str] = []
+        with service:
+            for args in (
+                ("track", "task_leak_ok", "task_leak_5xx"),
+                ("config", "check"),
+            ):
+                result = cli(env, *args)
+                outputs += [result.stdout, result.stderr]
+            deadline = time.monotonic() + 20
+            while fake.count() < 3 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            fake.override = Reply(401, echo)  # the key gets revoked
+            result = cli(env, "track", "task_leak_refused")
+            outputs += [result.stdout, result.stderr]
+            while "reconcile_key_refused" not in service.output() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            listed = cli(env, "events", "list", "--source", "rivya-poll", "--json")
+            outputs += [listed.stdout, listed.stderr]
+            for event in orjson.loads(listed.stdout):
+                for extra in ((), ("--json",)):
+                    shown = cli(
+                        env, "events", "show", event["event_id"], "--source", "rivya-poll", *extra
+                    )
+                    outputs += [shown.stdout, shown.stderr]
+            outputs.append(httpx.get(f"{service.admin_url}/metrics", timeout=5).text)
+    log = service.output()
+    assert "reconcile_polled" in log, "polls were logged"
+    assert "reconcile_poll_failed" in log, "the 500 was logged"
+    assert "reconcile_key_refused" in log, "the refusal was logged"
+    assert len(orjson.loads(listed.stdout)) >= 2, "polled events were listed and shown"
+    assert [] == [text for text in [log, *outputs] if API_KEY in text]
+    assert [] == [text for text in [log, *outputs] if API_KEY.removeprefix("rvya_sk_") in text]

@@ -608,3 +608,112 @@ class TestKeysAndSinks:
         )
 
         assert (Secret(TEST_SECRET), Secret(PUBLIC_KEY)) == settings.sources["rivya"].keys
+
+
+RIVYA_KEY = f"rvya_sk_{LEAK}_0123456789"
+RECONCILE_BAD_VALUES = [
+    ("RECEIVER_RIVYA_API_URL", "ftp://rivya.ai"),
+    ("RECEIVER_RIVYA_API_URL", "https://"),
+    ("RECEIVER_RIVYA_API_URL", f"https://user:{LEAK}@rivya.ai"),
+    ("RECEIVER_RIVYA_API_URL", f"https://rivya.ai/?key={LEAK}"),
+    ("RECEIVER_RIVYA_API_URL", f"https://[{LEAK}"),
+    ("RECEIVER_RIVYA_API_KEY", f"{LEAK}-no-prefix"),
+    ("RECEIVER_RIVYA_API_KEY", f"rvya_sk_{LEAK} more"),
+    ("RECEIVER_RIVYA_API_KEY", "rvya_sk_"),
+    ("RECEIVER_RIVYA_API_KEY", SECRET_2),
+    ("RECEIVER_RIVYA_API_KEY_FILE", "/nonexistent/api-key"),
+    ("RECEIVER_RIVYA_API_KEY_HEADER", "Bad Header"),
+    ("RECEIVER_RIVYA_API_KEY_HEADER", "Host"),
+    ("RECEIVER_RECONCILE_AFTER", "soon"),
+    ("RECEIVER_RECONCILE_AFTER", "0s"),
+    ("RECEIVER_RECONCILE_MAX_AGE", "-1h"),
+    ("RECEIVER_RECONCILE_MAX_AGE", "0ms"),
+    ("RECEIVER_RECONCILE_RATE", "fast"),
+    ("RECEIVER_RECONCILE_RATE", "0"),
+    ("RECEIVER_RECONCILE_RATE", "5/d"),
+    ("RECEIVER_RECONCILE_RATE", "2000/s"),
+]
+RECONCILE_BAD_IDS = [
+    "url-ftp", "url-no-host", "url-credentials", "url-query", "url-unparseable",
+    "key-no-prefix", "key-space", "key-empty-body", "key-is-a-webhook-secret",
+    "key-file-missing", "header-space", "header-host", "after-word", "after-zero",
+    "max-age-negative", "max-age-zero", "rate-word", "rate-zero", "rate-unit", "rate-too-high",
+]  # fmt: skip
+
+
+class TestReconcileSettings:
+    def test_defaults(self, tmp_path: Path) -> None:
+        """Rivya's public API, no key, Authorization, 10 min, 48 h, 5/s (SPEC §10)."""
+        settings = Settings.from_env(env(tmp_path))
+        assert (
+            "https://rivya.ai", None, "Authorization", 600, 48 * 3600, 5.0
+        ) == (
+            settings.rivya_api_url, settings.rivya_api_key, settings.rivya_api_key_header,
+            settings.reconcile_after_seconds, settings.reconcile_max_age_seconds,
+            settings.reconcile_rate,
+        )  # fmt: skip
+        with pytest.raises(ConfigError, match=r"^RECEIVER_RIVYA_API_KEY: required"):
+            settings.require_api_key()
+
+    @pytest.mark.parametrize(
+        ("variable", "value", "attribute", "expected"),
+        [
+            ("RECEIVER_RIVYA_API_URL", "http://127.0.0.1:9/base/", "rivya_api_url",
+             "http://127.0.0.1:9/base"),
+            ("RECEIVER_RIVYA_API_KEY_HEADER", "X-API-Key", "rivya_api_key_header", "X-API-Key"),
+            ("RECEIVER_RECONCILE_AFTER", "500ms", "reconcile_after_seconds", 0.5),
+            ("RECEIVER_RECONCILE_AFTER", "30s", "reconcile_after_seconds", 30),
+            ("RECEIVER_RECONCILE_MAX_AGE", "30d", "reconcile_max_age_seconds", 30 * 86400),
+            ("RECEIVER_RECONCILE_RATE", "300/m", "reconcile_rate", 5.0),
+            ("RECEIVER_RECONCILE_RATE", "0.5/s", "reconcile_rate", 0.5),
+            ("RECEIVER_RECONCILE_RATE", "12", "reconcile_rate", 12.0),
+        ],
+        ids=["url-trailing-slash", "header", "after-ms", "after-s", "max-age-days",
+             "rate-per-minute", "rate-fraction", "rate-bare"],
+    )  # fmt: skip
+    def test_value_read(
+        self, tmp_path: Path, variable: str, value: str, attribute: str, expected: object
+    ) -> None:
+        """Each reconciliation variable's valid value lands, parsed, on the settings."""
+        assert expected == getattr(Settings.from_env(env(tmp_path, **{variable: value})), attribute)
+
+    @pytest.mark.parametrize(("variable", "value"), RECONCILE_BAD_VALUES, ids=RECONCILE_BAD_IDS)
+    def test_bad_value(self, tmp_path: Path, variable: str, value: str) -> None:
+        """A bad value stops start-up with one line naming the variable, never the key."""
+        message = config_error(env(tmp_path, **{variable: value}))
+
+        assert (True, False, False) == (
+            message.startswith(f"{variable}:"),
+            LEAK in message,
+            "\n" in message,
+        )
+        assert variable in KNOWN_VARIABLES
+
+    def test_key_from_a_file_never_shows(self, tmp_path: Path) -> None:
+        """The key can come from RECEIVER_RIVYA_API_KEY_FILE; repr and config check's lines
+        show it masked; setting both is an error."""
+        from receiver.ops import describe_settings
+
+        key_file = write(tmp_path, "api-key", RIVYA_KEY + "\n")
+        settings = Settings.from_env(env(tmp_path, RECEIVER_RIVYA_API_KEY_FILE=key_file))
+        assert Secret(RIVYA_KEY) == settings.require_api_key()
+        shown = repr(settings) + repr(describe_settings(settings))
+        assert LEAK not in shown
+        both = env(tmp_path, RECEIVER_RIVYA_API_KEY=RIVYA_KEY, RECEIVER_RIVYA_API_KEY_FILE=key_file)
+        assert config_error(both).startswith("RECEIVER_RIVYA_API_KEY: set either")
+
+    def test_rivya_poll_is_reserved(self, tmp_path: Path) -> None:
+        """A configured source may not be called rivya-poll: only polling makes those."""
+        toml = f'[sources.rivya-poll]\nsecret = "{TEST_SECRET}"\n'
+        message = config_error(env(tmp_path, RECEIVER_CONFIG=write(tmp_path, "r.toml", toml)))
+        assert "sources.rivya-poll: rivya-poll is reserved" in message
+
+    def test_event_sources_include_the_poll_source(self, tmp_path: Path) -> None:
+        """Every source a stored event can have: the configured ones, then rivya-poll."""
+        assert ("rivya", "rivya-poll") == Settings.from_env(env(tmp_path)).event_sources
+
+    def test_a_max_age_past_the_retention_warns(self, tmp_path: Path) -> None:
+        """Housekeeping drops watches at the retention: a longer max age is a warning."""
+        settings = Settings.from_env(env(tmp_path, RECEIVER_RECONCILE_MAX_AGE="31d"))
+        assert any(w.startswith("RECEIVER_RECONCILE_MAX_AGE:") for w in settings.warnings)
+        assert not Settings.from_env(env(tmp_path)).warnings

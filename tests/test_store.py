@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 import redis
 
 from receiver.keys import CONSUMER_GROUP, all_shards, keys_for, member_of, shard_of
@@ -43,8 +46,9 @@ def incoming(
     )
 
 
-def client_commands(port: int, action: Callable[[], None]) -> list[str]:
-    """Commands clients sent while ``action`` ran, read with MONITOR (script internals excluded)."""
+def client_commands(port: int, action: Callable[[], None], *, whole: bool = False) -> list[str]:
+    """Commands clients sent while ``action`` ran, read with MONITOR (script internals
+    excluded): their names, or with ``whole`` the command lines."""
     seen: list[str] = []
     ready = threading.Event()
 
@@ -56,7 +60,8 @@ def client_commands(port: int, action: Callable[[], None]) -> list[str]:
                 if command["command"] == "ECHO STOP-MONITOR":
                     return
                 if command.get("client_type") != "lua":
-                    seen.append(command["command"].split()[0].upper())
+                    text = command["command"]
+                    seen.append(text if whole else text.split()[0].upper())
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -66,7 +71,7 @@ def client_commands(port: int, action: Callable[[], None]) -> list[str]:
     redis.Redis(port=port).echo("STOP-MONITOR")
     thread.join(5)
     # Connection set-up (HELLO, CLIENT) and our own STOP-MONITOR echo are not per-event work.
-    return [name for name in seen if name not in ("ECHO", "HELLO", "CLIENT")]
+    return [line for line in seen if line.split()[0].upper() not in ("ECHO", "HELLO", "CLIENT")]
 
 
 def test_ingest_issues_one_redis_command_per_new_event(tmp_path: Path) -> None:
@@ -88,6 +93,80 @@ def test_ingest_issues_one_redis_command_per_new_event(tmp_path: Path) -> None:
 
             commands = client_commands(server.port, send_five)
     assert commands == ["EVALSHA"] * 5
+
+
+@pytest.mark.parametrize("status", ["queued", "processing", "failed"])
+def test_watching_adds_nothing_to_ingest(tmp_path: Path, status: str) -> None:
+    """Issue 16: a new non-terminal (watched) or terminal event still costs exactly one
+    Redis command on the ingest path; the watch list is the worker's job."""
+    from receiver.settings import Settings
+
+    with RedisProcess(tmp_path / "redis") as server:
+        settings = Settings.from_env(base_env(tmp_path, server.url, RECEIVER_SINK="log:"))
+        with ServiceThread(settings) as service, httpx.Client(base_url=service.url) as client:
+
+            def send_five() -> None:
+                for n in range(5):
+                    body = event_body(status=status)
+                    headers = signed_headers(body, event_id=f"msg_{status}_{n}")
+                    answer = client.post("/webhooks/rivya", content=body, headers=headers)
+                    assert 202 == answer.status_code
+
+            commands = client_commands(server.port, send_five)
+    assert ["EVALSHA"] * 5 == commands
+
+
+def test_the_worker_keeps_the_watch_with_one_script_call_per_batch(tmp_path: Path) -> None:
+    """Applying a backlog of processing events watches every task with at most one watch
+    script call per batch (one per finish call), sent with the batch's finish."""
+    from receiver.batching import Script
+    from receiver.settings import Settings
+    from receiver.store import load_lua
+
+    def sha(name: str) -> str:
+        return Script(None, load_lua(name)).sha  # type: ignore[arg-type]
+
+    tasks = [f"task_watch_{n}" for n in range(24)]
+    with RedisProcess(tmp_path / "redis") as server:
+        settings = Settings.from_env(base_env(tmp_path, server.url, RECEIVER_SINK="log:"))
+        with ServiceThread(settings) as service, httpx.Client(base_url=service.url) as client:
+            for task_id in tasks:
+                body = event_body(task_id=task_id, status="processing")
+                answer = client.post("/webhooks/rivya", content=body, headers=signed_headers(body))
+                assert 202 == answer.status_code
+        watched: list[int] = []
+        lines = client_commands(
+            server.port,
+            lambda: watched.append(asyncio.run(_apply_backlog(settings, len(tasks)))),
+            whole=True,
+        )
+    calls = Counter(line.split()[1] for line in lines if line.split()[0].upper() == "EVALSHA")
+    assert [len(tasks)] == watched
+    assert 1 <= calls[sha("watch")] <= calls[sha("finish")], calls
+    assert calls[sha("finish")] < len(tasks), "batches, not one call per event"
+
+
+async def _apply_backlog(settings: Any, expected: int) -> int:
+    """Run a worker until ``expected`` tasks are watched; how many are."""
+    from receiver.runtime import Runtime
+    from receiver.worker import Worker
+
+    runtime = await Runtime.open(settings, with_sink=True)
+    try:
+        assert runtime.sink is not None
+        worker = Worker(runtime, runtime.sink)
+        task = asyncio.create_task(worker.run())
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the worker moves the watch in another task
+            watched = (await runtime.store.watch.stats(now_ms())).watched
+            if watched >= expected:
+                break
+            await asyncio.sleep(0.05)  # polling: the watch moves in the worker's tasks
+        await worker.stop(5)
+        await task
+        return (await runtime.store.watch.stats(now_ms())).watched
+    finally:
+        await runtime.aclose()
 
 
 class TestAcceptScript:

@@ -13,6 +13,7 @@ from receiver.cli.config import config, sink
 from receiver.cli.deliveries import deliveries
 from receiver.cli.events import events
 from receiver.cli.keys import admin_token, gen_key, gen_secret
+from receiver.cli.reconcile import reconcile, track
 from receiver.cli.records import records
 from receiver.cli.replay import replay
 from receiver.cli.send_test import send_test
@@ -30,6 +31,6 @@ def main() -> None:
 
 for _command in (
     serve, worker, console, events, replay, deliveries, status, records, send_test, config,
-    sink, gen_secret, gen_key, admin_token,
+    sink, gen_secret, gen_key, admin_token, track, reconcile,
 ):  # fmt: skip
     main.add_command(_command)

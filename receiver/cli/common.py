@@ -89,8 +89,8 @@ def load_settings(*, service: bool = False, needs: tuple[str, ...] = ()) -> Sett
 def settings_for(source: str, *, needs: tuple[str, ...] = ()) -> Settings:
     """Settings (exit 1 on a bad configuration) and a known ``--source`` (exit 2)."""
     settings = load_settings(needs=needs)
-    if source not in settings.sources:
-        known = ", ".join(sorted(settings.sources))
+    if source not in settings.event_sources:
+        known = ", ".join(settings.event_sources)
         fail(f"unknown source {source!r} (configured: {known})", EXIT_USAGE)
     return settings
 

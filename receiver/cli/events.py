@@ -24,7 +24,9 @@ from receiver.cli.common import (
 from receiver.cli.filters import build_filter, filter_options
 from receiver.cli.output import EVENT_COLUMNS, event_rows, print_json, print_table, progress_bar
 from receiver.redaction import redact_text, redact_value
+from receiver.settings import POLL_SOURCE
 
+POLL_ORIGIN = "polled from Rivya's status API (reconciliation), not a signed webhook"
 RAW_WARNING = (
     "warning: printing the raw stored body; it may hold API keys and signed URLs. "
     "Do not paste it into tickets or chats."
@@ -106,6 +108,8 @@ def _print_detail(data: dict[str, Any]) -> None:
     ):  # fmt: skip
         if name in data:
             click.echo(f"{name + ':':<14}{data[name] if data[name] is not None else ''}")
+    if data.get("source") == POLL_SOURCE:
+        click.echo(f"{'origin:':<14}{POLL_ORIGIN}")
     click.echo("history:")
     for entry in data["history"]:
         extra = " ".join(

@@ -33,6 +33,8 @@ def send_test(
     import httpx
 
     settings = settings_for(source)
+    if source not in settings.sources:  # rivya-poll: events only polling makes, never signed
+        fail(f"source {source!r} takes no webhooks: it has no signing keys", EXIT_USAGE)
     target = url or f"http://127.0.0.1:8000/webhooks/{source}"
     try:
         delivery = ops.build_delivery(

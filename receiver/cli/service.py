@@ -125,6 +125,8 @@ def worker(metrics_port: int | None, metrics_host: str) -> None:
     async def run() -> None:
         import signal
 
+        from receiver.app import RECONCILER_GRACE_SECONDS
+        from receiver.reconcile.reconciler import Reconciler
         from receiver.runtime import Runtime
         from receiver.worker import Worker
         from receiver.worker_http import WorkerListener
@@ -145,8 +147,14 @@ def worker(metrics_port: int | None, metrics_host: str) -> None:
             loop.add_signal_handler(signum, stop_requested.set)
         task = asyncio.create_task(consumer.run())
         serving = asyncio.create_task(listener.serve()) if listener is not None else None
+        # Issue 16: with the API key, this process also reconciles watched tasks.
+        reconciler = Reconciler(runtime) if settings.rivya_api_key is not None else None
+        reconciling = asyncio.create_task(reconciler.run()) if reconciler is not None else None
         stop_waiter = asyncio.create_task(stop_requested.wait())
         await asyncio.wait({task, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if reconciler is not None and reconciling is not None:
+            await reconciler.stop(min(RECONCILER_GRACE_SECONDS, settings.shutdown_timeout_seconds))
+            await reconciling
         if task.done():
             # The worker loop only ends on stop(): anything else is a bug. Exit non-zero so
             # the supervisor restarts the process instead of leaving it idle.

@@ -131,8 +131,10 @@ async def list_audit(console: AdminApp, request: Request, _who: Principal) -> Re
 
 
 async def status(console: AdminApp, _request: Request, _who: Principal) -> Response:
-    stats = await console.runtime.store.queue_stats()
-    return _answer({"queue": stats})
+    store = console.runtime.store
+    stats = await store.queue_stats()
+    watch = await ops.watch_status(store)
+    return _answer({"queue": stats, "reconcile": watch.to_json()})
 
 
 # -- actions ---------------------------------------------------------------------------
@@ -181,6 +183,23 @@ async def bulk_replay(console: AdminApp, request: Request, who: Principal) -> Re
     return _answer(answer, 200 if dry_run else 202)
 
 
+async def track_tasks(console: AdminApp, request: Request, who: Principal) -> Response:
+    """``{"task_ids": [...]}``: watch tasks a product just submitted, so they are checked
+    with Rivya's status API even if no webhook comes (issue 16). Idempotent, and not
+    audited: products call it for every generation, and it only adds a watch."""
+    body = await json_body(request)
+    task_ids = body.get("task_ids")
+    if not isinstance(task_ids, list):
+        raise ApiError(400, "invalid_parameter", "task_ids: a list of task ids")
+    runtime = console.runtime
+    result = await ops.track_tasks(
+        runtime.store, task_ids, after_seconds=runtime.settings.reconcile_after_seconds
+    )
+    log.info("tasks_tracked", actor=who.name, tracked=len(result.task_ids),
+             newly_watched=result.newly_watched)  # fmt: skip
+    return _answer(result.to_json(), 202)
+
+
 async def credits(console: AdminApp, _request: Request, _who: Principal) -> Response:
     runtime = console.runtime
     report = await ops.CreditLedger(runtime.store, runtime.cipher).report()
@@ -202,4 +221,5 @@ API: tuple[ApiRoute, ...] = (
     ApiRoute("GET", "/status", status),
     ApiRoute("GET", "/credits", credits),
     ApiRoute("GET", "/audit", list_audit),
+    ApiRoute("POST", "/tasks", track_tasks),
 )

@@ -65,6 +65,8 @@ from receiver.ops.send_test import (
     sample_body,
 )
 from receiver.ops.status import KeyUse, Status, WorkerInfo, live_workers, status
+from receiver.ops.watching import TaskIdError, TrackResult, check_task_ids, track_tasks
+from receiver.reconcile.status import WatchStatus, watch_status
 
 __all__ = [
     "CONSOLE_SCAN_BUDGET",
@@ -93,11 +95,15 @@ __all__ = [
     "ResolveResult",
     "Selection",
     "Status",
+    "TaskIdError",
+    "TrackResult",
+    "WatchStatus",
     "WorkerInfo",
     "audit_filter",
     "build_delivery",
     "check_config",
     "check_reason",
+    "check_task_ids",
     "count_stored",
     "current_user",
     "describe_settings",
@@ -127,6 +133,8 @@ __all__ = [
     "status",
     "summary",
     "summary_json",
+    "track_tasks",
     "wait_for_outcomes",
+    "watch_status",
     "write_audit",
 ]

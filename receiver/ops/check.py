@@ -87,6 +87,17 @@ def describe_settings(settings: Settings) -> list[tuple[str, str]]:
         ("visibility timeout", f"{settings.visibility_timeout_seconds}s"),
         ("workers", f"concurrency={settings.worker_concurrency} shards={settings.queue_shards}"),
         ("logs", f"{settings.log_format} {settings.log_level}"),
+        (
+            "reconcile",
+            f"api={settings.rivya_api_url} key="
+            + (
+                f"{settings.rivya_api_key!r} in {settings.rivya_api_key_header}"
+                if settings.rivya_api_key is not None
+                else "not set (no polling in this process)"
+            )
+            + f" after={settings.reconcile_after_seconds:g}s"
+            f" max_age={settings.reconcile_max_age_seconds:g}s rate={settings.reconcile_rate:g}/s",
+        ),
     ]
     return lines
 

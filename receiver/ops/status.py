@@ -2,8 +2,9 @@
 
 Live workers from their heartbeats, the queue (backlog, its oldest entry, retries), dead
 letters by reason code, resolved ones, rejections of the last hour by code, the last
-accepted delivery, and the signing keys by fingerprint with how many deliveries each
-verified in the last hour, so a rotation shows when the old key stops being used.
+accepted delivery, the signing keys by fingerprint with how many deliveries each
+verified in the last hour, so a rotation shows when the old key stops being used, and
+reconciliation (issue 16): the watch list, a pause or refused API key, the last poll.
 Every read is bounded; nothing here needs a signing secret.
 """
 
@@ -17,8 +18,9 @@ from typing import Any
 from receiver.keys import WORKER_STALE_SECONDS
 from receiver.ops.events import iso_ms
 from receiver.ops.rejections import rejected_counts
+from receiver.reconcile.status import WatchStatus, watch_status
 from receiver.redaction import redact_value
-from receiver.settings import Settings
+from receiver.settings import POLL_SOURCE, Settings
 from receiver.signing import key_fingerprint
 from receiver.store import EventStore, now_ms
 from receiver.store.workers import is_live
@@ -114,6 +116,10 @@ class Status:
     last_accepted_at_ms: int | None
     signing_keys: tuple[KeyUse, ...]
     at_ms: int
+    # Reconciliation (issue 16): the watch list and the gate, and the newest polled event
+    # (polled events do not count as accepted deliveries above).
+    reconcile: WatchStatus | None = None
+    last_polled_at_ms: int | None = None
 
     @property
     def live_workers(self) -> int:
@@ -139,6 +145,12 @@ class Status:
                 if self.last_accepted_at_ms
                 else None,
                 "signing_keys": [key.to_json() for key in self.signing_keys],
+                "reconcile": {
+                    **(self.reconcile.to_json() if self.reconcile is not None else {}),
+                    "last_polled_at": iso_ms(self.last_polled_at_ms)
+                    if self.last_polled_at_ms
+                    else None,
+                },
             }
         )
         # Counts keyed by our own codes: not redacted by key, since a code such as
@@ -180,14 +192,19 @@ async def dead_by_reason(store: EventStore) -> tuple[dict[str, int], bool]:
 async def status(store: EventStore, settings: Settings | None = None) -> Status:
     """Everything ``receiver status`` shows, read now."""
     now = now_ms()
-    stats, known, reasons, rejected, last, usage = await asyncio.gather(
-        store.queue_stats(),
-        store.workers.known(),
-        dead_by_reason(store),
-        rejected_counts(store, window_seconds=KEY_USE_MINUTES * 60),
-        store.last_received_ms(),
-        store.key_use(KEY_USE_MINUTES),
-    )
+    watching = asyncio.ensure_future(watch_status(store))
+    try:
+        stats, known, reasons, rejected, (last, polled), usage = await asyncio.gather(
+            store.queue_stats(),
+            store.workers.known(),
+            dead_by_reason(store),
+            rejected_counts(store, window_seconds=KEY_USE_MINUTES * 60),
+            store.newest_by_origin(POLL_SOURCE),
+            store.key_use(KEY_USE_MINUTES),
+        )
+    except BaseException:
+        watching.cancel()
+        raise
     configured: dict[tuple[str, str], bool] = {}
     if settings is not None:
         for name, source in settings.sources.items():
@@ -218,4 +235,6 @@ async def status(store: EventStore, settings: Settings | None = None) -> Status:
         last_accepted_at_ms=last,
         signing_keys=tuple(keys),
         at_ms=now,
+        reconcile=await watching,
+        last_polled_at_ms=polled,
     )

@@ -30,6 +30,7 @@ from receiver.models import EventState
 from receiver.redis_client import is_cluster
 from receiver.store import replies
 from receiver.store.audit import AuditLog
+from receiver.store.pollgate import PollGate
 from receiver.store.rejections import RejectionLog
 from receiver.store.values import (
     AcceptResult,
@@ -42,6 +43,7 @@ from receiver.store.values import (
     history_entry,
     now_ms,
 )
+from receiver.store.watch import WatchList
 from receiver.store.workers import WorkerRegistry
 
 # How often an idle worker polls the shards of a Redis Cluster (no cross-slot BLOCK there).
@@ -105,6 +107,9 @@ class EventStore:
         self.rejections = RejectionLog(self.pipeline, Script(self.pipeline, load_lua("reject")))
         self.workers = WorkerRegistry(self.pipeline, Script(self.pipeline, load_lua("heartbeat")))
         self.audit = AuditLog(self.pipeline)
+        # Reconciliation (issue 16): the watch list and the reconcilers' shared gate.
+        self.watch = WatchList(self.pipeline, load_lua, shards=shards)
+        self.poll_gate = PollGate(self.pipeline, load_lua)
 
     def keys(self, member: str) -> ShardKeys:
         return keys_for(member, self.shards)
@@ -118,6 +123,8 @@ class EventStore:
             await script.load()
         await self.rejections.prepare()
         await self.workers.prepare()
+        await self.watch.prepare()
+        await self.poll_gate.prepare()
         for shard in all_shards(self.shards):
             try:
                 await self.client.xgroup_create(shard.stream, CONSUMER_GROUP, id="0", mkstream=True)
@@ -153,7 +160,7 @@ class EventStore:
                 self._retention_text,
                 member,
                 state,
-                history_entry(state, "ingest", **note),
+                history_entry(state, event.by, **note),
                 event.body,
                 # The event hash's other fields, as name/value pairs (accept.lua writes
                 # state, attempts, the times and the body hash itself). It reads source,
@@ -543,6 +550,33 @@ class EventStore:
             *(self.pipeline.execute("ZCARD", key) for key in self.index_keys("index"))
         )
         return sum(int(count) for count in counts)
+
+    async def newest_by_origin(
+        self, poll_source: str, *, page: int = 100, pages: int = 5
+    ) -> tuple[int | None, int | None]:
+        """When the newest delivered event and the newest polled one (``poll_source``)
+        arrived, from at most ``page * pages`` of each shard's newest index members."""
+        delivered: list[int] = []
+        polled: list[int] = []
+        prefix = f"{poll_source}{MEMBER_SEPARATOR}"
+        for key in self.index_keys("index"):
+            found_delivered = found_polled = False
+            for start in range(0, page * pages, page):
+                reply = await self.pipeline.execute(
+                    "ZREVRANGE", key, start, start + page - 1, "WITHSCORES"
+                )
+                members = replies.scored(reply)
+                for member, score in members:
+                    if member.startswith(prefix):
+                        if not found_polled:
+                            polled.append(score)
+                        found_polled = True
+                    elif not found_delivered:
+                        delivered.append(score)
+                        found_delivered = True
+                if (found_delivered and found_polled) or len(members) < page:
+                    break
+        return (max(delivered) if delivered else None, max(polled) if polled else None)
 
     async def last_received_ms(self) -> int | None:
         """When the newest stored event arrived (accepted or dead on arrival)."""

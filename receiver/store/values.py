@@ -53,6 +53,8 @@ class IncomingEvent:
     content_type: str = ""
     # Fingerprint of the signing key that verified it (``signing.key_fingerprint``).
     signing_key: str = ""
+    # Who stored it, for its history: "ingest" (a webhook) or "reconcile" (a poll, issue 16).
+    by: str = "ingest"
 
     @property
     def member(self) -> str:
