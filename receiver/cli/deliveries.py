@@ -7,7 +7,12 @@ import click
 from receiver import ops
 from receiver.cli.common import EXIT_USAGE, fail, load_settings, with_runtime
 from receiver.cli.filters import TimeBound
-from receiver.cli.output import print_json, print_table
+from receiver.cli.output import Column, print_json, print_table
+
+REJECTED_COLUMNS = tuple(
+    Column(key, key.upper(), whole=key in ("at", "id", "event_id"))
+    for key in ("at", "id", "source", "status", "code", "skew_s", "client", "event_id", "reason")
+)
 
 
 @click.group()
@@ -37,15 +42,14 @@ def list_deliveries(
         print_json(rows)
         return
     print_table(
-        ("at", "id", "source", "status", "code", "skew_s", "client", "event_id", "reason"),
+        REJECTED_COLUMNS,
         [
-            [
-                row["at"], row["id"], row["source"], str(row["status"]), row["code"],
-                "" if row["skew_seconds"] is None else str(row["skew_seconds"]),
-                row["client"], row["event_id"], row["reason"],
-            ]
+            {
+                **{key: "" if value is None else str(value) for key, value in row.items()},
+                "skew_s": "" if row["skew_seconds"] is None else str(row["skew_seconds"]),
+            }
             for row in rows
         ],
-    )  # fmt: skip
+    )
     if not rows:
         click.echo("no rejected deliveries recorded", err=True)

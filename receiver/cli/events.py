@@ -22,8 +22,17 @@ from receiver.cli.common import (
     with_runtime,
 )
 from receiver.cli.filters import build_filter, filter_options
-from receiver.cli.output import EVENT_COLUMNS, event_rows, print_json, print_table, progress_bar
-from receiver.redaction import redact_text, redact_value
+from receiver.cli.output import (
+    Column,
+    OutputFormat,
+    notice,
+    output_options,
+    print_events,
+    print_json,
+    print_table,
+    progress_bar,
+)
+from receiver.redaction import printable, redact_text, redact_value
 
 RAW_WARNING = (
     "warning: printing the raw stored body; it may hold API keys and signed URLs. "
@@ -39,7 +48,7 @@ def events() -> None:
 @events.command("list")
 @filter_options
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@output_options
 @source_option
 def list_command(
     status: str | None,
@@ -49,25 +58,24 @@ def list_command(
     since: int | None,
     until: int | None,
     limit: int,
-    as_json: bool,
+    output: OutputFormat,
     source: str,
 ) -> None:
-    """List stored events, newest first."""
+    """List stored events, newest first.
+
+    A list cut short by --limit says so on stderr ("showing 50 of 1,234").
+    """
     event_filter = build_filter(
         source, status, event_type, record_key, since, until, limit, reason_code
     )
     settings = settings_for(source)
     page = with_runtime(settings, lambda runtime: ops.list_events(runtime.store, event_filter))
-    found = list(page.events)
-    if as_json:
-        print_json([ops.summary_json(event) for event in found])
-        return
-    print_table(EVENT_COLUMNS, event_rows(found))
-    if not found:
-        click.echo("no events match", err=True)
+    print_events(page.events, output)
+    if not page.events and output is not OutputFormat.JSON:
+        notice("no events match")
     elif page.next_cursor is not None:
         of = f" of {page.total:,}" if page.total is not None else "; more match"
-        click.echo(f"showing {len(found):,}{of} (--limit)", err=True)
+        notice(f"showing {len(page.events):,}{of} (raise --limit or narrow the filter)")
 
 
 @events.command("show")
@@ -76,14 +84,17 @@ def list_command(
 @click.option("--raw", is_flag=True, help="Print the stored body decrypted, unredacted.")
 @source_option
 def show_command(event_id: str, as_json: bool, raw: bool, source: str) -> None:
-    """Show one event: state, history, attempts, last error and its (redacted) body."""
+    """Show one event: state, timeline of attempts, last error and its (redacted) body."""
     settings = settings_for(source)
     detail = with_runtime(
         settings,
         lambda runtime: ops.show_event(runtime.store, runtime.cipher, source, event_id),
     )
     if detail is None:
-        fail(f"no event {redact_text(event_id)!r} from source {source!r} (unknown or expired)")
+        fail(
+            f"no event {printable(redact_text(event_id))!r} from source {source!r} "
+            "(unknown or expired)"
+        )
     if raw:
         click.echo(RAW_WARNING, err=True)
         if detail.body is None:
@@ -96,41 +107,55 @@ def show_command(event_id: str, as_json: bool, raw: bool, source: str) -> None:
         sys.stdout.buffer.write(b"\n")
         sys.stdout.flush()
     else:
-        _print_detail(detail.to_json())
+        print_detail(detail.to_json())
 
 
-def _print_detail(data: dict[str, Any]) -> None:
-    for name in (
-        "event_id", "source", "state", "type", "record_key", "received_at", "signed_at",
-        "attempts", "last_error", "content_type", "encrypted", "body_sha256", "body_error",
-    ):  # fmt: skip
-        if name in data:
-            click.echo(f"{name + ':':<14}{data[name] if data[name] is not None else ''}")
-    click.echo("history:")
+DETAIL_FIELDS = (
+    "event_id", "source", "state", "type", "record_key", "received_at", "signed_at",
+    "signing_key", "attempts", "reason_code", "last_error", "resolved_reason", "resolved_by",
+    "resolved_at", "content_type", "encrypted", "body_sha256", "body_error",
+)  # fmt: skip
+
+
+def print_detail(data: dict[str, Any]) -> None:
+    """``events show`` as text: fields, the timeline, the body; nothing printed raw."""
+    for name in DETAIL_FIELDS:
+        if data.get(name) not in (None, ""):
+            click.echo(f"{name + ':':<16}{printable(str(data[name]))}")
+    click.echo("timeline:")
     for entry in data["history"]:
-        extra = " ".join(
-            f"{key}={value}"
-            for key, value in entry.items()
-            if key not in ("at", "at_ms", "state", "by", "attempt")
-        )
-        line = f"  {entry['at']}  {entry.get('state', ''):<8} by {entry.get('by', '')} {extra}"
-        click.echo(line.rstrip())
+        click.echo("  " + printable(timeline_line(entry)))
         attempt = entry.get("attempt")
         if isinstance(attempt, dict):
-            click.echo(f"      attempt: {_attempt_line(attempt)}")
+            click.echo("      attempt: " + printable(attempt_text(attempt)))
     click.echo("body (redacted; --raw for the stored bytes):")
     body = data.get("body")
     if isinstance(body, str):
-        click.echo(body)
+        click.echo(printable(body, multiline=True))
     elif body is not None:
-        click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+        text = orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()
+        click.echo(printable(text, multiline=True))
 
 
-def _attempt_line(attempt: dict[str, Any]) -> str:
-    """One sink attempt: outcome, duration, the sink's answer, a stale record's held state."""
-    parts = [str(attempt.get("outcome", "")), f"{attempt.get('duration_ms', 0)} ms"]
+def timeline_line(entry: dict[str, Any]) -> str:
+    """One history entry: when, the state it led to, who, then what else it recorded."""
+    parts = [str(entry.get("at", "")), f"{entry.get('state', ''):<8}", f"by {entry.get('by', '')}"]
+    parts += [
+        f"{key}={value}"
+        for key, value in entry.items()
+        if key not in ("at", "at_ms", "state", "by", "attempt")
+    ]
+    return " ".join(part for part in parts if part).rstrip()
+
+
+def attempt_text(attempt: dict[str, Any]) -> str:
+    """One sink call: outcome (and HTTP status), duration, a stale record's held state, the
+    start of the sink's answer."""
+    parts = [str(attempt.get("outcome", ""))]
     if attempt.get("status") is not None:
         parts[0] += f" status={attempt['status']}"
+    if isinstance(attempt.get("duration_ms"), int | float):
+        parts.append(f"{attempt['duration_ms']:.1f} ms")
     held = attempt.get("held")
     if isinstance(held, dict):
         parts.append(
@@ -146,34 +171,37 @@ def _attempt_line(attempt: dict[str, Any]) -> str:
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def audit_command(limit: int, as_json: bool) -> None:
-    """List audited replays, newest first."""
+    """List audited replays and resolves, newest first."""
     settings = load_settings()
     entries = with_runtime(settings, lambda runtime: ops.list_audit(runtime.store, limit))
+    audited = [redact_value(entry.to_json()) for entry in entries]
     if as_json:
-        print_json([redact_value(entry.to_json()) for entry in entries])
+        print_json(audited)
         return
     rows = [
-        [
-            data["at"],
-            data["action"],
-            data["actor"],
-            data["source"],
-            orjson.dumps(data["filter"]).decode(),
-            str(data["matched"]),
-            str(data["queued"]),
-            str(data["missing"]),
-            "yes" if data["dry_run"] else "no",
-        ]
-        for data in (redact_value(entry.to_json()) for entry in entries)
+        {
+            **{key: str(value) for key, value in data.items()},
+            "filter": orjson.dumps(data["filter"]).decode(),
+            "dry_run": "yes" if data["dry_run"] else "no",
+        }
+        for data in audited
     ]
     print_table(AUDIT_COLUMNS, rows)
     if not rows:
-        click.echo("no audited replays", err=True)
+        notice("no audited replays or resolves")
 
 
 AUDIT_COLUMNS = (
-    "at", "action", "actor", "source", "filter", "matched", "queued", "missing", "dry_run",
-)  # fmt: skip
+    Column("at", "AT", whole=True),
+    Column("action", "ACTION", whole=True),
+    Column("actor", "ACTOR"),
+    Column("source", "SOURCE"),
+    Column("filter", "FILTER"),
+    Column("matched", "MATCHED", whole=True),
+    Column("queued", "QUEUED", whole=True),
+    Column("missing", "MISSING", whole=True),
+    Column("dry_run", "DRY_RUN", whole=True),
+)
 
 
 @events.command("reencrypt")

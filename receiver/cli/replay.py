@@ -21,7 +21,7 @@ from receiver.cli.common import (
     with_runtime,
 )
 from receiver.cli.filters import build_filter, filter_options
-from receiver.cli.output import EVENT_COLUMNS, event_rows, print_json, print_table, progress_bar
+from receiver.cli.output import OutputFormat, print_events, print_json, progress_bar
 from receiver.redaction import redact_text
 
 
@@ -119,7 +119,7 @@ def replay(
         print_json({**result.to_json(), "live_workers": live})
     elif dry_run:
         if selection.bulk:
-            print_table(EVENT_COLUMNS, event_rows(list(plan.events)))
+            print_events(plan.events, OutputFormat.TABLE)
         else:
             for member in plan.members:
                 mark = "missing" if member in missing else "would replay"

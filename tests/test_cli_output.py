@@ -1,0 +1,275 @@
+"""What the CLI prints: tables that keep ids whole, -o formats, and output that a hostile
+signed event cannot use against the operator's terminal (issue 14 item 10, issue 12 item 8).
+
+Real processes against a real Redis and a real ``serve``; terminal tests put the CLI's
+stdout on a pseudo-terminal so rich takes its terminal path.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis
+
+from receiver.cli.output import Column, fit_widths
+from tests.factories import base_env, envelope, generation, signed_headers
+from tests.helpers import eventually
+from tests.servers import ServiceProcess
+from tests.terminal import run_on_terminal
+
+OSC_TITLE = "\x1b]0;pwned\x07"
+MARKUP_TYPE = "generation.[bold red]boom[/] [link=https://evil.example]x[/link] [/]"
+HOSTILE_TASK = f"task_{OSC_TITLE}\r\u202eevil"
+DEPTH = 300
+
+
+def cli(env: dict[str, str], *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "receiver", *args],
+        env={**env, **extra_env},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def long_id(prefix: str) -> str:
+    """An id as long as real ones (Svix message ids are 31 characters)."""
+    return f"{prefix}_{uuid.uuid4().hex[:26]}"
+
+
+@dataclass(frozen=True)
+class Seeded:
+    env: dict[str, str]
+    ids: dict[str, str]
+    tasks: dict[str, str]
+
+
+def deliver(url: str, body: bytes, event_id: str) -> None:
+    response = httpx.post(url, content=body, headers=signed_headers(body, event_id), timeout=10)
+    assert response.status_code == 202, response.text
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Seeded]:
+    """A service and four stored events: two plain, one with markup and terminal escapes
+    in its type, record key and body, one whose body nests 300 levels."""
+    workdir = tmp_path_factory.mktemp("output")
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    env = base_env(workdir, redis_url, RECEIVER_LOG_LEVEL="warning")
+    with ServiceProcess(env, workdir / "serve.log") as service:
+        url = f"{service.url}/webhooks/rivya"
+        ids = {name: long_id("msg") for name in ("plain", "failed", "hostile", "deep")}
+        tasks = {"plain": long_id("task"), "failed": long_id("task"), "hostile": HOSTILE_TASK}
+        deliver(url, orjson.dumps(envelope(generation(tasks["plain"]), ids["plain"])), ids["plain"])
+        failed = envelope(generation(tasks["failed"], status="failed"), ids["failed"])
+        deliver(url, orjson.dumps(failed), ids["failed"])
+        hostile = envelope(
+            generation(HOSTILE_TASK, note=f"line\rover{OSC_TITLE}\x1b[2J\x9b31m"), ids["hostile"]
+        )
+        hostile["type"] = MARKUP_TYPE
+        deliver(url, orjson.dumps(hostile), ids["hostile"])
+        deep = b'{"id":"%s","type":"generation.succeeded","data":%s%s}' % (
+            ids["deep"].encode(),
+            b"[" * DEPTH,
+            b"]" * DEPTH,
+        )
+        deliver(url, deep, ids["deep"])
+
+        def settled() -> bool:
+            listed = orjson.loads(cli(env, "events", "list", "--json").stdout or b"[]")
+            return len(listed) == 4 and all(item["state"] != "pending" for item in listed)
+
+        eventually(settled, what="the four events to be applied or dead")
+        yield Seeded(env, ids, tasks)
+    client.close()
+
+
+# The events with ordinary ids (the hostile one's escaped record key alone is 36 cells).
+ORDINARY = ("--type", "generation.[sf]*")
+
+
+def visible_lines(text: str) -> list[str]:
+    """Lines as the terminal shows them: SGR colour sequences removed."""
+    return [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in text.splitlines()]
+
+
+class TestTables:
+    def test_plain_table_fits_columns_and_keeps_ids_whole(self, seeded: Seeded) -> None:
+        """With COLUMNS=80 every line fits 80 cells, one per event, ids and keys whole."""
+        result = cli(seeded.env, "events", "list", *ORDINARY, COLUMNS="80")
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert len(lines) == 4  # header + three events: nothing wrapped
+        assert all(len(line) <= 80 for line in lines), lines
+        assert lines[0].split()[:2] == ["EVENT_ID", "STATE"]
+        for name in ("plain", "failed"):
+            row = next(line for line in lines if seeded.ids[name] in line)
+            assert row.split()[:2] == [seeded.ids[name], "applied"]
+            assert seeded.tasks[name] in row.split()
+
+    def test_pipe_without_columns_prints_whole_lines(self, seeded: Seeded) -> None:
+        """Piped with no COLUMNS the table is as wide as it needs (like ps), nothing cut."""
+        result = cli(seeded.env, "events", "list", "-o", "wide")
+        assert result.returncode == 0, result.stderr
+        row = next(line for line in result.stdout.splitlines() if seeded.ids["deep"] in line)
+        assert "unmappable: no_generation_object" in row
+        assert "…" not in row
+
+    def test_terminal_table_fits_80_columns(self, seeded: Seeded) -> None:
+        """On an 80-column terminal rich prints one line per event, ids whole, none wrapped."""
+        run = run_on_terminal(seeded.env, "events", "list", *ORDINARY, columns=80)
+        assert run.returncode == 0, run.stderr
+        lines = [line for line in visible_lines(run.text) if line.strip()]
+        assert len(lines) == 4, lines
+        assert all(len(line) <= 80 for line in lines), lines
+        for name in ("plain", "failed", "deep"):
+            assert any(line.startswith(seeded.ids[name] + " ") for line in lines), name
+        assert "\x1b[" in run.text  # rich's colours: the terminal path was taken
+
+    def test_wide_adds_columns(self, seeded: Seeded) -> None:
+        """``-o wide`` adds the receive time, source, attempts and the full last error."""
+        result = cli(seeded.env, "events", "list", "-o", "wide")
+        header = result.stdout.splitlines()[0].split()
+        assert header == [
+            "RECEIVED_AT",
+            "EVENT_ID",
+            "SOURCE",
+            "STATE",
+            "TYPE",
+            "RECORD_KEY",
+            "ATTEMPTS",
+            "REASON",
+            "LAST_ERROR",
+        ]
+
+    def test_name_prints_ids_only(self, seeded: Seeded) -> None:
+        """``-o name`` prints the event ids, one per line, newest first, nothing else."""
+        result = cli(seeded.env, "events", "list", "-o", "name")
+        assert result.returncode == 0, result.stderr
+        order = ["deep", "hostile", "failed", "plain"]
+        assert [seeded.ids[name] for name in order] == result.stdout.splitlines()
+
+    def test_json_flag_equals_output_json(self, seeded: Seeded) -> None:
+        """``--json`` and ``-o json`` print the same JSON array (SPEC §10)."""
+        flag = cli(seeded.env, "events", "list", "--json")
+        option = cli(seeded.env, "events", "list", "-o", "json")
+        assert flag.returncode == option.returncode == 0
+        assert orjson.loads(flag.stdout) == orjson.loads(option.stdout)
+        assert {item["event_id"] for item in orjson.loads(flag.stdout)} == set(seeded.ids.values())
+
+    def test_json_and_other_output_is_usage_error(self, seeded: Seeded) -> None:
+        """``--json -o wide`` contradicts itself: exit 2."""
+        result = cli(seeded.env, "events", "list", "--json", "-o", "wide")
+        assert result.returncode == 2
+        assert "--json" in result.stderr
+
+
+class TestHostileFields:
+    @pytest.mark.parametrize("output", [[], ["-o", "wide"]], ids=["table", "wide"])
+    def test_markup_and_escapes_in_list_on_a_terminal(
+        self, seeded: Seeded, output: list[str]
+    ) -> None:
+        """Markup in a type is shown as typed, not obeyed or crashing; escape sequences,
+        CR and bidi overrides in a record key reach the terminal as visible text."""
+        run = run_on_terminal(seeded.env, "events", "list", *output, columns=250)
+        assert run.returncode == 0, run.stderr
+        assert "Traceback" not in run.stderr
+        assert_terminal_safe(run.raw)
+        row = next(line for line in visible_lines(run.text) if seeded.ids["hostile"] in line)
+        assert "generation.[bold red]boom[/]" in row
+        assert r"task_\x1b]0;pwned\x07\x0d\u202eevil" in row
+
+    def test_show_text_on_a_terminal(self, seeded: Seeded) -> None:
+        """``events show`` prints the hostile event with every control character escaped."""
+        run = run_on_terminal(seeded.env, "events", "show", seeded.ids["hostile"])
+        assert run.returncode == 0, run.stderr
+        assert_terminal_safe(run.raw)
+        assert MARKUP_TYPE in run.text
+        # The JSON encoder escapes C0 controls; printable() escapes what it leaves (C1, bidi).
+        assert r"line\rover\u001b]0;pwned\u0007\u001b[2J\x9b31m" in run.text
+        assert r"task_\x1b]0;pwned\x07\x0d\u202eevil" in run.text
+
+    def test_show_json_is_escaped_by_the_encoder(self, seeded: Seeded) -> None:
+        """``show --json`` keeps the exact (redacted) strings, escaped as JSON requires."""
+        result = cli(seeded.env, "events", "show", seeded.ids["hostile"], "--json")
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout
+        shown = orjson.loads(result.stdout)
+        assert (MARKUP_TYPE, HOSTILE_TASK) == (shown["type"], shown["record_key"])
+
+    def test_raw_body_is_the_stored_bytes(self, seeded: Seeded) -> None:
+        """``--raw`` is the exception by design: the stored bytes, unchanged."""
+        result = cli(seeded.env, "events", "show", seeded.ids["hostile"], "--raw")
+        assert result.returncode == 0
+        assert orjson.loads(result.stdout)["data"]["id"] == HOSTILE_TASK
+
+
+def assert_terminal_safe(raw: bytes) -> None:
+    """Nothing but rich's own colour codes (CSI ... m) and line ends reached the terminal."""
+    stripped = re.sub(rb"\x1b\[[0-9;]*m", b"", raw)
+    controls = {byte for byte in stripped if byte < 0x20 and byte not in b"\r\n"}
+    assert controls == set(), stripped
+    text = stripped.decode("utf-8")
+    assert not re.search("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]", text), text
+
+
+class TestDeepBody:
+    @pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "terminal"])
+    def test_show_prints_a_deep_body_as_text(self, seeded: Seeded, terminal: bool) -> None:
+        """A body nested 300 levels is shown redacted as text instead of failing."""
+        args = ("events", "show", seeded.ids["deep"])
+        if terminal:
+            run = run_on_terminal(seeded.env, *args)
+            code, output, errors = run.returncode, run.text, run.stderr
+        else:
+            result = cli(seeded.env, *args)
+            code, output, errors = result.returncode, result.stdout, result.stderr
+        assert code == 0, errors
+        assert "Recursion" not in errors + output
+        assert "[" * DEPTH + "]" * DEPTH in output
+
+    def test_show_json_carries_a_deep_body_as_a_string(self, seeded: Seeded) -> None:
+        """``show --json`` of that event is valid JSON with the body as (redacted) text."""
+        result = cli(seeded.env, "events", "show", seeded.ids["deep"], "--json")
+        assert result.returncode == 0, result.stderr
+        body: Any = orjson.loads(result.stdout)["body"]
+        assert isinstance(body, str)
+        assert body.endswith("]" * DEPTH + "}")
+
+
+class TestFitWidths:
+    COLUMNS = (
+        Column("id", "ID", whole=True),
+        Column("type", "TYPE", keep=1),
+        Column("error", "ERROR", keep=2),
+    )
+
+    def widths(self, width: int, *rows: tuple[str, str, str]) -> list[int | None]:
+        return fit_widths(self.COLUMNS, [["ID", "TYPE", "ERROR"], *rows], width)
+
+    def test_no_limit_keeps_natural_widths(self) -> None:
+        """Width 0 (a pipe without COLUMNS) keeps every column as wide as its widest cell."""
+        assert [10, 20, 40] == self.widths(0, ("i" * 10, "t" * 20, "e" * 40))
+
+    def test_widest_other_column_is_cut_first(self) -> None:
+        """Too wide: the widest cuttable column gives way first; ids never shrink."""
+        assert [10, 20, 26] == self.widths(60, ("i" * 10, "t" * 20, "e" * 40))
+
+    def test_columns_drop_by_keep_then_ids_stay(self) -> None:
+        """When cutting to the minimum is not enough, the lowest ``keep`` column goes first,
+        and a line of ids alone is left as it is (the terminal wraps it, nothing cuts it)."""
+        assert [30, None, 8] == self.widths(40, ("i" * 30, "t" * 20, "e" * 40))
+        assert [30, None, None] == self.widths(20, ("i" * 30, "t" * 20, "e" * 40))
