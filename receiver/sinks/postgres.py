@@ -198,6 +198,8 @@ class PostgresSink:
         return record_json(row) if row is not None else None
 
     async def ping(self) -> None:
+        if self._pool is None:
+            await self._connect_once()
         try:
             pool = await self._open_pool()
             async with pool.connection(timeout=self._timeout) as connection:
@@ -206,12 +208,30 @@ class PostgresSink:
             raise self._sink_error(exc) from exc
 
     async def setup(self) -> None:
+        if self._pool is None:
+            await self._connect_once()
         try:
             pool = await self._open_pool()
             await self._create_table(pool)
         except psycopg.Error as exc:
             raise self._sink_error(exc) from exc
         self._table_ready = True
+
+    async def _connect_once(self) -> None:
+        """One direct connection before the pool exists, so a server that refuses us (no
+        such database, a wrong password) fails setup and the first ping at once with its
+        own words, instead of the pool retrying in the background, logging a warning each
+        time, until ``PoolTimeout``."""
+        try:
+            connection = await psycopg.AsyncConnection.connect(
+                self._url, connect_timeout=max(2, math.ceil(self._timeout))
+            )
+        except psycopg.Error as exc:
+            message = f"postgres sink {self._label}: {_server_words(exc)}"
+            if self._password:
+                message = message.replace(self._password, "***")
+            raise TransientSinkError(message) from exc
+        await connection.close()
 
     async def aclose(self) -> None:
         if self._pool is not None:
@@ -266,3 +286,12 @@ class PostgresSink:
         if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
             return TransientSinkError(message)
         return PermanentSinkError(message)
+
+
+def _server_words(exc: psycopg.Error) -> str:
+    """What the server said about a refused connection (``database "x" does not exist``),
+    on one line: libpq puts the address it tried (named by the URL already) before it."""
+    text = str(exc).strip()
+    if "FATAL:" in text:
+        text = text.rsplit("FATAL:", 1)[1]
+    return " ".join(text.split())
