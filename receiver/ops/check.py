@@ -114,6 +114,12 @@ async def _check_redis(settings: Settings, wait_seconds: float, report: ConfigRe
             url = settings.redis_url.reveal()
         else:
             embedded = EmbeddedRedis.for_data_dir(settings.data_dir)
+            if not await asyncio.to_thread(embedded.has_data):
+                # Starting it would create an empty store here, which the ops commands
+                # would then take for the service's (issue 14): say so, create nothing.
+                report.checks.append(Check("redis", True, "embedded, not created yet"))
+                report.warnings.append(f"redis: {embedded.no_store_message()}")
+                return
             url = await asyncio.to_thread(embedded.ensure_running)
     except ConfigError as exc:
         report.checks.append(Check("redis", False, f"cannot start the embedded Redis ({exc})"))
