@@ -63,6 +63,23 @@ def mask_url(url: str) -> str:
     return masked
 
 
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The parts of ``url`` that ``mask_url`` hides (password, query), to ``scrub`` them
+    from messages that may quote the URL (a driver's exception text)."""
+    try:
+        parts = urlsplit(url)
+        return tuple(part for part in (parts.password, parts.query) if part)
+    except ValueError:
+        return ()
+
+
+def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with each of ``secrets`` replaced by ``***``, as ``mask_url`` shows them."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
 REDACTED = "[REDACTED]"
 _SECRET_KEY = re.compile(
     r"secret|token|passw|authorization|signature|api_?key|cookie|credential|private",

@@ -18,7 +18,6 @@ import asyncio
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.rows import dict_row
@@ -27,7 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from receiver.errors import PermanentSinkError, SinkError, TransientSinkError
 from receiver.models import ApplyOutcome, Record, SinkResult
-from receiver.redaction import mask_url
+from receiver.redaction import mask_url, scrub, url_secrets
 from receiver.sinks.grouping import Answer, GroupCommit
 from receiver.sinks.rows import (
     COLUMNS,
@@ -94,7 +93,7 @@ class PostgresSink:
     def __init__(self, url: str, settings: Settings) -> None:
         self._url = url
         self._label = mask_url(url)
-        self._password = urlsplit(url).password
+        self._hidden = url_secrets(url)
         self._timeout = settings.sink_timeout_seconds
         self._max_size = max(1, min(settings.worker_concurrency, MAX_POOL_SIZE))
         self._pool: AsyncConnectionPool | None = None
@@ -228,9 +227,7 @@ class PostgresSink:
             )
         except psycopg.Error as exc:
             message = f"postgres sink {self._label}: {_server_words(exc)}"
-            if self._password:
-                message = message.replace(self._password, "***")
-            raise TransientSinkError(message) from exc
+            raise TransientSinkError(scrub(message, self._hidden)) from exc
         await connection.close()
 
     async def aclose(self) -> None:
@@ -279,9 +276,7 @@ class PostgresSink:
     def _sink_error(self, exc: psycopg.Error) -> TransientSinkError | PermanentSinkError:
         # libpq messages name host and user, not the password; scrub it anyway in case a
         # future message (or a DSN echoed in one) carries it.
-        message = f"postgres sink {self._label}: {type(exc).__name__}: {exc}"
-        if self._password:
-            message = message.replace(self._password, "***")
+        message = scrub(f"postgres sink {self._label}: {type(exc).__name__}: {exc}", self._hidden)
         # Operational: server down, restarting, timeouts, deadlocks, serialization failures.
         if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
             return TransientSinkError(message)
