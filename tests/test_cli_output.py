@@ -8,6 +8,7 @@ stdout on a pseudo-terminal so rich takes its terminal path.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import uuid
@@ -54,6 +55,7 @@ class Seeded:
     env: dict[str, str]
     ids: dict[str, str]
     tasks: dict[str, str]
+    url: str
 
 
 def deliver(url: str, body: bytes, event_id: str) -> None:
@@ -93,7 +95,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
             return len(listed) == 4 and all(item["state"] != "pending" for item in listed)
 
         eventually(settled, what="the four events to be applied or dead")
-        yield Seeded(env, ids, tasks)
+        yield Seeded(env, ids, tasks, url)
     client.close()
 
 
@@ -175,6 +177,71 @@ class TestTables:
         result = cli(seeded.env, "events", "list", "--json", "-o", "wide")
         assert result.returncode == 2
         assert "--json" in result.stderr
+
+
+def send_later(url: str, event_id: str) -> str:
+    """Deliver a fresh event; return its task id."""
+    task_id = long_id("task")
+    deliver(url, orjson.dumps(envelope(generation(task_id), event_id)), event_id)
+    return task_id
+
+
+class TestFollow:
+    def test_ndjson_stream_shows_an_event_sent_after_it_started(self, seeded: Seeded) -> None:
+        """``--follow -o json`` prints one JSON object per line: the latest match, then an
+        event delivered after it started (pending, then applied, or applied at once);
+        SIGINT (Ctrl-C) ends it with exit 0."""
+        command = [sys.executable, "-m", "receiver", "events", "list", "--follow", "-o", "json"]
+        with subprocess.Popen(
+            [*command, "--limit", "1"], env=seeded.env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ) as process:  # fmt: skip
+            try:
+                assert process.stdout is not None
+                assert process.stderr is not None
+                first = orjson.loads(process.stdout.readline())
+                assert first["event_id"] == seeded.ids["deep"]  # the newest stored event
+                event_id = long_id("msg")
+                task_id = send_later(seeded.url, event_id)
+                states = []
+                while "applied" not in states:
+                    line = orjson.loads(process.stdout.readline())
+                    assert (event_id, task_id) == (line["event_id"], line["record_key"])
+                    states.append(line["state"])
+                assert states in (["applied"], ["pending", "applied"])
+                process.send_signal(signal.SIGINT)
+                assert process.wait(30) == 0
+                assert "Traceback" not in process.stderr.read()
+            finally:
+                if process.poll() is None:
+                    process.kill()
+
+    def test_table_on_a_terminal_shows_new_rows(self, seeded: Seeded) -> None:
+        """On a terminal ``--follow`` prints the header once and a row for a new event;
+        Ctrl-C exits 0."""
+        event_id = long_id("msg")
+        sent: list[str] = []
+
+        def watch(raw: bytes) -> bool:
+            lines = visible_lines(raw.decode("utf-8", "replace"))
+            if not sent and any("EVENT_ID" in line for line in lines):
+                sent.append(send_later(seeded.url, event_id))
+            return any(line.split()[:2] == [event_id, "applied"] for line in lines)
+
+        run = run_on_terminal(
+            seeded.env, "events", "list", "--follow", "--limit", "1", columns=120,
+            stop_when=watch,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        lines = [line for line in visible_lines(run.text) if line.strip()]
+        assert lines[0].split()[:2] == ["EVENT_ID", "STATE"]
+        assert [line for line in lines if "EVENT_ID" in line] == lines[:1]
+        assert any(line.split()[:2] == [event_id, "applied"] for line in lines), lines
+        assert all(len(line) <= 120 for line in lines)
+
+    def test_follow_with_until_is_usage_error(self, seeded: Seeded) -> None:
+        """``--follow --until`` cannot both hold: exit 2."""
+        assert cli(seeded.env, "events", "list", "--follow", "--until", "1h").returncode == 2
 
 
 class TestHostileFields:

@@ -5,7 +5,9 @@ Without ``--raw`` everything printed passes the log redaction.
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -22,17 +24,24 @@ from receiver.cli.common import (
     with_runtime,
 )
 from receiver.cli.filters import build_filter, filter_options
+from receiver.cli.follow import follow
 from receiver.cli.output import (
     Column,
     OutputFormat,
+    TableStream,
+    event_columns,
+    event_rows,
     notice,
     output_options,
     print_events,
     print_json,
+    print_ndjson,
     print_table,
     progress_bar,
 )
 from receiver.redaction import printable, redact_text, redact_value
+from receiver.settings import Settings
+from receiver.store import StoredEvent
 
 RAW_WARNING = (
     "warning: printing the raw stored body; it may hold API keys and signed URLs. "
@@ -48,6 +57,7 @@ def events() -> None:
 @events.command("list")
 @filter_options
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events (and state changes).")
 @output_options
 @source_option
 def list_command(
@@ -58,17 +68,23 @@ def list_command(
     since: int | None,
     until: int | None,
     limit: int,
+    follow: bool,
     output: OutputFormat,
     source: str,
 ) -> None:
-    """List stored events, newest first.
+    """List stored events, newest first (with --follow: oldest first, then as they come).
 
     A list cut short by --limit says so on stderr ("showing 50 of 1,234").
     """
+    if follow and until is not None:
+        raise click.UsageError("--follow prints events as they arrive: drop --until")
     event_filter = build_filter(
         source, status, event_type, record_key, since, until, limit, reason_code
     )
     settings = settings_for(source)
+    if follow:
+        _follow(settings, event_filter, output)
+        return
     page = with_runtime(settings, lambda runtime: ops.list_events(runtime.store, event_filter))
     print_events(page.events, output)
     if not page.events and output is not OutputFormat.JSON:
@@ -76,6 +92,33 @@ def list_command(
     elif page.next_cursor is not None:
         of = f" of {page.total:,}" if page.total is not None else "; more match"
         notice(f"showing {len(page.events):,}{of} (raise --limit or narrow the filter)")
+
+
+def _follow(settings: Settings, event_filter: ops.EventFilter, output: OutputFormat) -> None:
+    stream: TableStream | None = None
+
+    def show(found: Sequence[StoredEvent]) -> None:
+        nonlocal stream
+        if output is OutputFormat.JSON:
+            for event in found:
+                print_ndjson(ops.summary_json(event))
+            return
+        if output is OutputFormat.NAME:
+            print_events(found, output)
+            sys.stdout.flush()
+            return
+        rows = event_rows(found)
+        if stream is None:
+            stream = TableStream(event_columns(output), rows)
+        stream.print(rows)
+
+    if sys.stderr.isatty():
+        notice("following new events; Ctrl-C to stop")
+    try:
+        with_runtime(settings, lambda runtime: follow(runtime.store, event_filter, show))
+    except BrokenPipeError:
+        # The reader went away (``| head``): nothing left to print to, and nothing wrong.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @events.command("show")

@@ -29,7 +29,7 @@ import click
 import orjson
 
 from receiver import ops
-from receiver.redaction import printable, redact_value
+from receiver.redaction import printable, redact_text, redact_value
 from receiver.store import StoredEvent, now_ms
 
 COLUMN_GAP = 2
@@ -188,7 +188,10 @@ def _print_lines(
     widths: Sequence[int | None],
     lines: Sequence[Sequence[str]],
     terminal: bool,
+    *,
+    header: bool = True,
 ) -> None:
+    """Print ``lines`` cut to ``widths``; the first is the header when ``header``."""
     from rich.cells import cell_len
 
     shown = [index for index, width in enumerate(widths) if width is not None]
@@ -211,7 +214,8 @@ def _print_lines(
             text = _fit(line[index], width)
             if position:
                 row.append(" " * COLUMN_GAP)
-            style = "bold" if number == 0 else columns[index].styles.get(line[index], "")
+            bold = header and number == 0
+            style = "bold" if bold else columns[index].styles.get(line[index], "")
             row.append(text, style=style)
             if position < len(shown) - 1:
                 row.append(" " * (width - cell_len(text)))
@@ -239,7 +243,8 @@ class TableStream:
 
     def print(self, rows: Sequence[Mapping[str, str]]) -> None:
         for row in rows:
-            _print_lines(self.columns, self._row_widths(row), [self._cells(row)], self.terminal)
+            widths = self._row_widths(row)
+            _print_lines(self.columns, widths, [self._cells(row)], self.terminal, header=False)
         sys.stdout.flush()
 
     def _row_widths(self, row: Mapping[str, str]) -> list[int | None]:
@@ -309,32 +314,33 @@ EVENT_COLUMNS_WIDE = (
 
 def print_events(found: Sequence[StoredEvent], output: OutputFormat) -> None:
     """Events as a table (default, wide), a JSON array, or their ids (``-o name``)."""
-    summaries = [redact_value(ops.summary(event)) for event in found]
     if output is OutputFormat.JSON:
-        print_json(summaries)
+        print_json([redact_value(ops.summary(event)) for event in found])
     elif output is OutputFormat.NAME:
-        for summary in summaries:
-            click.echo(printable(summary["event_id"]))
+        for event in found:
+            click.echo(printable(redact_text(event.event_id)))
     else:
-        now = now_ms()
-        rows = [
-            event_row(summary, now, event.received_ms)
-            for summary, event in zip(summaries, found, strict=True)
-        ]
-        print_table(event_columns(output), rows)
+        print_table(event_columns(output), event_rows(found))
+
+
+def event_rows(found: Sequence[StoredEvent]) -> list[dict[str, str]]:
+    """Table cells of events (redacted); REASON is the reason code, else the last error."""
+    now = now_ms()
+    rows = []
+    for event in found:
+        summary = redact_value(ops.summary(event))
+        rows.append(
+            {
+                **{key: "" if value is None else str(value) for key, value in summary.items()},
+                "age": age(now - event.received_ms),
+                "reason": summary.get("reason_code") or summary.get("last_error") or "",
+            }
+        )
+    return rows
 
 
 def event_columns(output: OutputFormat) -> tuple[Column, ...]:
     return EVENT_COLUMNS_WIDE if output is OutputFormat.WIDE else EVENT_COLUMNS
-
-
-def event_row(summary: Mapping[str, Any], now_ms: int, received_ms: int) -> dict[str, str]:
-    """A (redacted) ``ops.summary`` as table cells; REASON is the code, else the error."""
-    return {
-        **{key: "" if value is None else str(value) for key, value in summary.items()},
-        "age": age(now_ms - received_ms),
-        "reason": summary.get("reason_code") or summary.get("last_error") or "",
-    }
 
 
 def age(elapsed_ms: int) -> str:
