@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import base64
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import orjson
+from cryptography.fernet import Fernet
 
 from receiver.signing import sign_standard
 from tests.conftest import TEST_SECRET, free_port, wait_for_port
@@ -424,3 +429,113 @@ def test_no_secret_when_serve_warns_about_or_refuses_redis(tmp_path: Path) -> No
     assert '"redis_durability"' in outputs[0]
     assert (1, True) == (code, "RECEIVER_ALLOW_EVICTING_REDIS" in outputs[1])
     assert [] == [output for output in outputs if REDIS_PASSWORD in output]
+
+
+SINK_PASSWORD = "pg-pw-LEAK-4c2e"
+
+
+def ops_cli(env: dict[str, str], *args: str, **extra: str) -> str:
+    """stdout and stderr of one ops command (its exit code is the feature tests' business)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "receiver", *args],
+        env={**env, **extra}, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stdout + result.stderr
+
+
+def follow_briefly(env: dict[str, str]) -> str:
+    """``events list --follow -o json`` for a moment, then Ctrl-C."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "receiver", "events", "list", "--follow", "-o", "json"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    ) as process:  # fmt: skip
+        time.sleep(2)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    return output
+
+
+def test_no_secret_in_ops_command_outputs(tmp_path: Path, postgres_dsn: str) -> None:
+    """Every ops command, in every output format, with secrets in the configuration and in
+    stored bodies (and wrong values that name them), prints none of them."""
+    parts = urlsplit(postgres_dsn)
+    netloc = f"{parts.username}:{SINK_PASSWORD}@{parts.hostname}:{parts.port or 5432}"
+    sink_url = urlunsplit(parts._replace(netloc=netloc))
+    missing_db = urlunsplit(parts._replace(netloc=netloc, path="/receiver_leak_missing"))
+    encryption_key = Fernet.generate_key().decode()
+    with RedisProcess(tmp_path / "redis") as server:
+        import redis
+
+        redis.Redis(port=server.port).config_set("requirepass", REDIS_PASSWORD)
+        env = base_env(
+            tmp_path,
+            f"redis://:{REDIS_PASSWORD}@127.0.0.1:{server.port}/0",
+            RECEIVER_SINK=sink_url,
+            RECEIVER_FORWARD_SECRET=FORWARD_SECRET,
+            RECEIVER_ENCRYPTION_KEYS=encryption_key,
+            RECEIVER_LOG_LEVEL="debug",
+        )
+        with ServiceProcess(env, tmp_path / "serve.log") as service:
+            gen = generation(
+                result={
+                    "primary_url": f"https://cdn.example/r.png?X-Amz-Signature={URL_SIGNATURE}",
+                    "urls": [],
+                },
+                client_request_id=API_KEY,
+                note=f"Bearer {API_KEY}",
+            )
+            body = orjson.dumps(envelope(gen))
+            headers = signed_headers(body)
+            url = f"{service.url}/webhooks/rivya"
+            assert httpx.post(url, content=body, headers=headers, timeout=10).status_code == 202
+            event_id = headers["webhook-id"]
+            eventually(
+                lambda: '"applied"' in ops_cli(env, "events", "show", event_id, "--json"),
+                what="the event to be applied",
+            )
+            outputs = [
+                ops_cli(env, "events", "list"),
+                ops_cli(env, "events", "list", COLUMNS="80"),
+                ops_cli(env, "events", "list", "-o", "wide"),
+                ops_cli(env, "events", "list", "-o", "json"),
+                ops_cli(env, "events", "list", "-o", "name"),
+                ops_cli(env, "events", "list", "--limit", "1"),
+                ops_cli(env, "events", "show", event_id),
+                ops_cli(env, "events", "show", event_id, "--json"),
+                ops_cli(env, "events", "audit"),
+                ops_cli(env, "replay", event_id, "--dry-run"),
+                ops_cli(env, "config", "check"),
+                ops_cli(env, "config", "check", "--json"),
+                ops_cli(env, "config", "check", "--strict", "--json"),
+                ops_cli(env, "sink", "init"),
+                ops_cli(env, "sink", "init", RECEIVER_SINK=missing_db),
+                ops_cli(env, "config", "check", RECEIVER_SINK=missing_db),
+                # Wrong values that hold secrets, reported all at once.
+                ops_cli(
+                    env,
+                    "config",
+                    "check",
+                    RECEIVER_SINK=f"admin:{SINK_PASSWORD}@db/records",
+                    RECEIVER_FORWARD_SECRET=f"{FORWARD_SECRET} {TEST_SECRET}",
+                    RECEIVER_ENCRYPTION_KEYS=f"{encryption_key} {API_KEY}",
+                    RECEIVER_REDIS_URL=f"http://:{REDIS_PASSWORD}@cache:6379",
+                ),
+                follow_briefly(env),
+            ]
+    secrets = [
+        TEST_SECRET,
+        TEST_SECRET.removeprefix("whsec_"),
+        FORWARD_SECRET.removeprefix("whsec_"),
+        REDIS_PASSWORD,
+        SINK_PASSWORD,
+        encryption_key,
+        API_KEY,
+        URL_SIGNATURE,
+        headers["webhook-signature"].removeprefix("v1,"),
+    ]
+    leaked = {secret for output in outputs for secret in secrets if secret in output}
+    assert set() == leaked
+    assert event_id in outputs[0]  # the commands did print what they were asked for
