@@ -179,6 +179,11 @@ class TestTables:
         assert "--json" in result.stderr
 
 
+def state_of(env: dict[str, str], event_id: str) -> str:
+    result = cli(env, "events", "show", event_id, "--json")
+    return str(orjson.loads(result.stdout)["state"]) if result.returncode == 0 else ""
+
+
 def send_later(url: str, event_id: str) -> str:
     """Deliver a fresh event; return its task id."""
     task_id = long_id("task")
@@ -188,9 +193,16 @@ def send_later(url: str, event_id: str) -> str:
 
 class TestFollow:
     def test_ndjson_stream_shows_an_event_sent_after_it_started(self, seeded: Seeded) -> None:
-        """``--follow -o json`` prints one JSON object per line: the latest match, then an
-        event delivered after it started (pending, then applied, or applied at once);
+        """``--follow -o json`` prints one JSON object per line: the latest match, then only
+        an event delivered after it started (pending, then applied, or applied at once);
         SIGINT (Ctrl-C) ends it with exit 0."""
+        # Two events just before it starts: --limit 1 shows the newer; the older one, within
+        # the poll's look-back, must not turn up as if it had just arrived.
+        before = [long_id("msg"), long_id("msg")]
+        for earlier in before:
+            send_later(seeded.url, earlier)
+        for earlier in before:  # settled, so neither is printed again for a state change
+            eventually(lambda e=earlier: state_of(seeded.env, e) == "applied", what=earlier)
         command = [sys.executable, "-m", "receiver", "events", "list", "--follow", "-o", "json"]
         with subprocess.Popen(
             [*command, "--limit", "1"], env=seeded.env, stdin=subprocess.DEVNULL,
@@ -200,7 +212,7 @@ class TestFollow:
                 assert process.stdout is not None
                 assert process.stderr is not None
                 first = orjson.loads(process.stdout.readline())
-                assert first["event_id"] == seeded.ids["deep"]  # the newest stored event
+                assert first["event_id"] == before[1]  # the newest stored event
                 event_id = long_id("msg")
                 task_id = send_later(seeded.url, event_id)
                 states = []

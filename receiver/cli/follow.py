@@ -64,12 +64,20 @@ async def _follow(
     # Later polls select by everything but the state and reason (checked when printing),
     # so an event that arrives pending and dies later is still seen dying.
     scan = dataclasses.replace(event_filter, state=None, reason_code=None, limit=None)
+    # What the first look-back will find that was stored before we started and left out
+    # of the latest matches (by --limit): old news, not to be printed as it arrives.
+    before = await ops.list_events(
+        store, dataclasses.replace(scan, since_ms=cursor - FOLLOW_LOOKBACK_MS, until_ms=cursor)
+    )
+    old = {event.member for event in before} - {event.member for event in latest}
     printed: OrderedDict[str, EventState] = OrderedDict()
     watched: dict[str, int] = {}  # pending members -> when first seen (ms)
 
     def show(events: Sequence[StoredEvent]) -> None:
         fresh = []
         for event in events:
+            if event.member in old:
+                continue
             if event.state is EventState.PENDING:
                 watched.setdefault(event.member, now_ms())
             else:
