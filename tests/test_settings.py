@@ -644,6 +644,19 @@ class TestCheckEnv:
         ]
         assert not any(LEAK in message for message in errors)
 
+    def test_reads_checked_outside_the_reader_are_collected_too(self, tmp_path: Path) -> None:
+        """The admin address and the retention floor are checked apart from the typed
+        reads; check_env still reports them beside the others."""
+        environ = env(
+            tmp_path,
+            RECEIVER_ADMIN_ADDR="no-port",
+            RECEIVER_RETENTION="10s",
+            RECEIVER_LOG_LEVEL="loud",
+        )
+        assert ["RECEIVER_RETENTION", "RECEIVER_ADMIN_ADDR", "RECEIVER_LOG_LEVEL"] == [
+            str(error).split(":", 1)[0] for error in Settings.check_env(environ)
+        ]
+
     def test_valid_environment_has_none(self, tmp_path: Path) -> None:
         """A configuration from_env accepts has no errors."""
         assert [] == Settings.check_env(env(tmp_path))
