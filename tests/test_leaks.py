@@ -458,6 +458,28 @@ def follow_briefly(env: dict[str, str]) -> str:
     return output
 
 
+def verify_captures(
+    env: dict[str, str], tmp_path: Path, body: bytes
+) -> tuple[list[str], list[str]]:
+    """``receiver verify`` (text and JSON) on a good, a skewed and a wrong-key capture:
+    the outputs, and the captures' signatures (which must not be among them)."""
+    captures = {
+        "good": signed_headers(body),
+        "skewed": signed_headers(body, timestamp=int(time.time()) - 1000),
+        "wrong-key": signed_headers(body, secret=FORWARD_SECRET),
+    }
+    body_file = tmp_path / "captured-body.json"
+    body_file.write_bytes(body)
+    outputs = []
+    for name, headers in captures.items():
+        headers_file = tmp_path / f"captured-{name}.txt"
+        headers_file.write_text("".join(f"{key}: {value}\n" for key, value in headers.items()))
+        files = ("--headers", str(headers_file), "--body", str(body_file))
+        outputs += [ops_cli(env, "verify", *files), ops_cli(env, "verify", *files, "--json")]
+    signatures = [headers["webhook-signature"].removeprefix("v1,") for headers in captures.values()]
+    return outputs, signatures
+
+
 def test_no_secret_in_ops_command_outputs(tmp_path: Path, postgres_dsn: str) -> None:
     """Every ops command, in every output format, with secrets in the configuration and in
     stored bodies (and wrong values that name them), prints none of them."""
@@ -525,6 +547,8 @@ def test_no_secret_in_ops_command_outputs(tmp_path: Path, postgres_dsn: str) -> 
                 ),
                 follow_briefly(env),
             ]
+            verified, signatures = verify_captures(env, tmp_path, body)
+            outputs += verified
     secrets = [
         TEST_SECRET,
         TEST_SECRET.removeprefix("whsec_"),
@@ -535,6 +559,7 @@ def test_no_secret_in_ops_command_outputs(tmp_path: Path, postgres_dsn: str) -> 
         API_KEY,
         URL_SIGNATURE,
         headers["webhook-signature"].removeprefix("v1,"),
+        *signatures,
     ]
     leaked = {secret for output in outputs for secret in secrets if secret in output}
     assert set() == leaked

@@ -18,8 +18,10 @@ from receiver.cli.common import (
     EXIT_USAGE,
     SIGNING,
     fail,
+    load_settings,
     settings_for,
     source_option,
+    with_runtime,
 )
 from receiver.cli.filters import TimeBound
 from receiver.cli.output import print_json
@@ -41,6 +43,12 @@ ReadableFile = click.Path(exists=True, dir_okay=False, readable=True, path_type=
 )
 @click.option("--body", "body_file", type=ReadableFile, help="The exact request body bytes.")
 @click.option(
+    "--rejected",
+    "rejected_id",
+    metavar="ID",
+    help="Explain a recorded rejection instead (an id from `deliveries list --rejected`).",
+)
+@click.option(
     "--at",
     "at_ms",
     type=TimeBound(),
@@ -51,14 +59,24 @@ ReadableFile = click.Path(exists=True, dir_okay=False, readable=True, path_type=
 def verify(
     headers_file: Path | None,
     body_file: Path | None,
+    rejected_id: str | None,
     at_ms: int | None,
     as_json: bool,
     source: str,
 ) -> None:
     """Diagnose a captured delivery: which scheme and headers it has, the clock skew,
-    the keys tried (by fingerprint), and exactly why it passes or fails."""
+    the keys tried (by fingerprint), and exactly why it passes or fails.
+
+    With --rejected ID, show what was recorded when the receiver turned a delivery away
+    (the body and the signature are never kept, so the verdict is the one given then).
+    """
+    if rejected_id is not None:
+        if headers_file is not None or body_file is not None:
+            raise click.UsageError("give --rejected ID, or --headers and --body, not both")
+        _explain_rejected(rejected_id, as_json)
+        return
     if headers_file is None or body_file is None:
-        raise click.UsageError("give --headers FILE and --body FILE")
+        raise click.UsageError("give --headers FILE and --body FILE (or --rejected ID)")
     try:
         headers = parse_headers(_read(headers_file))
     except CaptureError as exc:
@@ -105,7 +123,7 @@ def print_capture(source: str, result: CaptureDiagnosis) -> None:
     if result.hint:
         click.echo(f"{'hint:':<12} {printable(result.hint)}")
     verdict = (
-        f"valid (would be accepted): {diagnosis.reason}"
+        f"valid (would be accepted): signed with key {diagnosis.matched_key}"
         if diagnosis.code is None
         else f"{diagnosis.status} {diagnosis.code}: {diagnosis.reason}"
     )
@@ -133,7 +151,8 @@ def _lines(source: str, diagnosis: Diagnosis) -> list[tuple[str, str]]:
     lines.append(
         ("signatures", f"{diagnosis.signatures} entr{'y' if diagnosis.signatures == 1 else 'ies'}")
     )
-    lines.append(("keys tried", ", ".join(diagnosis.keys_tried) or "none"))
+    untried = "none (the headers or the timestamp stopped it first)"
+    lines.append(("keys tried", ", ".join(diagnosis.keys_tried) or untried))
     return lines
 
 
@@ -142,3 +161,40 @@ def _skew(skew: int, tolerance: int) -> str:
     where = " in the past" if skew > 0 else " in the future" if skew < 0 else ""
     within = "within" if abs(skew) <= tolerance else "OUTSIDE"
     return f"{abs(skew)} s{where} ({within} the {tolerance} s tolerance)"
+
+
+def _explain_rejected(rejection_id: str, as_json: bool) -> None:
+    settings = load_settings()
+    try:
+        found = with_runtime(
+            settings, lambda runtime: ops.get_rejected(runtime.store, rejection_id)
+        )
+    except ops.FilterError as exc:
+        raise click.UsageError(str(exc)) from None
+    if found is None:
+        fail(f"no rejected delivery {printable(redact_text(rejection_id))!r} (unknown or trimmed)")
+    data = found.to_json()
+    if as_json:
+        print_json(data)
+        return
+    config = settings.sources.get(found.source)
+    skew = (
+        _skew(found.skew_seconds, config.tolerance_seconds)
+        if found.skew_seconds is not None and config is not None
+        else ""
+        if found.skew_seconds is None
+        else f"{found.skew_seconds} s"
+    )
+    lines = [
+        ("rejected", f"{data['id']} at {data['at']} from {data['client'] or 'an unknown client'}"),
+        ("source", f"{data['source']} (scheme {data['scheme'] or 'unknown'})"),
+        ("headers", ", ".join(data["headers"]) + "  (names only: values are never kept)"),
+        ("event id", data["event_id"]),
+        ("skew", skew),
+        ("body", f"{data['body_bytes']} bytes (not kept)"),
+        ("keys tried", str(data["keys_tried"])),
+        ("result", f"{data['status']} {data['code']}: {data['reason']}"),
+    ]
+    for label, value in lines:
+        if value:
+            click.echo(f"{label + ':':<12} {printable(str(value))}")
