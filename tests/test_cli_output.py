@@ -7,10 +7,12 @@ stdout on a pseudo-terminal so rich takes its terminal path.
 
 from __future__ import annotations
 
+import base64
 import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ import pytest
 import redis
 
 from receiver.cli.output import Column, fit_widths
+from receiver.signing import Scheme, key_fingerprint
+from tests.conftest import TEST_SECRET
 from tests.factories import base_env, envelope, generation, signed_headers
 from tests.helpers import eventually
 from tests.servers import ServiceProcess
@@ -178,6 +182,22 @@ class TestTables:
         assert result.returncode == 2
         assert "--json" in result.stderr
 
+    @pytest.mark.parametrize("output", [[], ["-o", "name"], ["--json"]], ids=str)
+    def test_limit_says_it_cut_the_list(self, seeded: Seeded, output: list[str]) -> None:
+        """A list cut by --limit says "showing 2 of 4" on stderr; stdout stays parseable."""
+        result = cli(seeded.env, "events", "list", "--limit", "2", *output)
+        assert result.returncode == 0, result.stderr
+        assert "showing 2 of 4 (raise --limit or narrow the filter)" in result.stderr
+        assert "showing" not in result.stdout
+        uncut = cli(seeded.env, "events", "list", "--limit", "4", *output)
+        assert "showing" not in uncut.stderr
+
+    def test_error_code_with_name_output(self, seeded: Seeded) -> None:
+        """``--error CODE -o name`` prints the ids of the dead events with that reason."""
+        result = cli(seeded.env, "events", "list", "--error", "unmappable", "-o", "name")
+        assert result.returncode == 0, result.stderr
+        assert [seeded.ids["deep"]] == result.stdout.splitlines()
+
 
 def state_of(env: dict[str, str], event_id: str) -> str:
     result = cli(env, "events", "show", event_id, "--json")
@@ -331,7 +351,7 @@ class TestDeepBody:
 
 class TestFitWidths:
     COLUMNS = (
-        Column("id", "ID", whole=True),
+        Column("id", "ID", whole=True, required=True),
         Column("type", "TYPE", keep=1),
         Column("error", "ERROR", keep=2),
     )
@@ -343,12 +363,115 @@ class TestFitWidths:
         """Width 0 (a pipe without COLUMNS) keeps every column as wide as its widest cell."""
         assert [10, 20, 40] == self.widths(0, ("i" * 10, "t" * 20, "e" * 40))
 
-    def test_widest_other_column_is_cut_first(self) -> None:
-        """Too wide: the widest cuttable column gives way first; ids never shrink."""
-        assert [10, 20, 26] == self.widths(60, ("i" * 10, "t" * 20, "e" * 40))
+    def test_lowest_keep_is_cut_first(self) -> None:
+        """Too wide: the lowest-keep column gives way first, then the next; ids never shrink."""
+        assert [10, 14, 40] == self.widths(68, ("i" * 10, "t" * 20, "e" * 40))
+        assert [10, 6, 36] == self.widths(56, ("i" * 10, "t" * 20, "e" * 40))
+
+    def test_cuts_within_a_level_are_shared(self) -> None:
+        """Columns of one level are cut widest first, down to the next widest."""
+        columns = (Column("a", "A"), Column("b", "B"))
+        assert [15, 13] == fit_widths(columns, [["A", "B"], ["a" * 30, "b" * 13]], 30)
 
     def test_columns_drop_by_keep_then_ids_stay(self) -> None:
         """When cutting to the minimum is not enough, the lowest ``keep`` column goes first,
         and a line of ids alone is left as it is (the terminal wraps it, nothing cuts it)."""
         assert [30, None, 8] == self.widths(40, ("i" * 30, "t" * 20, "e" * 40))
         assert [30, None, None] == self.widths(20, ("i" * 30, "t" * 20, "e" * 40))
+
+    def test_a_whole_column_is_dropped_not_cut(self) -> None:
+        """A whole column that is not required (a second id) goes before it would be cut."""
+        columns = (
+            Column("id", "ID", whole=True, required=True),
+            Column("other", "OTHER", whole=True),
+            Column("text", "TEXT", keep=1),
+        )
+        lines = [["ID", "OTHER", "TEXT"], ["i" * 20, "o" * 20, "t" * 10]]
+        assert [20, None, 10] == fit_widths(columns, lines, 40)
+
+
+@pytest.fixture(scope="module")
+def rejected(seeded: Seeded) -> list[str]:
+    """Three deliveries the service turned away: a wrong key, a stale stamp, no headers."""
+    body = orjson.dumps(envelope(generation()))
+    other = "whsec_" + base64.b64encode(b"not-the-receivers-key-0123456789").decode()
+    sent = [
+        signed_headers(body, long_id("msg"), secret=other),
+        signed_headers(body, long_id("msg"), timestamp=int(time.time()) - 1000),
+        {"content-type": "application/json"},
+    ]
+    for headers in sent:
+        answer = httpx.post(seeded.url, content=body, headers=headers, timeout=10)
+        assert answer.status_code in (400, 401)
+
+    def recorded() -> list[str]:
+        result = cli(seeded.env, "deliveries", "list", "--rejected", "-o", "name")
+        return result.stdout.splitlines() if result.returncode == 0 else []
+
+    eventually(lambda: len(recorded()) == 3, what="three recorded rejections")
+    return recorded()
+
+
+class TestRejectedDeliveries:
+    def test_table_fits_80_columns_with_ids_whole(
+        self, seeded: Seeded, rejected: list[str]
+    ) -> None:
+        """The rejected-deliveries table fits COLUMNS=80, one line each, ids whole."""
+        result = cli(seeded.env, "deliveries", "list", "--rejected", COLUMNS="80")
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert len(lines) == 4
+        assert all(len(line) <= 80 for line in lines), lines
+        assert [line.split()[0] for line in lines[1:]] == rejected
+        codes = {line.split()[3] for line in lines[1:]}
+        assert {"invalid_signature", "timestamp_out_of_tolerance"} <= codes
+
+    def test_wide_shows_header_names_never_values(
+        self, seeded: Seeded, rejected: list[str]
+    ) -> None:
+        """``-o wide`` adds client, header names, body size, keys tried; no header value."""
+        result = cli(seeded.env, "deliveries", "list", "--rejected", "-o", "wide")
+        header = result.stdout.splitlines()[0].split()
+        assert {"CLIENT", "HEADERS", "BODY_BYTES", "KEYS_TRIED"} <= set(header)
+        assert "webhook-signature" in result.stdout
+        assert "v1," not in result.stdout
+
+    def test_limit_says_more_match(self, seeded: Seeded, rejected: list[str]) -> None:
+        """``--limit 2`` of three: two rows and a notice on stderr."""
+        result = cli(seeded.env, "deliveries", "list", "--rejected", "--limit", "2", "-o", "name")
+        assert result.stdout.splitlines() == rejected[:2]
+        assert "showing 2; more match" in result.stderr
+
+    def test_json_equals_output_json(self, seeded: Seeded, rejected: list[str]) -> None:
+        """``--json`` and ``-o json`` print the same array."""
+        flag = cli(seeded.env, "deliveries", "list", "--rejected", "--json")
+        option = cli(seeded.env, "deliveries", "list", "--rejected", "-o", "json")
+        assert orjson.loads(flag.stdout) == orjson.loads(option.stdout)
+        assert [item["id"] for item in orjson.loads(flag.stdout)] == rejected
+
+
+class TestStatusAndRecords:
+    def test_status_prints_the_keys_as_a_table(self, seeded: Seeded) -> None:
+        """status ends with the signing keys by fingerprint and their recent use."""
+        result = cli(seeded.env, "status", COLUMNS="80")
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        [header] = [line for line in lines if line.startswith("SOURCE")]
+        assert header.split()[:3] == ["SOURCE", "KEY", "VERIFIED_1H"]
+        key_row = lines[lines.index(header) + 1].split()
+        assert key_row[0] == "rivya"
+        assert key_row[1] == key_fingerprint(TEST_SECRET, Scheme.STANDARD)
+        assert int(key_row[2]) >= 4
+        tables = lines[lines.index("") :]  # the summary lines come first
+        assert all(len(line) <= 80 for line in tables), tables
+
+    def test_records_show_escapes_what_the_sink_holds(self, seeded: Seeded) -> None:
+        """records show of the hostile record prints its fields escaped and its events."""
+        run = run_on_terminal(seeded.env, "records", "show", HOSTILE_TASK)
+        assert run.returncode == 0, run.stderr
+        assert_terminal_safe(run.raw)
+        assert r"record task_\x1b]0;pwned\x07\x0d\u202eevil, as the sink holds it:" in run.text
+        assert any(
+            line.split()[:2] == [seeded.ids["hostile"], "applied"]
+            for line in visible_lines(run.text)
+        )

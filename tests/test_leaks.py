@@ -518,8 +518,26 @@ def test_no_secret_in_ops_command_outputs(tmp_path: Path, postgres_dsn: str) -> 
                 lambda: '"applied"' in ops_cli(env, "events", "show", event_id, "--json"),
                 what="the event to be applied",
             )
+            wrong = {
+                **signed_headers(body, secret=FORWARD_SECRET),
+                "authorization": f"Bearer {API_KEY}",
+            }
+            assert httpx.post(url, content=body, headers=wrong, timeout=10).status_code == 401
+            eventually(
+                lambda: (
+                    ops_cli(env, "deliveries", "list", "--rejected", "-o", "name").strip() != ""
+                ),
+                what="the rejection to be recorded",
+            )
+            rejection_id = ops_cli(env, "deliveries", "list", "--rejected", "-o", "name").split()[0]
+            listed = ops_cli(env, "events", "list")
             outputs = [
-                ops_cli(env, "events", "list"),
+                listed,
+                ops_cli(env, "deliveries", "list", "--rejected"),
+                ops_cli(env, "deliveries", "list", "--rejected", "-o", "wide"),
+                ops_cli(env, "verify", "--rejected", rejection_id),
+                ops_cli(env, "status"),
+                ops_cli(env, "records", "show", gen["id"]),
                 ops_cli(env, "events", "list", COLUMNS="80"),
                 ops_cli(env, "events", "list", "-o", "wide"),
                 ops_cli(env, "events", "list", "-o", "json"),
@@ -559,8 +577,10 @@ def test_no_secret_in_ops_command_outputs(tmp_path: Path, postgres_dsn: str) -> 
         API_KEY,
         URL_SIGNATURE,
         headers["webhook-signature"].removeprefix("v1,"),
+        wrong["webhook-signature"].removeprefix("v1,"),
         *signatures,
     ]
     leaked = {secret for output in outputs for secret in secrets if secret in output}
     assert set() == leaked
-    assert event_id in outputs[0]  # the commands did print what they were asked for
+    assert event_id in listed  # the commands did print what they were asked for
+    assert "webhook-signature" in outputs[2]  # the rejection's header names, not values

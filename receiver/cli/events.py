@@ -38,6 +38,7 @@ from receiver.cli.output import (
     print_ndjson,
     print_table,
     progress_bar,
+    shown_id,
 )
 from receiver.redaction import printable, redact_text, redact_value
 from receiver.settings import Settings
@@ -226,6 +227,7 @@ def audit_command(limit: int, as_json: bool) -> None:
             **{key: str(value) for key, value in data.items()},
             "filter": orjson.dumps(data["filter"]).decode(),
             "dry_run": "yes" if data["dry_run"] else "no",
+            "completed": "yes" if data["completed"] else "INTERRUPTED",
         }
         for data in audited
     ]
@@ -235,15 +237,17 @@ def audit_command(limit: int, as_json: bool) -> None:
 
 
 AUDIT_COLUMNS = (
-    Column("at", "AT", whole=True),
-    Column("action", "ACTION", whole=True),
-    Column("actor", "ACTOR"),
-    Column("source", "SOURCE"),
-    Column("filter", "FILTER"),
-    Column("matched", "MATCHED", whole=True),
-    Column("queued", "QUEUED", whole=True),
-    Column("missing", "MISSING", whole=True),
-    Column("dry_run", "DRY_RUN", whole=True),
+    Column("at", "AT", whole=True, required=True),
+    Column("action", "ACTION", whole=True, required=True),
+    Column("actor", "ACTOR", keep=2),
+    Column("source", "SOURCE", keep=1),
+    Column("filter", "FILTER", keep=0),
+    Column("matched", "MATCHED", whole=True, keep=3),
+    Column("queued", "QUEUED", whole=True, keep=3),
+    Column("resolved", "RESOLVED", whole=True, keep=3),
+    Column("missing", "MISSING", whole=True, keep=2),
+    Column("dry_run", "DRY_RUN", whole=True, keep=2),
+    Column("completed", "COMPLETED", whole=True, keep=2),
 )
 
 
@@ -338,15 +342,14 @@ def resolve_command(
         would = result.matched - len(result.not_dead) - len(result.missing)
         click.echo(f"dry run: {would} dead events would be resolved; nothing was changed")
     else:
+        actor = printable(redact_text(who))
         click.echo(
-            f"resolved {result.resolved} of {result.matched} events as {redact_text(who)} "
+            f"resolved {result.resolved} of {result.matched} events as {actor} "
             f"({len(result.not_dead)} not dead, {len(result.missing)} missing)"
         )
     for member in result.not_dead:
-        click.echo(f"not dead, left alone: {redact_text(member.partition('|')[2])}", err=True)
+        click.echo(f"not dead, left alone: {shown_id(member)}", err=True)
     for member in result.missing:
-        click.echo(
-            f"missing (unknown or expired): {redact_text(member.partition('|')[2])}", err=True
-        )
+        click.echo(f"missing (unknown or expired): {shown_id(member)}", err=True)
     if (result.not_dead or result.missing) and not selection.bulk:
         raise SystemExit(1)

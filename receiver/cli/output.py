@@ -83,6 +83,11 @@ def print_ndjson(value: Any) -> None:
     sys.stdout.flush()
 
 
+def shown_id(member: str) -> str:
+    """The event id of a ``source|event_id`` member, as it is safe to print."""
+    return printable(redact_text(member.partition("|")[2]))
+
+
 def notice(message: str) -> None:
     """A line for the person, not the pipe: on stderr, so stdout stays parseable."""
     click.echo(printable(message), err=True)
@@ -99,13 +104,16 @@ class Column:
     header: str
     # Never cut: ids and states are what an operator copies into the next command.
     whole: bool = False
+    # Never dropped either: the row's own id (another whole column may give way).
+    required: bool = False
     # Cut to TEXT_CELL_BUDGET even where the width is unlimited (free text, not -o wide).
     budget: int | None = None
     # rich styles by cell value, on a terminal only.
     styles: Mapping[str, str] = field(default_factory=dict)
     # Room kept in a stream (--follow) before any row has been seen.
     stream_width: int = 0
-    # When even cut columns do not fit, the lowest is dropped first (ties: rightmost).
+    # Who gives way first: the lowest ``keep`` is cut first (down to MIN_CUT_WIDTH), and
+    # dropped first when cutting is not enough (ties: the rightmost).
     keep: int = 0
 
 
@@ -122,9 +130,10 @@ def fit_widths(
     columns: Sequence[Column], lines: Sequence[Sequence[str]], width: int
 ) -> list[int | None]:
     """Each column's width, or None where it is dropped, so a line fits ``width`` cells
-    (0: no limit). Whole columns keep their full width; the widest other column is cut
-    first, down to MIN_CUT_WIDTH; when that is not enough, the column with the lowest
-    ``keep`` is dropped and the others get their room back."""
+    (0: no limit). Whole columns keep their full width; the others are cut, lowest
+    ``keep`` first (the widest of a level first), down to MIN_CUT_WIDTH; when that is not
+    enough, the lowest-``keep`` column that is not required is dropped and the others get
+    their room back."""
     from rich.cells import cell_len
 
     natural = [max(cell_len(line[index]) for line in lines) for index in range(len(columns))]
@@ -140,23 +149,30 @@ def fit_widths(
     while True:
         widths = {index: natural[index] for index in shown}
         excess = sum(widths.values()) + COLUMN_GAP * (len(shown) - 1) - width
-        while excess > 0:
-            cuttable = [index for index in shown if widths[index] > floors[index]]
-            if not cuttable:
-                break
-            widest = max(cuttable, key=lambda index: (widths[index], index))
-            cut = min(excess, widths[widest] - floors[widest])
-            # Cut the widest down to the next widest at most, so the cuts are shared.
-            others = [widths[index] for index in cuttable if index != widest]
-            if others and widths[widest] - cut < max(others):
-                cut = max(1, widths[widest] - max(others))
-            widths[widest] -= cut
-            excess -= cut
-        droppable = [index for index in shown if not columns[index].whole]
+        for level in sorted({columns[index].keep for index in shown}):
+            excess = _cut(widths, floors, [i for i in shown if columns[i].keep == level], excess)
+        droppable = [index for index in shown if not columns[index].required]
         if excess <= 0 or not droppable:
             # Fits, or only ids are left: the terminal wraps that line; nothing cuts an id.
             return [widths.get(index) for index in range(len(columns))]
         shown.remove(min(droppable, key=lambda index: (columns[index].keep, -index)))
+
+
+def _cut(widths: dict[int, int], floors: Sequence[int], indexes: list[int], excess: int) -> int:
+    """Narrow the ``indexes`` columns by up to ``excess`` cells, the widest first so cuts are
+    shared, none below its floor; returns what is still in excess."""
+    while excess > 0:
+        cuttable = [index for index in indexes if widths[index] > floors[index]]
+        if not cuttable:
+            break
+        widest = max(cuttable, key=lambda index: (widths[index], index))
+        cut = min(excess, widths[widest] - floors[widest])
+        others = [widths[index] for index in cuttable if index != widest]
+        if others and widths[widest] - cut < max(others):
+            cut = max(1, widths[widest] - max(others))
+        widths[widest] -= cut
+        excess -= cut
+    return excess
 
 
 def _cell(value: Any, column: Column) -> str:
@@ -287,10 +303,12 @@ STATE_STYLES = {
     "dead": "bold red",
     "resolved": "cyan",
 }
-EVENT_ID_COLUMN = Column("event_id", "EVENT_ID", whole=True, stream_width=24)
-STATE_COLUMN = Column("state", "STATE", whole=True, styles=STATE_STYLES, stream_width=8)
+EVENT_ID_COLUMN = Column("event_id", "EVENT_ID", whole=True, required=True, stream_width=24)
+STATE_COLUMN = Column(
+    "state", "STATE", whole=True, required=True, styles=STATE_STYLES, stream_width=8
+)
 TYPE_COLUMN = Column("type", "TYPE", stream_width=20)
-RECORD_COLUMN = Column("record_key", "RECORD_KEY", whole=True, stream_width=24)
+RECORD_COLUMN = Column("record_key", "RECORD_KEY", whole=True, keep=3, stream_width=24)
 EVENT_COLUMNS = (
     EVENT_ID_COLUMN,
     STATE_COLUMN,
@@ -300,7 +318,7 @@ EVENT_COLUMNS = (
     Column("reason", "REASON", budget=TEXT_CELL_BUDGET, keep=2),
 )
 EVENT_COLUMNS_WIDE = (
-    Column("received_at", "RECEIVED_AT", whole=True, stream_width=24),
+    Column("received_at", "RECEIVED_AT", whole=True, keep=1, stream_width=24),
     EVENT_ID_COLUMN,
     Column("source", "SOURCE", stream_width=5),
     STATE_COLUMN,
