@@ -551,6 +551,10 @@ class TestReplay:
         at = datetime.fromisoformat(entry["at"].replace("Z", "+00:00")).timestamp()
         assert started <= at <= time.time() + 1
         assert f"replay:{actor}" in [line["by"] for line in history(rdb, event_id)]
+        named = cli(service.env, "events", "audit", "--limit", "1", "-o", "name")
+        assert [entry["id"]] == named.stdout.splitlines()
+        wide = cli(service.env, "events", "audit", "--limit", "1", "-o", "wide")
+        assert wide.stdout.split()[:3] == ["ID", "AT", "ACTION"]
 
     def test_filter_replay_audits_filter(
         self, seeded: Seeded, service: Service, rdb: redis.Redis

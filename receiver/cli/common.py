@@ -17,7 +17,7 @@ import click
 
 from receiver.errors import ConfigError
 from receiver.logs import configure_logging, get_logger
-from receiver.redaction import redact_text
+from receiver.redaction import printable, redact_text
 from receiver.redis_client import REDIS_ERRORS
 from receiver.settings import DEFAULT_SOURCE, Settings
 
@@ -61,7 +61,8 @@ class ReceiverGroup(click.Group):
             if answer is None:
                 raise
             message, code = answer
-            click.echo(f"receiver: {message}", err=True)
+            # Messages may quote what the user typed or a server said: never raw.
+            click.echo(f"receiver: {printable(message)}", err=True)
             raise SystemExit(code) from None
 
 

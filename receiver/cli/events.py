@@ -213,26 +213,33 @@ def attempt_text(attempt: dict[str, Any]) -> str:
 
 @events.command("audit")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-def audit_command(limit: int, as_json: bool) -> None:
-    """List audited replays and resolves, newest first."""
+@output_options
+def audit_command(limit: int, output: OutputFormat) -> None:
+    """List audited replays and resolves, newest first (-o wide adds the resolve reason
+    and the outcomes a replay --wait saw)."""
     settings = load_settings()
     entries = with_runtime(settings, lambda runtime: ops.list_audit(runtime.store, limit))
     audited = [redact_value(entry.to_json()) for entry in entries]
-    if as_json:
+    if output is OutputFormat.JSON:
         print_json(audited)
         return
-    rows = [
-        {
-            **{key: str(value) for key, value in data.items()},
-            "filter": orjson.dumps(data["filter"]).decode(),
-            "dry_run": "yes" if data["dry_run"] else "no",
-            "completed": "yes" if data["completed"] else "INTERRUPTED",
-        }
-        for data in audited
-    ]
-    print_table(AUDIT_COLUMNS, rows)
-    if not rows:
+    if output is OutputFormat.NAME:
+        for data in audited:
+            click.echo(printable(str(data["id"])))
+    else:
+        rows = [
+            {
+                **{key: "" if value is None else str(value) for key, value in data.items()},
+                "filter": orjson.dumps(data["filter"]).decode(),
+                "dry_run": "yes" if data["dry_run"] else "no",
+                "completed": "yes" if data["completed"] else "INTERRUPTED",
+                "outcomes": " ".join(f"{k}={v}" for k, v in (data.get("outcomes") or {}).items()),
+            }
+            for data in audited
+        ]
+        columns = AUDIT_COLUMNS_WIDE if output is OutputFormat.WIDE else AUDIT_COLUMNS
+        print_table(columns, rows)
+    if not audited:
         notice("no audited replays or resolves")
 
 
@@ -248,6 +255,12 @@ AUDIT_COLUMNS = (
     Column("missing", "MISSING", whole=True, keep=2),
     Column("dry_run", "DRY_RUN", whole=True, keep=2),
     Column("completed", "COMPLETED", whole=True, keep=2),
+)
+AUDIT_COLUMNS_WIDE = (
+    Column("id", "ID", whole=True, required=True),
+    *AUDIT_COLUMNS,
+    Column("outcomes", "OUTCOMES", keep=1),
+    Column("reason", "REASON", keep=1),
 )
 
 
