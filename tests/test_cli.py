@@ -190,12 +190,17 @@ def test_ops_command_in_the_wrong_directory_exits_1(tmp_path: Path, args: list[s
 
 
 def test_config_check_in_the_wrong_directory_creates_no_store(tmp_path: Path) -> None:
-    """config check warns about the missing store instead of creating an empty one."""
+    """config check says no store exists here yet (and where it looked) instead of
+    creating an empty one that later ops commands would take for the service's."""
     result = run_cli(embedded_env(), "config", "check", cwd=tmp_path)
     assert 0 == result.returncode, result.stdout + result.stderr
-    assert "WARNING: redis: no receiver data in" in result.stdout
-    assert not (tmp_path / "receiver-data" / "redis").exists()
-    assert 1 == run_cli(embedded_env(), "config", "check", "--strict", cwd=tmp_path).returncode
+    redis_dir = tmp_path / "receiver-data" / "redis"
+    assert (
+        f"redis: embedded, not created yet: no running service and no stored data under {redis_dir}"
+        in result.stdout
+    )
+    assert not redis_dir.exists()
+    assert 1 == run_cli(embedded_env(), "events", "list", cwd=tmp_path).returncode
 
 
 def test_make_run_hint_works_as_printed(tmp_path: Path) -> None:
