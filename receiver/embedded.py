@@ -46,6 +46,8 @@ LOG_TAIL_BYTES = 65536
 MAX_REASON_LENGTH = 300
 # A redis.log line: "pid:role 01 Dec 2026 21:47:27.406 # message"; "#" marks a warning.
 _LOG_LINE = re.compile(r"^\d+:[A-Z] \d{1,2} \w{3} \d{4} [\d:.]+ ([.\-*#]) (.*)$")
+# Redis 6 keeps one append-only file, Redis 7 a directory of them.
+APPEND_ONLY_NAMES = ("appendonly.aof", "appendonlydir")
 
 
 def redis_server_binary() -> str:
@@ -114,6 +116,21 @@ class EmbeddedRedis:
     @property
     def log_path(self) -> Path:
         return self.directory / "redis.log"
+
+    def has_data(self) -> bool:
+        """True if a server answers on our socket or an earlier one left its append-only
+        file: there is a store here to read, not one to create (issue 14: an ops command
+        in the wrong directory must not start an empty Redis and report "no events")."""
+        return self.answers() or any((self.directory / name).exists() for name in APPEND_ONLY_NAMES)
+
+    def no_store_message(self) -> str:
+        """One line for a command that found no store here: where it looked, what to set."""
+        return (
+            f"no receiver data in {self.directory.parent}: no running service's socket "
+            f"({self.socket_path}) and no stored events under {self.directory}; run the "
+            "command where the service runs, or set RECEIVER_DATA_DIR to its data dir or "
+            "RECEIVER_REDIS_URL to its Redis"
+        )
 
     def ensure_running(self, *, adopt_orphan: bool = False) -> str:
         """Reuse a live server on our socket or start one; return its URL.

@@ -2,8 +2,9 @@
 
 ``Secret`` hides a value from ``repr``/``str``; ``mask_url`` shows a URL without its
 password and query; ``redact_text``/``redact_value`` mask secret-looking values and keys
-in free text and nested data. The log processor, the CLI, the sinks that print and every
-page or API answer use these and nothing else.
+in free text and nested data; ``printable`` makes text from a signed body safe for a
+terminal. The log processor, the CLI, the sinks that print and every page or API answer
+use these and nothing else.
 """
 
 from __future__ import annotations
@@ -62,6 +63,23 @@ def mask_url(url: str) -> str:
     return masked
 
 
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The parts of ``url`` that ``mask_url`` hides (password, query), to ``scrub`` them
+    from messages that may quote the URL (a driver's exception text)."""
+    try:
+        parts = urlsplit(url)
+        return tuple(part for part in (parts.password, parts.query) if part)
+    except ValueError:
+        return ()
+
+
+def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with each of ``secrets`` replaced by ``***``, as ``mask_url`` shows them."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
 REDACTED = "[REDACTED]"
 _SECRET_KEY = re.compile(
     r"secret|token|passw|authorization|signature|api_?key|cookie|credential|private",
@@ -73,7 +91,8 @@ _SECRET_VALUE = re.compile(
     r"|rvya_sk_[A-Za-z0-9_-]*"
     r"|rcvadm_[A-Za-z0-9_-]*"  # console/API access tokens (receiver admin-token)
     r"|(?i:bearer)\s+[A-Za-z0-9._~+/=-]+"
-    r"|(?<=[a-z]://)[^\s/:@]*:[^\s/@]*@"  # user:password@ in any URL
+    # user:password@ in any URL, except one mask_url already masked (user:***@)
+    r"|(?<=[a-z]://)[^\s/:@]*:(?!\*\*\*@(?![^\s/]*@))[^\s/@]*@"
     r"|v1a?,[A-Za-z0-9+/]{20,}={0,2}"  # Standard Webhooks signature entries
     r"|v1=[0-9a-fA-F]{32,}"  # stripe-scheme signature entries
 )
@@ -111,8 +130,35 @@ def redact_text(text: str) -> str:
 PLAIN_TYPES = frozenset({int, float, bool, type(None)})
 
 
-def redact_value(value: Any) -> Any:
-    """Redact strings, recursively through mappings and sequences."""
+# Deeper than this, a value is not walked but replaced: a signed body may nest hundreds of
+# levels (PITFALLS), and neither the recursion limit nor orjson (255 levels) must fail on it.
+MAX_DEPTH = 64
+TOO_DEEP = "[REDACTED: nested too deep]"
+_SEQUENCES = (list, tuple, set, frozenset)
+_CONTAINERS = (Mapping, *_SEQUENCES)
+
+
+def nesting_depth(value: Any, stop_at: int = MAX_DEPTH + 1) -> int:
+    """How many mapping/sequence levels ``value`` has, counted up to ``stop_at``, level by
+    level (no recursion: this is how a caller learns a value is too deep to walk)."""
+    depth = 0
+    level = [value]
+    while depth < stop_at:
+        containers = [item for item in level if isinstance(item, _CONTAINERS)]
+        if not containers:
+            break
+        depth += 1
+        level = [
+            child
+            for container in containers
+            for child in (container.values() if isinstance(container, Mapping) else container)
+        ]
+    return depth
+
+
+def redact_value(value: Any, _depth: int = 0) -> Any:
+    """Redact strings, recursively through mappings and sequences (``MAX_DEPTH`` levels;
+    anything deeper becomes ``TOO_DEEP``)."""
     kind = type(value)
     if kind is str:
         return redact_text(value)
@@ -123,12 +169,16 @@ def redact_value(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         return REDACTED  # raw bytes are bodies or keys: never logged
     if isinstance(value, Mapping):
+        if _depth >= MAX_DEPTH:
+            return TOO_DEEP
         return {
-            key: REDACTED if _SECRET_KEY.search(str(key)) else redact_value(item)
+            key: REDACTED if _SECRET_KEY.search(str(key)) else redact_value(item, _depth + 1)
             for key, item in value.items()
         }
-    if isinstance(value, list | tuple | set | frozenset):
-        return [redact_value(item) for item in value]
+    if isinstance(value, _SEQUENCES):
+        if _depth >= MAX_DEPTH:
+            return TOO_DEEP
+        return [redact_value(item, _depth + 1) for item in value]
     if isinstance(value, int | float | bool) or value is None:
         return value
     return redact_text(str(value))
@@ -138,3 +188,27 @@ def redact_value(value: Any) -> Any:
 def is_secret_key(key: str) -> bool:
     # PERF: log lines reuse a handful of field names; the regex runs once per name.
     return _SECRET_KEY.search(key) is not None
+
+
+# -- terminal safety ---------------------------------------------------------------------
+
+# Characters a terminal acts on instead of showing (PITFALLS: a signed body is untrusted):
+# C0 controls (ESC starts CSI/OSC sequences: retitle the window, rewrite the screen, hide
+# text, forge hyperlinks; CR overwrites a line), DEL, the C1 controls (0x9b is a one-byte
+# CSI on some terminals) and the Unicode bidi overrides and isolates, which reorder what
+# is shown ("Trojan Source", CVE-2021-42574), and the line/paragraph separators.
+_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_UNPRINTABLE = (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), *_BIDI, 0x2028, 0x2029)
+_ESCAPES = {code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" for code in _UNPRINTABLE}
+_ESCAPES_KEEP_LINES = {code: text for code, text in _ESCAPES.items() if code not in (0x09, 0x0A)}
+
+
+def printable(text: str, *, multiline: bool = False) -> str:
+    """``text`` with every control, bidi and separator character shown as ``\\xNN``/``\\uNNNN``.
+
+    For anything printed from an event (ids, types, errors, bodies): the terminal shows
+    the characters instead of obeying them. ``multiline`` keeps newlines and tabs (a body
+    printed over several lines). Markup (``[bold]``) is the printer's business: print
+    cells as plain text, never as markup.
+    """
+    return text.translate(_ESCAPES_KEEP_LINES if multiline else _ESCAPES)

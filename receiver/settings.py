@@ -6,12 +6,13 @@ whose message names the variable and never includes a secret value (SPEC §6).
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from receiver.errors import ConfigError
@@ -62,6 +63,10 @@ _ADDR = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):([0-9]{1,5})")
 _SIZE = re.compile(r"([0-9]{1,15})\s*([A-Za-z]*)")
 # Binary units only: ``KB`` means 1000 to some and 1024 to others, so it is refused.
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2}
+# What a ``[sources.NAME]`` table may hold; anything else is a typo to refuse, not ignore.
+SOURCE_FILE_KEYS = ("scheme", "secret", "secret_file", "signature_header", "tolerance_seconds")
+SOURCE_FILE_TOP_LEVEL = ("sources",)
+T = TypeVar("T")
 
 
 def parse_duration(text: str) -> float:
@@ -178,12 +183,24 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Read and validate every setting; raise ConfigError naming the first bad one."""
-        reader = _EnvReader(environ)
+        return cls._read(_EnvReader(environ))
+
+    @classmethod
+    def check_env(cls, environ: Mapping[str, str]) -> list[ConfigError]:
+        """Every problem ``from_env`` would stop at, all at once (``config check``); empty
+        when ``from_env`` succeeds. A bad value counts as its default for the checks that
+        follow, so one mistake is reported once."""
+        errors: list[ConfigError] = []
+        cls._read(_EnvReader(environ, errors))
+        return errors
+
+    @classmethod
+    def _read(cls, reader: _EnvReader) -> Settings:
         data_dir = Path(reader.text("RECEIVER_DATA_DIR", "./receiver-data")).expanduser()
         sources = {DEFAULT_SOURCE: _default_source(reader)}
         config_path = reader.text("RECEIVER_CONFIG", "")
         if config_path:
-            sources.update(_sources_from_file(Path(config_path), sources[DEFAULT_SOURCE]))
+            sources.update(_sources_from_file(reader, Path(config_path), sources[DEFAULT_SOURCE]))
         # A sink URL can hold a database password, so it is read like a secret (``_FILE`` too).
         sink_secret = reader.secret("RECEIVER_SINK")
         sink_url = (
@@ -192,15 +209,21 @@ class Settings:
         # The value is not echoed: ``user:password@host`` is "not a URL" and all password.
         sink_scheme = _url_scheme(sink_url)
         if sink_scheme is None or ("://" not in sink_url and not sink_url.endswith(":")):
-            raise ConfigError(
-                "RECEIVER_SINK: not a sink URL (e.g. sqlite:///path.db, postgresql://..., "
-                "https://..., redis://..., log:)"
+            reader.report(
+                ConfigError(
+                    "RECEIVER_SINK: not a sink URL (e.g. sqlite:///path.db, postgresql://..., "
+                    "https://..., redis://..., log:)"
+                )
             )
         # Required only where the HTTP sink is opened (HttpSink says so): an operator
         # listing events needs Redis, not the downstream's signing secret.
         forward_secret = reader.secret("RECEIVER_FORWARD_SECRET")
         if forward_secret is not None:
-            _check_forward_secret(forward_secret)
+            try:
+                _check_forward_secret(forward_secret)
+            except ConfigError as exc:
+                reader.report(exc)
+                forward_secret = None  # collecting: judge the rest without it
         redis_url = reader.secret("RECEIVER_REDIS_URL")
         if redis_url is not None and _url_scheme(redis_url.reveal()) not in (
             "redis",
@@ -209,13 +232,18 @@ class Settings:
             "redis+cluster",
             "rediss+cluster",
         ):
-            raise ConfigError("RECEIVER_REDIS_URL: must be a redis://, rediss:// or unix:// URL")
+            reader.report(
+                ConfigError("RECEIVER_REDIS_URL: must be a redis://, rediss:// or unix:// URL")
+            )
         retention_seconds = int(reader.duration("RECEIVER_RETENTION", "30d", minimum=1))
-        _check_retention(retention_seconds, sources)
+        reader.attempt(lambda: _check_retention(retention_seconds, sources), None)
         encryption = reader.secret("RECEIVER_ENCRYPTION_KEYS")
-        encryption_keys = _encryption_keys(encryption)
+        no_keys: tuple[Secret, ...] = ()
+        encryption_keys = reader.attempt(lambda: _encryption_keys(encryption), no_keys)
         log_format = reader.choice("RECEIVER_LOG_FORMAT", "json", ("json", "console"))
         max_age = reader.duration("RECEIVER_RECONCILE_MAX_AGE", "48h", minimum=0.001)
+        default_addr: tuple[str, int] | None = DEFAULT_ADMIN_ADDR
+        admin_addr = reader.attempt(lambda: _admin_addr(reader.environ), default_addr)
         return cls(
             sources=sources,
             data_dir=data_dir,
@@ -253,24 +281,34 @@ class Settings:
             queue_shards=reader.integer("RECEIVER_QUEUE_SHARDS", 1, minimum=1, maximum=1024),
             warnings=_warnings(sources, forward_secret)
             + _reconcile_warnings(max_age, retention_seconds),
-            admin_addr=_admin_addr(environ),
+            admin_addr=admin_addr,
             admin_users_file=_optional_path(reader.text("RECEIVER_ADMIN_USERS_FILE", "")),
             admin_session_seconds=reader.duration("RECEIVER_ADMIN_SESSION_TTL", "8h", minimum=60),
-            actor=_actor(reader.text("RECEIVER_ACTOR", "")),
+            actor=reader.attempt(lambda: _actor(reader.text("RECEIVER_ACTOR", "")), None),
             # Below the sender's own timeout (Rivya's is "short"; 3 s is common), so a frozen
             # Redis answers 503 with Retry-After instead of a timeout the sender cannot read.
             redis_timeout_seconds=reader.duration("RECEIVER_REDIS_TIMEOUT", "2s", minimum=0.1),
             allow_evicting_redis=reader.boolean("RECEIVER_ALLOW_EVICTING_REDIS", default=False),
-            rivya_api_url=_rivya_api_url(reader.text("RECEIVER_RIVYA_API_URL", "")),
-            rivya_api_key=_api_key(reader.secret("RECEIVER_RIVYA_API_KEY")),
-            rivya_api_key_header=_api_key_header(
-                reader.text("RECEIVER_RIVYA_API_KEY_HEADER", "Authorization")
+            rivya_api_url=reader.attempt(
+                lambda: _rivya_api_url(reader.text("RECEIVER_RIVYA_API_URL", "")),
+                DEFAULT_RIVYA_API_URL,
+            ),
+            rivya_api_key=reader.attempt(
+                lambda: _api_key(reader.secret("RECEIVER_RIVYA_API_KEY")), None
+            ),
+            rivya_api_key_header=reader.attempt(
+                lambda: _api_key_header(
+                    reader.text("RECEIVER_RIVYA_API_KEY_HEADER", "Authorization")
+                ),
+                "Authorization",
             ),
             reconcile_after_seconds=reader.duration(
                 "RECEIVER_RECONCILE_AFTER", "10m", minimum=0.001
             ),
             reconcile_max_age_seconds=max_age,
-            reconcile_rate=_rate(reader.text("RECEIVER_RECONCILE_RATE", "5/s")),
+            reconcile_rate=reader.attempt(
+                lambda: _rate(reader.text("RECEIVER_RECONCILE_RATE", "5/s")), 5.0
+            ),
         )
 
 
@@ -326,10 +364,34 @@ KNOWN_VARIABLES: tuple[str, ...] = (
 
 
 class _EnvReader:
-    """Typed access to the environment; each error names its variable."""
+    """Typed access to the environment; each error names its variable.
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
+    Without ``errors`` the first problem raises (``from_env``); with a list, each problem
+    is added to it and the setting's default is used instead (``check_env``).
+    """
+
+    def __init__(self, environ: Mapping[str, str], errors: list[ConfigError] | None = None) -> None:
         self._env = environ
+        self._errors = errors
+
+    @property
+    def environ(self) -> Mapping[str, str]:
+        return self._env
+
+    def report(self, error: ConfigError) -> None:
+        """Raise ``error``, or note it and go on when collecting every problem."""
+        if self._errors is None:
+            raise error
+        if str(error) not in (str(seen) for seen in self._errors):
+            self._errors.append(error)
+
+    def attempt(self, read: Callable[[], T], default: T) -> T:
+        """``read()``, or ``default`` once its ConfigError is reported."""
+        try:
+            return read()
+        except ConfigError as exc:
+            self.report(exc)
+            return default
 
     def text(self, name: str, default: str) -> str:
         return self._env.get(name, "").strip() or default
@@ -339,15 +401,18 @@ class _EnvReader:
         value = self._env.get(name, "").strip()
         file_name = self._env.get(f"{name}_FILE", "").strip()
         if value and file_name:
-            raise ConfigError(f"{name}: set either {name} or {name}_FILE, not both")
+            self.report(ConfigError(f"{name}: set either {name} or {name}_FILE, not both"))
+            return None
         if file_name:
             try:
                 value = Path(file_name).read_text(encoding="utf-8").strip()
             except (OSError, UnicodeDecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-                raise ConfigError(f"{name}_FILE: cannot read {file_name}: {reason}") from None
+                self.report(ConfigError(f"{name}_FILE: cannot read {file_name}: {reason}"))
+                return None
             if not value:
-                raise ConfigError(f"{name}_FILE: {file_name} is empty")
+                self.report(ConfigError(f"{name}_FILE: {file_name} is empty"))
+                return None
         return Secret(value) if value else None
 
     def integer(
@@ -359,10 +424,12 @@ class _EnvReader:
         try:
             value = int(raw)
         except ValueError:
-            raise ConfigError(f"{name}: expected a whole number, got {raw[:40]!r}") from None
+            self.report(ConfigError(f"{name}: expected a whole number, got {raw[:40]!r}"))
+            return default
         if value < minimum or (maximum is not None and value > maximum):
             bound = f"between {minimum} and {maximum}" if maximum else f"at least {minimum}"
-            raise ConfigError(f"{name}: must be {bound}, got {value}")
+            self.report(ConfigError(f"{name}: must be {bound}, got {value}"))
+            return default
         return value
 
     def optional_integer(self, name: str, *, minimum: int = 0) -> int | None:
@@ -376,9 +443,11 @@ class _EnvReader:
         try:
             value = parse_duration(raw)
         except ValueError as exc:
-            raise ConfigError(f"{name}: {exc}") from None
+            self.report(ConfigError(f"{name}: {exc}"))
+            return parse_duration(default)
         if value < minimum:
-            raise ConfigError(f"{name}: must be at least {minimum}s, got {raw!r}")
+            self.report(ConfigError(f"{name}: must be at least {minimum}s, got {raw!r}"))
+            return parse_duration(default)
         return value
 
     def size(self, name: str, default: str, *, minimum: int, maximum: int) -> int:
@@ -386,9 +455,13 @@ class _EnvReader:
         try:
             value = parse_size(raw)
         except ValueError as exc:
-            raise ConfigError(f"{name}: {exc}") from None
+            self.report(ConfigError(f"{name}: {exc}"))
+            return parse_size(default)
         if not minimum <= value <= maximum:
-            raise ConfigError(f"{name}: must be between {minimum} and {maximum} bytes, got {raw!r}")
+            self.report(
+                ConfigError(f"{name}: must be between {minimum} and {maximum} bytes, got {raw!r}")
+            )
+            return parse_size(default)
         return value
 
     def boolean(self, name: str, *, default: bool) -> bool:
@@ -399,12 +472,16 @@ class _EnvReader:
             return True
         if raw in _FALSE:
             return False
-        raise ConfigError(f"{name}: must be true or false, got {raw[:40]!r}")
+        self.report(ConfigError(f"{name}: must be true or false, got {raw[:40]!r}"))
+        return default
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
         value = (self._env.get(name, "").strip() or default).lower()
         if value not in allowed:
-            raise ConfigError(f"{name}: must be one of {', '.join(allowed)}, got {value[:40]!r}")
+            self.report(
+                ConfigError(f"{name}: must be one of {', '.join(allowed)}, got {value[:40]!r}")
+            )
+            return default
         return value
 
 
@@ -509,72 +586,110 @@ def _default_source(reader: _EnvReader) -> SourceConfig:
     secret = reader.secret("RECEIVER_WEBHOOK_SECRET")
     header = reader.text("RECEIVER_SIGNATURE_HEADER", "Rivya-Signature")
     if not _HEADER_NAME.fullmatch(header):
-        raise ConfigError("RECEIVER_SIGNATURE_HEADER: not a valid header name")
+        reader.report(ConfigError("RECEIVER_SIGNATURE_HEADER: not a valid header name"))
+        header = "Rivya-Signature"
+    keys: tuple[Secret, ...] = ()
+    if secret is not None:
+        raw = secret.reveal()
+        keys = reader.attempt(lambda: _check_keys("RECEIVER_WEBHOOK_SECRET", scheme, raw), ())
     return SourceConfig(
         name=DEFAULT_SOURCE,
         scheme=scheme,
-        keys=_check_keys("RECEIVER_WEBHOOK_SECRET", scheme, secret.reveal()) if secret else (),
+        keys=keys,
         signature_header=header,
         tolerance_seconds=reader.integer("RECEIVER_TOLERANCE_SECONDS", 300, minimum=1),
     )
 
 
-def _sources_from_file(path: Path, default: SourceConfig) -> dict[str, SourceConfig]:
-    """``[sources.NAME]`` tables: scheme, secret or secret_file, header, tolerance_seconds."""
+def _sources_from_file(
+    reader: _EnvReader, path: Path, default: SourceConfig
+) -> dict[str, SourceConfig]:
+    """``[sources.NAME]`` tables: scheme, secret or secret_file, header, tolerance_seconds.
+
+    An unknown key is refused, with the close match: a typo (``tolerence_seconds``) would
+    otherwise silently keep the default.
+    """
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"RECEIVER_CONFIG: cannot read {path}: {exc.strerror}") from None
+        reader.report(ConfigError(f"RECEIVER_CONFIG: cannot read {path}: {exc.strerror}"))
+        return {}
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"RECEIVER_CONFIG: {path} is not valid TOML: {exc}") from None
+        reader.report(ConfigError(f"RECEIVER_CONFIG: {path} is not valid TOML: {exc}"))
+        return {}
+    for key in document:
+        if key not in SOURCE_FILE_TOP_LEVEL:
+            reader.report(unknown_key("RECEIVER_CONFIG: ", key, SOURCE_FILE_TOP_LEVEL))
     tables = document.get("sources", {})
     if not isinstance(tables, dict):
-        raise ConfigError("RECEIVER_CONFIG: [sources] must be a table of tables")
+        reader.report(ConfigError("RECEIVER_CONFIG: [sources] must be a table of tables"))
+        return {}
     sources: dict[str, SourceConfig] = {}
     for name, table in tables.items():
-        where = f"RECEIVER_CONFIG: sources.{name}"
-        if not _SOURCE_NAME.fullmatch(name) or not isinstance(table, dict):
-            raise ConfigError(f"{where}: names are letters, digits, - and _; values are tables")
-        if name == POLL_SOURCE:
-            # Reconciliation events must only ever come from our own polling (issue 16).
-            raise ConfigError(f"{where}: {POLL_SOURCE} is reserved for reconciliation events")
         try:
-            scheme = Scheme(table.get("scheme", default.scheme.value))
-        except ValueError:
-            raise ConfigError(f"{where}.scheme: must be standard or stripe") from None
-        raw_secret = table.get("secret")
-        secret_file = table.get("secret_file")
-        if bool(raw_secret) == bool(secret_file):
-            raise ConfigError(f"{where}: set exactly one of secret, secret_file")
-        if isinstance(raw_secret, list) and all(isinstance(key, str) for key in raw_secret):
-            raw_secret = " ".join(raw_secret)  # a TOML array of keys, for rotation
-        if secret_file:
-            if not isinstance(secret_file, str):
-                raise ConfigError(f"{where}.secret_file: must be a path string")
-            try:
-                raw_secret = Path(secret_file).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(f"{where}.secret_file: {exc.strerror}") from None
-            except UnicodeDecodeError:
-                raise ConfigError(f"{where}.secret_file: not UTF-8 text") from None
-        if not isinstance(raw_secret, str):
-            # str() of a number or table would become a "key" (any string is one for stripe).
-            raise ConfigError(f"{where}.secret: must be a string or an array of strings")
-        tolerance = table.get("tolerance_seconds", default.tolerance_seconds)
-        # bool is an int in Python: ``tolerance_seconds = true`` must not mean 1 second.
-        if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 1:
-            raise ConfigError(f"{where}.tolerance_seconds: must be a positive whole number")
-        header = table.get("signature_header", default.signature_header)
-        if not isinstance(header, str) or not _HEADER_NAME.fullmatch(header):
-            raise ConfigError(f"{where}.signature_header: not a valid header name")
-        sources[name] = SourceConfig(
-            name=name,
-            scheme=scheme,
-            keys=_check_keys(f"{where}.secret", scheme, raw_secret),
-            signature_header=header,
-            tolerance_seconds=tolerance,
-        )
+            sources[name] = _source_from_table(reader, name, table, default)
+        except ConfigError as exc:
+            reader.report(exc)
     return sources
+
+
+def unknown_key(where: str, key: str, known: tuple[str, ...]) -> ConfigError:
+    """``where`` + ``KEY: unknown key (did you mean …?)``, or the known keys when none is close."""
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]}?" if close else "known: " + ", ".join(known)
+    return ConfigError(f"{where}{key[:60]}: unknown key ({hint})")
+
+
+def _source_from_table(
+    reader: _EnvReader, name: str, table: Any, default: SourceConfig
+) -> SourceConfig:
+    """One ``[sources.NAME]`` table; raises ConfigError at its first structural mistake,
+    after reporting its unknown keys."""
+    where = f"RECEIVER_CONFIG: sources.{name}"
+    if not _SOURCE_NAME.fullmatch(name) or not isinstance(table, dict):
+        raise ConfigError(f"{where}: names are letters, digits, - and _; values are tables")
+    if name == POLL_SOURCE:
+        # Reconciliation events must only ever come from our own polling (issue 16).
+        raise ConfigError(f"{where}: {POLL_SOURCE} is reserved for reconciliation events")
+    for key in table:
+        if key not in SOURCE_FILE_KEYS:
+            reader.report(unknown_key(f"{where}.", key, SOURCE_FILE_KEYS))
+    try:
+        scheme = Scheme(table.get("scheme", default.scheme.value))
+    except ValueError:
+        raise ConfigError(f"{where}.scheme: must be standard or stripe") from None
+    raw_secret = table.get("secret")
+    secret_file = table.get("secret_file")
+    if bool(raw_secret) == bool(secret_file):
+        raise ConfigError(f"{where}: set exactly one of secret, secret_file")
+    if isinstance(raw_secret, list) and all(isinstance(key, str) for key in raw_secret):
+        raw_secret = " ".join(raw_secret)  # a TOML array of keys, for rotation
+    if secret_file:
+        if not isinstance(secret_file, str):
+            raise ConfigError(f"{where}.secret_file: must be a path string")
+        try:
+            raw_secret = Path(secret_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}.secret_file: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where}.secret_file: not UTF-8 text") from None
+    if not isinstance(raw_secret, str):
+        # str() of a number or table would become a "key" (any string is one for stripe).
+        raise ConfigError(f"{where}.secret: must be a string or an array of strings")
+    tolerance = table.get("tolerance_seconds", default.tolerance_seconds)
+    # bool is an int in Python: ``tolerance_seconds = true`` must not mean 1 second.
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 1:
+        raise ConfigError(f"{where}.tolerance_seconds: must be a positive whole number")
+    header = table.get("signature_header", default.signature_header)
+    if not isinstance(header, str) or not _HEADER_NAME.fullmatch(header):
+        raise ConfigError(f"{where}.signature_header: not a valid header name")
+    return SourceConfig(
+        name=name,
+        scheme=scheme,
+        keys=_check_keys(f"{where}.secret", scheme, raw_secret),
+        signature_header=header,
+        tolerance_seconds=tolerance,
+    )
 
 
 def _encryption_keys(raw: Secret | None) -> tuple[Secret, ...]:
@@ -675,3 +790,15 @@ def _rate(raw: str) -> float:
             f"RECEIVER_RECONCILE_RATE: must be above 0 and at most {MAX_RECONCILE_RATE:g}/s"
         )
     return rate
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``RECEIVER_*`` variable nothing reads: a misspelt one silently
+    leaves its setting at the default (``config check`` lists them)."""
+    warnings = []
+    for name in sorted(environ):
+        if name.startswith("RECEIVER_") and name not in KNOWN_VARIABLES:
+            close = difflib.get_close_matches(name, KNOWN_VARIABLES, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            warnings.append(f"{name[:80]}: not a receiver variable, ignored{hint}")
+    return warnings

@@ -3,6 +3,7 @@ each process needs only the settings it uses."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -18,10 +19,12 @@ from tests.helpers import eventually
 from tests.servers import ServiceProcess
 
 
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    env: dict[str, str], *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "receiver", *args],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 
 
@@ -147,3 +150,97 @@ def test_worker_listener_answers_health_readiness_and_metrics(
     assert (200, 0) == (health.status_code, code)
     assert "receiver_sink_up 1.0" in exported
     assert "receiver_sink_circuit_open 0.0" in exported
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def embedded_env(**extra: str) -> dict[str, str]:
+    """An environment with the embedded defaults: no Redis URL, no data dir, no sink."""
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/root"),
+        "RECEIVER_LOG_LEVEL": "warning",
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["events", "list"],
+        ["events", "show", "evt_x"],
+        ["events", "audit"],
+        ["replay", "--status", "dead", "--dry-run"],
+    ],
+    ids=["list", "show", "audit", "replay-dry-run"],
+)
+def test_ops_command_in_the_wrong_directory_exits_1(tmp_path: Path, args: list[str]) -> None:
+    """Where no service runs and no store exists, an ops command says where it looked and
+    what to set, exit 1, instead of starting an empty Redis and finding nothing."""
+    result = run_cli(embedded_env(), *args, cwd=tmp_path)
+    assert (1, "") == (result.returncode, result.stdout)
+    [line] = result.stderr.splitlines()
+    data_dir = tmp_path / "receiver-data"
+    assert line.startswith(f"receiver: no receiver data in {data_dir}: ")
+    assert str(data_dir / "redis" / "redis.sock") in line
+    assert "RECEIVER_DATA_DIR" in line
+    assert "RECEIVER_REDIS_URL" in line
+    assert not (data_dir / "redis").exists()  # nothing was created
+
+
+def test_config_check_in_the_wrong_directory_creates_no_store(tmp_path: Path) -> None:
+    """config check says no store exists here yet (and where it looked) instead of
+    creating an empty one that later ops commands would take for the service's."""
+    result = run_cli(embedded_env(), "config", "check", cwd=tmp_path)
+    assert 0 == result.returncode, result.stdout + result.stderr
+    redis_dir = tmp_path / "receiver-data" / "redis"
+    assert (
+        f"redis: embedded, not created yet: no running service and no stored data under {redis_dir}"
+        in result.stdout
+    )
+    assert not redis_dir.exists()
+    assert 1 == run_cli(embedded_env(), "events", "list", cwd=tmp_path).returncode
+
+
+def test_make_run_hint_works_as_printed(tmp_path: Path) -> None:
+    """The commands `make run` suggests work as printed from another directory: send-test
+    delivers to the running service and events list finds the event in its store."""
+    data_dir = tmp_path / "data"
+    relative = os.path.relpath(data_dir, ROOT)  # as `make run` passes it: ./receiver-data
+    hint = subprocess.run(
+        ["sh", "-c", ". scripts/dev-secret.sh"],
+        cwd=ROOT,
+        env=embedded_env(RECEIVER_DATA_DIR=relative),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    commands = [line.strip() for line in hint.stderr.splitlines() if line.startswith("  ")]
+    send_test, events_list = commands
+    assert "send-test" in send_test
+    assert "events list" in events_list
+    secret_file = data_dir / "dev-webhook-secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    serve_env = embedded_env(
+        RECEIVER_DATA_DIR=str(data_dir), RECEIVER_WEBHOOK_SECRET_FILE=str(secret_file)
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with ServiceProcess(serve_env, tmp_path / "serve.log") as service:
+        sent = subprocess.run(
+            ["sh", "-c", f"{send_test} --url {service.url}/webhooks/rivya"],
+            cwd=elsewhere, env=embedded_env(), capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert 0 == sent.returncode, sent.stdout + sent.stderr
+        event_id = sent.stdout.split(" event ", 1)[1].split()[0]
+
+        def listed() -> bool:
+            found = subprocess.run(
+                ["sh", "-c", f"{events_list} -o name"],
+                cwd=elsewhere, env=embedded_env(), capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            return found.returncode == 0 and event_id in found.stdout.split()
+
+        eventually(listed, what="events list (as printed) to show the test event")
+    assert not (elsewhere / "receiver-data").exists()

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import base64
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import orjson
+from cryptography.fernet import Fernet
 
 from receiver.signing import sign_standard
 from tests.conftest import TEST_SECRET, free_port, wait_for_port
@@ -482,3 +487,158 @@ def test_no_api_key_in_reconciliation_output(
     assert len(orjson.loads(listed.stdout)) >= 2, "polled events were listed and shown"
     assert [] == [text for text in [log, *outputs] if API_KEY in text]
     assert [] == [text for text in [log, *outputs] if API_KEY.removeprefix("rvya_sk_") in text]
+
+
+SINK_PASSWORD = "pg-pw-LEAK-4c2e"
+
+
+def ops_cli(env: dict[str, str], *args: str, **extra: str) -> str:
+    """stdout and stderr of one ops command (its exit code is the feature tests' business)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "receiver", *args],
+        env={**env, **extra}, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stdout + result.stderr
+
+
+def follow_briefly(env: dict[str, str]) -> str:
+    """``events list --follow -o json`` for a moment, then Ctrl-C."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "receiver", "events", "list", "--follow", "-o", "json"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    ) as process:  # fmt: skip
+        time.sleep(2)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    return output
+
+
+def verify_captures(
+    env: dict[str, str], tmp_path: Path, body: bytes
+) -> tuple[list[str], list[str]]:
+    """``receiver verify`` (text and JSON) on a good, a skewed and a wrong-key capture:
+    the outputs, and the captures' signatures (which must not be among them)."""
+    captures = {
+        "good": signed_headers(body),
+        "skewed": signed_headers(body, timestamp=int(time.time()) - 1000),
+        "wrong-key": signed_headers(body, secret=FORWARD_SECRET),
+    }
+    body_file = tmp_path / "captured-body.json"
+    body_file.write_bytes(body)
+    outputs = []
+    for name, headers in captures.items():
+        headers_file = tmp_path / f"captured-{name}.txt"
+        headers_file.write_text("".join(f"{key}: {value}\n" for key, value in headers.items()))
+        files = ("--headers", str(headers_file), "--body", str(body_file))
+        outputs += [ops_cli(env, "verify", *files), ops_cli(env, "verify", *files, "--json")]
+    signatures = [headers["webhook-signature"].removeprefix("v1,") for headers in captures.values()]
+    return outputs, signatures
+
+
+def test_no_secret_in_ops_command_outputs(tmp_path: Path, postgres_dsn: str) -> None:
+    """Every ops command, in every output format, with secrets in the configuration and in
+    stored bodies (and wrong values that name them), prints none of them."""
+    parts = urlsplit(postgres_dsn)
+    netloc = f"{parts.username}:{SINK_PASSWORD}@{parts.hostname}:{parts.port or 5432}"
+    sink_url = urlunsplit(parts._replace(netloc=netloc))
+    missing_db = urlunsplit(parts._replace(netloc=netloc, path="/receiver_leak_missing"))
+    encryption_key = Fernet.generate_key().decode()
+    with RedisProcess(tmp_path / "redis") as server:
+        import redis
+
+        redis.Redis(port=server.port).config_set("requirepass", REDIS_PASSWORD)
+        env = base_env(
+            tmp_path,
+            f"redis://:{REDIS_PASSWORD}@127.0.0.1:{server.port}/0",
+            RECEIVER_SINK=sink_url,
+            RECEIVER_FORWARD_SECRET=FORWARD_SECRET,
+            RECEIVER_ENCRYPTION_KEYS=encryption_key,
+            RECEIVER_LOG_LEVEL="debug",
+        )
+        with ServiceProcess(env, tmp_path / "serve.log") as service:
+            gen = generation(
+                result={
+                    "primary_url": f"https://cdn.example/r.png?X-Amz-Signature={URL_SIGNATURE}",
+                    "urls": [],
+                },
+                client_request_id=API_KEY,
+                note=f"Bearer {API_KEY}",
+            )
+            body = orjson.dumps(envelope(gen))
+            headers = signed_headers(body)
+            url = f"{service.url}/webhooks/rivya"
+            assert httpx.post(url, content=body, headers=headers, timeout=10).status_code == 202
+            event_id = headers["webhook-id"]
+            eventually(
+                lambda: '"applied"' in ops_cli(env, "events", "show", event_id, "--json"),
+                what="the event to be applied",
+            )
+            wrong = {
+                **signed_headers(body, secret=FORWARD_SECRET),
+                "authorization": f"Bearer {API_KEY}",
+            }
+            assert httpx.post(url, content=body, headers=wrong, timeout=10).status_code == 401
+            eventually(
+                lambda: (
+                    ops_cli(env, "deliveries", "list", "--rejected", "-o", "name").strip() != ""
+                ),
+                what="the rejection to be recorded",
+            )
+            rejection_id = ops_cli(env, "deliveries", "list", "--rejected", "-o", "name").split()[0]
+            listed = ops_cli(env, "events", "list")
+            outputs = [
+                listed,
+                ops_cli(env, "deliveries", "list", "--rejected"),
+                ops_cli(env, "deliveries", "list", "--rejected", "-o", "wide"),
+                ops_cli(env, "verify", "--rejected", rejection_id),
+                ops_cli(env, "status"),
+                ops_cli(env, "records", "show", gen["id"]),
+                ops_cli(env, "events", "list", COLUMNS="80"),
+                ops_cli(env, "events", "list", "-o", "wide"),
+                ops_cli(env, "events", "list", "-o", "json"),
+                ops_cli(env, "events", "list", "-o", "name"),
+                ops_cli(env, "events", "list", "--limit", "1"),
+                ops_cli(env, "events", "show", event_id),
+                ops_cli(env, "events", "show", event_id, "--json"),
+                ops_cli(env, "events", "audit"),
+                ops_cli(env, "replay", event_id, "--dry-run"),
+                ops_cli(env, "config", "check"),
+                ops_cli(env, "config", "check", "--json"),
+                ops_cli(env, "config", "check", "--strict", "--json"),
+                ops_cli(env, "sink", "init"),
+                ops_cli(env, "sink", "init", RECEIVER_SINK=missing_db),
+                ops_cli(env, "config", "check", RECEIVER_SINK=missing_db),
+                # Wrong values that hold secrets, reported all at once.
+                ops_cli(
+                    env,
+                    "config",
+                    "check",
+                    RECEIVER_SINK=f"admin:{SINK_PASSWORD}@db/records",
+                    RECEIVER_FORWARD_SECRET=f"{FORWARD_SECRET} {TEST_SECRET}",
+                    RECEIVER_ENCRYPTION_KEYS=f"{encryption_key} {API_KEY}",
+                    RECEIVER_REDIS_URL=f"http://:{REDIS_PASSWORD}@cache:6379",
+                ),
+                follow_briefly(env),
+            ]
+            verified, signatures = verify_captures(env, tmp_path, body)
+            outputs += verified
+    secrets = [
+        TEST_SECRET,
+        TEST_SECRET.removeprefix("whsec_"),
+        FORWARD_SECRET.removeprefix("whsec_"),
+        REDIS_PASSWORD,
+        SINK_PASSWORD,
+        encryption_key,
+        API_KEY,
+        URL_SIGNATURE,
+        headers["webhook-signature"].removeprefix("v1,"),
+        wrong["webhook-signature"].removeprefix("v1,"),
+        *signatures,
+    ]
+    leaked = {secret for output in outputs for secret in secrets if secret in output}
+    assert set() == leaked
+    assert event_id in listed  # the commands did print what they were asked for
+    assert "webhook-signature" in outputs[2]  # the rejection's header names, not values

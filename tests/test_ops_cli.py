@@ -355,8 +355,10 @@ class TestEventsList:
         result = cli(services.env(), "events", "list", "--record", seeded.tasks["ok"])
         assert result.returncode == 0
         header, row = result.stdout.splitlines()
-        assert header.split()[:3] == ["RECEIVED_AT", "EVENT_ID", "STATE"]
-        assert [seeded.ids["ok"], "applied", "generation.succeeded"] == row.split()[1:4]
+        assert header.split() == ["EVENT_ID", "STATE", "TYPE", "RECORD_KEY", "AGE", "REASON"]
+        assert [seeded.ids["ok"], "applied", "generation.succeeded", seeded.tasks["ok"]] == (
+            row.split()[:4]
+        )
 
     @pytest.mark.parametrize(
         ("args", "named"),
@@ -549,6 +551,10 @@ class TestReplay:
         at = datetime.fromisoformat(entry["at"].replace("Z", "+00:00")).timestamp()
         assert started <= at <= time.time() + 1
         assert f"replay:{actor}" in [line["by"] for line in history(rdb, event_id)]
+        named = cli(service.env, "events", "audit", "--limit", "1", "-o", "name")
+        assert [entry["id"]] == named.stdout.splitlines()
+        wide = cli(service.env, "events", "audit", "--limit", "1", "-o", "wide")
+        assert wide.stdout.split()[:3] == ["ID", "AT", "ACTION"]
 
     def test_filter_replay_audits_filter(
         self, seeded: Seeded, service: Service, rdb: redis.Redis
@@ -676,6 +682,85 @@ class TestConfig:
         assert result.returncode == 1
         assert any(line.startswith("redis: unreachable (") for line in result.stdout.splitlines())
         assert "Traceback" not in result.stderr
+
+    def test_check_reports_every_error_at_once(self, services: Services) -> None:
+        """Three bad variables: three ERROR lines naming each, exit 1, nothing probed."""
+        env = {
+            **services.env(),
+            "RECEIVER_TOLERANCE_SECONDS": "soon",
+            "RECEIVER_LOG_LEVEL": "loud",
+            "RECEIVER_SINK": f"admin:{SECRET_IN_BODY}@db/records",
+        }
+        result = cli(env, "config", "check")
+        assert result.returncode == 1
+        errors = [line for line in result.stdout.splitlines() if line.startswith("ERROR: ")]
+        assert [
+            "RECEIVER_TOLERANCE_SECONDS",
+            "RECEIVER_SINK",
+            "RECEIVER_LOG_LEVEL",
+        ] == [line.removeprefix("ERROR: ").split(":")[0] for line in errors]
+        assert "3 configuration error(s)" in result.stderr
+        assert not any(line.startswith("redis:") for line in result.stdout.splitlines())
+        assert SECRET_IN_BODY not in result.stdout + result.stderr
+
+    def test_check_rejects_a_typo_in_the_config_file(
+        self, services: Services, tmp_path: Path
+    ) -> None:
+        """``tolerence_seconds`` in the TOML file fails the check, naming the key and the
+        key it probably meant, instead of silently keeping 300 s."""
+        config_file = tmp_path / "receiver.toml"
+        config_file.write_text(
+            f'[sources.acme]\nsecret = "{TEST_SECRET}"\ntolerence_seconds = 60\n'
+        )
+        result = cli(services.env(RECEIVER_CONFIG=str(config_file)), "config", "check")
+        assert result.returncode == 1
+        assert (
+            "ERROR: RECEIVER_CONFIG: sources.acme.tolerence_seconds: unknown key "
+            "(did you mean tolerance_seconds?)"
+        ) in result.stdout.splitlines()
+        assert TEST_SECRET not in result.stdout + result.stderr
+
+    def test_check_strict_fails_on_warnings(self, services: Services) -> None:
+        """The test Redis runs without appendonly: a warning, exit 0, but 1 with --strict."""
+        assert cli(services.env(), "config", "check").returncode == 0
+        strict = cli(services.env(), "config", "check", "--strict")
+        assert strict.returncode == 1
+        assert "warning(s) and --strict" in strict.stderr
+
+    def test_check_json(self, services: Services) -> None:
+        """``--json`` prints one object: ok, errors, warnings, settings, checks; no secret."""
+        good = cli(services.env(), "config", "check", "--json")
+        assert good.returncode == 0, good.stderr
+        report = orjson.loads(good.stdout)
+        assert (report["ok"], report["valid"], report["errors"]) == (True, True, [])
+        assert {"redis": True, "sink": True} == {c["name"]: c["ok"] for c in report["checks"]}
+        assert any(w.startswith("redis appendonly") for w in report["warnings"])
+        assert "Secret('**********')" in report["settings"]["source rivya"]
+        assert TEST_SECRET not in good.stdout
+        bad = cli({**services.env(), "RECEIVER_LOG_LEVEL": "loud"}, "config", "check", "--json")
+        assert bad.returncode == 1
+        report = orjson.loads(bad.stdout)
+        assert (report["ok"], report["valid"]) == (False, False)
+        assert [error.split(":")[0] for error in report["errors"]] == ["RECEIVER_LOG_LEVEL"]
+        strict = cli(services.env(), "config", "check", "--json", "--strict")
+        assert (strict.returncode, orjson.loads(strict.stdout)["ok"]) == (1, False)
+
+    def test_sink_init_missing_database_is_one_line(
+        self, services: Services, postgres_dsn: str
+    ) -> None:
+        """A PostgreSQL sink whose database does not exist fails at once with the
+        server's words, one line, not pool warnings and a PoolTimeout."""
+        missing = f"receiver_missing_{uuid.uuid4().hex[:8]}"
+        sink_url = urlunsplit(urlsplit(postgres_dsn)._replace(path=f"/{missing}"))
+        started = time.monotonic()
+        result = cli(services.env(RECEIVER_SINK=sink_url), "sink", "init")
+        assert result.returncode == 1
+        assert result.stdout == ""
+        assert [f'database "{missing}" does not exist'] == [
+            line.rsplit(": ", 1)[1] for line in result.stderr.splitlines()
+        ]
+        assert "PoolTimeout" not in result.stderr
+        assert time.monotonic() - started < 10  # the pool used to wait out its 10 s timeout
 
     def test_sink_init_creates_table(self, services: Services, tmp_path: Path) -> None:
         """``sink init`` creates the generations table."""

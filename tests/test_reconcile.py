@@ -8,6 +8,7 @@ import asyncio
 import functools
 import itertools
 import random
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -489,7 +490,7 @@ class TestSurfaces:
             status["reconcile"]["key_refused"],
         )
         assert status["reconcile"]["last_polled_at"] is not None
-        assert "reconcile:    0 watched (0 due)" in status_text
+        assert re.search(r"^reconcile:\s+0 watched \(0 due\)", status_text, re.MULTILINE)
         assert "last polled event 20" in status_text
 
     def test_track_refuses_what_cannot_be_a_task_id(

@@ -11,7 +11,13 @@ from cryptography.fernet import Fernet
 
 from receiver.errors import ConfigError
 from receiver.redaction import Secret, mask_url
-from receiver.settings import KNOWN_VARIABLES, Settings, parse_duration, parse_size
+from receiver.settings import (
+    KNOWN_VARIABLES,
+    Settings,
+    parse_duration,
+    parse_size,
+    unknown_variables,
+)
 from receiver.signing import Scheme
 from tests.conftest import TEST_SECRET
 
@@ -717,3 +723,102 @@ class TestReconcileSettings:
         settings = Settings.from_env(env(tmp_path, RECEIVER_RECONCILE_MAX_AGE="31d"))
         assert any(w.startswith("RECEIVER_RECONCILE_MAX_AGE:") for w in settings.warnings)
         assert not Settings.from_env(env(tmp_path)).warnings
+
+
+class TestCheckEnv:
+    @pytest.mark.parametrize(("variable", "value"), BAD_VALUES, ids=BAD_IDS)
+    def test_reports_what_from_env_stops_at(
+        self, tmp_path: Path, variable: str, value: str
+    ) -> None:
+        """For each bad value, check_env reports exactly the error from_env raises."""
+        environ = env(tmp_path, **{variable: value})
+        if variable == "RECEIVER_WEBHOOK_SECRET_FILE":
+            del environ["RECEIVER_WEBHOOK_SECRET"]
+
+        assert [config_error(environ)] == [str(error) for error in Settings.check_env(environ)]
+
+    def test_every_error_at_once(self, tmp_path: Path) -> None:
+        """Three bad variables are three errors, each naming its variable, in one call."""
+        environ = env(
+            tmp_path,
+            RECEIVER_TOLERANCE_SECONDS="soon",
+            RECEIVER_LOG_LEVEL="loud",
+            RECEIVER_SINK=f"admin:{LEAK}@db/records",
+        )
+
+        errors = [str(error) for error in Settings.check_env(environ)]
+
+        assert ["RECEIVER_TOLERANCE_SECONDS", "RECEIVER_SINK", "RECEIVER_LOG_LEVEL"] == [
+            message.split(":", 1)[0] for message in errors
+        ]
+        assert not any(LEAK in message for message in errors)
+
+    def test_reads_checked_outside_the_reader_are_collected_too(self, tmp_path: Path) -> None:
+        """The admin address and the retention floor are checked apart from the typed
+        reads; check_env still reports them beside the others."""
+        environ = env(
+            tmp_path,
+            RECEIVER_ADMIN_ADDR="no-port",
+            RECEIVER_RETENTION="10s",
+            RECEIVER_LOG_LEVEL="loud",
+        )
+        assert ["RECEIVER_RETENTION", "RECEIVER_ADMIN_ADDR", "RECEIVER_LOG_LEVEL"] == [
+            str(error).split(":", 1)[0] for error in Settings.check_env(environ)
+        ]
+
+    def test_valid_environment_has_none(self, tmp_path: Path) -> None:
+        """A configuration from_env accepts has no errors."""
+        assert [] == Settings.check_env(env(tmp_path))
+
+    def test_unknown_variable_is_a_warning_with_its_match(self) -> None:
+        """A misspelt RECEIVER_ variable is named, with the variable it probably meant."""
+        warnings = unknown_variables(
+            {"RECEIVER_TOLERENCE_SECONDS": "60", "RECEIVER_SINK": "log:", "PATH": "/bin"}
+        )
+        assert [
+            "RECEIVER_TOLERENCE_SECONDS: not a receiver variable, ignored; "
+            "did you mean RECEIVER_TOLERANCE_SECONDS?"
+        ] == warnings
+
+
+class TestUnknownKeys:
+    @pytest.mark.parametrize(
+        ("toml", "expected"),
+        [
+            (
+                f'[sources.acme]\nsecret = "{TEST_SECRET}"\ntolerence_seconds = 60',
+                "RECEIVER_CONFIG: sources.acme.tolerence_seconds: unknown key "
+                "(did you mean tolerance_seconds?)",
+            ),
+            (
+                f'[source.acme]\nsecret = "{TEST_SECRET}"',
+                "RECEIVER_CONFIG: source: unknown key (did you mean sources?)",
+            ),
+            (
+                f'[sources.acme]\nsecret = "{TEST_SECRET}"\ncolour = "red"',
+                "RECEIVER_CONFIG: sources.acme.colour: unknown key (known: scheme, secret, "
+                "secret_file, signature_header, tolerance_seconds)",
+            ),
+        ],
+        ids=["typo-in-source", "typo-at-top", "no-close-match"],
+    )
+    def test_unknown_key_stops_start_up(self, tmp_path: Path, toml: str, expected: str) -> None:
+        """A key the file may not hold is an error naming it (and its close match), not a
+        silently kept default."""
+        environ = env(tmp_path, RECEIVER_CONFIG=write(tmp_path, "r.toml", toml))
+        assert expected == config_error(environ)
+
+    def test_check_env_reports_each_table(self, tmp_path: Path) -> None:
+        """check_env reports a typo in one table and a mistake in another together."""
+        toml = (
+            f'[sources.acme]\nsecret = "{TEST_SECRET}"\ntolerence_seconds = 60\n'
+            '[sources.beta]\nscheme = "hmac"\nsecret = "x"\n'
+        )
+        environ = env(
+            tmp_path, RECEIVER_CONFIG=write(tmp_path, "r.toml", toml), RECEIVER_LOG_LEVEL="loud"
+        )
+        assert [
+            "RECEIVER_CONFIG: sources.acme.tolerence_seconds",
+            "RECEIVER_CONFIG: sources.beta.scheme",
+            "RECEIVER_LOG_LEVEL",
+        ] == [str(error).rsplit(":", 1)[0] for error in Settings.check_env(environ)]

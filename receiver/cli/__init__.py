@@ -19,6 +19,7 @@ from receiver.cli.replay import replay
 from receiver.cli.send_test import send_test
 from receiver.cli.service import console, serve, worker
 from receiver.cli.status import status
+from receiver.cli.verify import verify
 
 __all__ = ["main"]
 
@@ -30,7 +31,7 @@ def main() -> None:
 
 
 for _command in (
-    serve, worker, console, events, replay, deliveries, status, records, send_test, config,
-    sink, gen_secret, gen_key, admin_token, track, reconcile,
+    serve, worker, console, events, replay, deliveries, status, records, verify, send_test,
+    config, sink, gen_secret, gen_key, admin_token, track, reconcile,
 ):  # fmt: skip
     main.add_command(_command)

@@ -17,7 +17,7 @@ import click
 
 from receiver.errors import ConfigError
 from receiver.logs import configure_logging, get_logger
-from receiver.redaction import redact_text
+from receiver.redaction import printable, redact_text
 from receiver.redis_client import REDIS_ERRORS
 from receiver.settings import DEFAULT_SOURCE, Settings
 
@@ -61,7 +61,8 @@ class ReceiverGroup(click.Group):
             if answer is None:
                 raise
             message, code = answer
-            click.echo(f"receiver: {message}", err=True)
+            # Messages may quote what the user typed or a server said: never raw.
+            click.echo(f"receiver: {printable(message)}", err=True)
             raise SystemExit(code) from None
 
 
@@ -107,9 +108,13 @@ def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
 def with_runtime(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``work(runtime)`` against the configured (or embedded) Redis, then close it.
 
-    Works beside a running ``serve``: the embedded Redis it started is reused (SPEC §9).
+    Works beside a running ``serve``: the embedded Redis it started is reused (SPEC §9);
+    with none running, the embedded Redis is started for the command, but only where a
+    store already exists (``require_existing_store``).
     """
     from receiver.runtime import Runtime
+
+    require_existing_store(settings)
 
     async def run() -> T:
         runtime = await Runtime.open(settings)
@@ -119,6 +124,21 @@ def with_runtime(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
             await runtime.aclose()
 
     return run_async(run)
+
+
+def require_existing_store(settings: Settings) -> None:
+    """Fail unless the embedded Redis has a running service or stored data to read.
+
+    ``serve`` and ``worker`` create the store; an ops command run from the wrong directory
+    would otherwise start an empty Redis there and report "no events match" (issue 14).
+    """
+    if not settings.embedded_redis:
+        return
+    from receiver.embedded import EmbeddedRedis
+
+    embedded = EmbeddedRedis.for_data_dir(settings.data_dir)
+    if not embedded.has_data():
+        fail(embedded.no_store_message())
 
 
 source_option = click.option(

@@ -5,7 +5,9 @@ Without ``--raw`` everything printed passes the log redaction.
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -22,9 +24,25 @@ from receiver.cli.common import (
     with_runtime,
 )
 from receiver.cli.filters import build_filter, filter_options
-from receiver.cli.output import EVENT_COLUMNS, event_rows, print_json, print_table, progress_bar
-from receiver.redaction import redact_text, redact_value
-from receiver.settings import POLL_SOURCE
+from receiver.cli.follow import follow
+from receiver.cli.output import (
+    Column,
+    OutputFormat,
+    TableStream,
+    event_columns,
+    event_rows,
+    notice,
+    output_options,
+    print_events,
+    print_json,
+    print_ndjson,
+    print_table,
+    progress_bar,
+    shown_id,
+)
+from receiver.redaction import printable, redact_text, redact_value
+from receiver.settings import POLL_SOURCE, Settings
+from receiver.store import StoredEvent
 
 POLL_ORIGIN = "polled from Rivya's status API (reconciliation), not a signed webhook"
 RAW_WARNING = (
@@ -41,7 +59,8 @@ def events() -> None:
 @events.command("list")
 @filter_options
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events (and state changes).")
+@output_options
 @source_option
 def list_command(
     status: str | None,
@@ -51,25 +70,57 @@ def list_command(
     since: int | None,
     until: int | None,
     limit: int,
-    as_json: bool,
+    follow: bool,
+    output: OutputFormat,
     source: str,
 ) -> None:
-    """List stored events, newest first."""
+    """List stored events, newest first (with --follow: oldest first, then as they come).
+
+    A list cut short by --limit says so on stderr ("showing 50 of 1,234").
+    """
+    if follow and until is not None:
+        raise click.UsageError("--follow prints events as they arrive: drop --until")
     event_filter = build_filter(
         source, status, event_type, record_key, since, until, limit, reason_code
     )
     settings = settings_for(source)
-    page = with_runtime(settings, lambda runtime: ops.list_events(runtime.store, event_filter))
-    found = list(page.events)
-    if as_json:
-        print_json([ops.summary_json(event) for event in found])
+    if follow:
+        _follow(settings, event_filter, output)
         return
-    print_table(EVENT_COLUMNS, event_rows(found))
-    if not found:
-        click.echo("no events match", err=True)
+    page = with_runtime(settings, lambda runtime: ops.list_events(runtime.store, event_filter))
+    print_events(page.events, output)
+    if not page.events and output is not OutputFormat.JSON:
+        notice("no events match")
     elif page.next_cursor is not None:
         of = f" of {page.total:,}" if page.total is not None else "; more match"
-        click.echo(f"showing {len(found):,}{of} (--limit)", err=True)
+        notice(f"showing {len(page.events):,}{of} (raise --limit or narrow the filter)")
+
+
+def _follow(settings: Settings, event_filter: ops.EventFilter, output: OutputFormat) -> None:
+    stream: TableStream | None = None
+
+    def show(found: Sequence[StoredEvent]) -> None:
+        nonlocal stream
+        if output is OutputFormat.JSON:
+            for event in found:
+                print_ndjson(ops.summary_json(event))
+            return
+        if output is OutputFormat.NAME:
+            print_events(found, output)
+            sys.stdout.flush()
+            return
+        rows = event_rows(found)
+        if stream is None:
+            stream = TableStream(event_columns(output), rows)
+        stream.print(rows)
+
+    if sys.stderr.isatty():
+        notice("following new events; Ctrl-C to stop")
+    try:
+        with_runtime(settings, lambda runtime: follow(runtime.store, event_filter, show))
+    except BrokenPipeError:
+        # The reader went away (``| head``): nothing left to print to, and nothing wrong.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @events.command("show")
@@ -78,14 +129,17 @@ def list_command(
 @click.option("--raw", is_flag=True, help="Print the stored body decrypted, unredacted.")
 @source_option
 def show_command(event_id: str, as_json: bool, raw: bool, source: str) -> None:
-    """Show one event: state, history, attempts, last error and its (redacted) body."""
+    """Show one event: state, timeline of attempts, last error and its (redacted) body."""
     settings = settings_for(source)
     detail = with_runtime(
         settings,
         lambda runtime: ops.show_event(runtime.store, runtime.cipher, source, event_id),
     )
     if detail is None:
-        fail(f"no event {redact_text(event_id)!r} from source {source!r} (unknown or expired)")
+        fail(
+            f"no event {printable(redact_text(event_id))!r} from source {source!r} "
+            "(unknown or expired)"
+        )
     if raw:
         click.echo(RAW_WARNING, err=True)
         if detail.body is None:
@@ -98,43 +152,57 @@ def show_command(event_id: str, as_json: bool, raw: bool, source: str) -> None:
         sys.stdout.buffer.write(b"\n")
         sys.stdout.flush()
     else:
-        _print_detail(detail.to_json())
+        print_detail(detail.to_json())
 
 
-def _print_detail(data: dict[str, Any]) -> None:
-    for name in (
-        "event_id", "source", "state", "type", "record_key", "received_at", "signed_at",
-        "attempts", "last_error", "content_type", "encrypted", "body_sha256", "body_error",
-    ):  # fmt: skip
-        if name in data:
-            click.echo(f"{name + ':':<14}{data[name] if data[name] is not None else ''}")
+DETAIL_FIELDS = (
+    "event_id", "source", "state", "type", "record_key", "received_at", "signed_at",
+    "signing_key", "attempts", "reason_code", "last_error", "resolved_reason", "resolved_by",
+    "resolved_at", "content_type", "encrypted", "body_sha256", "body_error",
+)  # fmt: skip
+
+
+def print_detail(data: dict[str, Any]) -> None:
+    """``events show`` as text: fields, the timeline, the body; nothing printed raw."""
+    for name in DETAIL_FIELDS:
+        if data.get(name) not in (None, ""):
+            click.echo(f"{name + ':':<16}{printable(str(data[name]))}")
     if data.get("source") == POLL_SOURCE:
-        click.echo(f"{'origin:':<14}{POLL_ORIGIN}")
-    click.echo("history:")
+        click.echo(f"{'origin:':<16}{POLL_ORIGIN}")
+    click.echo("timeline:")
     for entry in data["history"]:
-        extra = " ".join(
-            f"{key}={value}"
-            for key, value in entry.items()
-            if key not in ("at", "at_ms", "state", "by", "attempt")
-        )
-        line = f"  {entry['at']}  {entry.get('state', ''):<8} by {entry.get('by', '')} {extra}"
-        click.echo(line.rstrip())
+        click.echo("  " + printable(timeline_line(entry)))
         attempt = entry.get("attempt")
         if isinstance(attempt, dict):
-            click.echo(f"      attempt: {_attempt_line(attempt)}")
+            click.echo("      attempt: " + printable(attempt_text(attempt)))
     click.echo("body (redacted; --raw for the stored bytes):")
     body = data.get("body")
     if isinstance(body, str):
-        click.echo(body)
+        click.echo(printable(body, multiline=True))
     elif body is not None:
-        click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+        text = orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()
+        click.echo(printable(text, multiline=True))
 
 
-def _attempt_line(attempt: dict[str, Any]) -> str:
-    """One sink attempt: outcome, duration, the sink's answer, a stale record's held state."""
-    parts = [str(attempt.get("outcome", "")), f"{attempt.get('duration_ms', 0)} ms"]
+def timeline_line(entry: dict[str, Any]) -> str:
+    """One history entry: when, the state it led to, who, then what else it recorded."""
+    parts = [str(entry.get("at", "")), f"{entry.get('state', ''):<8}", f"by {entry.get('by', '')}"]
+    parts += [
+        f"{key}={value}"
+        for key, value in entry.items()
+        if key not in ("at", "at_ms", "state", "by", "attempt")
+    ]
+    return " ".join(part for part in parts if part).rstrip()
+
+
+def attempt_text(attempt: dict[str, Any]) -> str:
+    """One sink call: outcome (and HTTP status), duration, a stale record's held state, the
+    start of the sink's answer."""
+    parts = [str(attempt.get("outcome", ""))]
     if attempt.get("status") is not None:
         parts[0] += f" status={attempt['status']}"
+    if isinstance(attempt.get("duration_ms"), int | float):
+        parts.append(f"{attempt['duration_ms']:.1f} ms")
     held = attempt.get("held")
     if isinstance(held, dict):
         parts.append(
@@ -148,36 +216,55 @@ def _attempt_line(attempt: dict[str, Any]) -> str:
 
 @events.command("audit")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-def audit_command(limit: int, as_json: bool) -> None:
-    """List audited replays, newest first."""
+@output_options
+def audit_command(limit: int, output: OutputFormat) -> None:
+    """List audited replays and resolves, newest first (-o wide adds the resolve reason
+    and the outcomes a replay --wait saw)."""
     settings = load_settings()
     entries = with_runtime(settings, lambda runtime: ops.list_audit(runtime.store, limit))
-    if as_json:
-        print_json([redact_value(entry.to_json()) for entry in entries])
+    audited = [redact_value(entry.to_json()) for entry in entries]
+    if output is OutputFormat.JSON:
+        print_json(audited)
         return
-    rows = [
-        [
-            data["at"],
-            data["action"],
-            data["actor"],
-            data["source"],
-            orjson.dumps(data["filter"]).decode(),
-            str(data["matched"]),
-            str(data["queued"]),
-            str(data["missing"]),
-            "yes" if data["dry_run"] else "no",
+    if output is OutputFormat.NAME:
+        for data in audited:
+            click.echo(printable(str(data["id"])))
+    else:
+        rows = [
+            {
+                **{key: "" if value is None else str(value) for key, value in data.items()},
+                "filter": orjson.dumps(data["filter"]).decode(),
+                "dry_run": "yes" if data["dry_run"] else "no",
+                "completed": "yes" if data["completed"] else "INTERRUPTED",
+                "outcomes": " ".join(f"{k}={v}" for k, v in (data.get("outcomes") or {}).items()),
+            }
+            for data in audited
         ]
-        for data in (redact_value(entry.to_json()) for entry in entries)
-    ]
-    print_table(AUDIT_COLUMNS, rows)
-    if not rows:
-        click.echo("no audited replays", err=True)
+        columns = AUDIT_COLUMNS_WIDE if output is OutputFormat.WIDE else AUDIT_COLUMNS
+        print_table(columns, rows)
+    if not audited:
+        notice("no audited replays or resolves")
 
 
 AUDIT_COLUMNS = (
-    "at", "action", "actor", "source", "filter", "matched", "queued", "missing", "dry_run",
-)  # fmt: skip
+    Column("at", "AT", whole=True, required=True),
+    Column("action", "ACTION", whole=True, required=True),
+    Column("actor", "ACTOR", keep=2),
+    Column("source", "SOURCE", keep=1),
+    Column("filter", "FILTER", keep=0),
+    Column("matched", "MATCHED", whole=True, keep=3),
+    Column("queued", "QUEUED", whole=True, keep=3),
+    Column("resolved", "RESOLVED", whole=True, keep=3),
+    Column("missing", "MISSING", whole=True, keep=2),
+    Column("dry_run", "DRY_RUN", whole=True, keep=2),
+    Column("completed", "COMPLETED", whole=True, keep=2),
+)
+AUDIT_COLUMNS_WIDE = (
+    Column("id", "ID", whole=True, required=True),
+    *AUDIT_COLUMNS,
+    Column("outcomes", "OUTCOMES", keep=1),
+    Column("reason", "REASON", keep=1),
+)
 
 
 @events.command("reencrypt")
@@ -271,15 +358,14 @@ def resolve_command(
         would = result.matched - len(result.not_dead) - len(result.missing)
         click.echo(f"dry run: {would} dead events would be resolved; nothing was changed")
     else:
+        actor = printable(redact_text(who))
         click.echo(
-            f"resolved {result.resolved} of {result.matched} events as {redact_text(who)} "
+            f"resolved {result.resolved} of {result.matched} events as {actor} "
             f"({len(result.not_dead)} not dead, {len(result.missing)} missing)"
         )
     for member in result.not_dead:
-        click.echo(f"not dead, left alone: {redact_text(member.partition('|')[2])}", err=True)
+        click.echo(f"not dead, left alone: {shown_id(member)}", err=True)
     for member in result.missing:
-        click.echo(
-            f"missing (unknown or expired): {redact_text(member.partition('|')[2])}", err=True
-        )
+        click.echo(f"missing (unknown or expired): {shown_id(member)}", err=True)
     if (result.not_dead or result.missing) and not selection.bulk:
         raise SystemExit(1)

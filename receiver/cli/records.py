@@ -8,8 +8,9 @@ import click
 
 from receiver import ops
 from receiver.cli.common import fail, settings_for, source_option, with_runtime
-from receiver.cli.output import print_json
+from receiver.cli.output import OutputFormat, print_events, print_json
 from receiver.errors import RecordNotReadable
+from receiver.redaction import printable, redact_text
 from receiver.sinks.base import open_sink
 
 
@@ -36,21 +37,27 @@ def show_record(record_key: str, as_json: bool, source: str) -> None:
     try:
         view = with_runtime(settings, work)
     except RecordNotReadable as exc:
-        fail(str(exc))
+        fail(printable(redact_text(str(exc))))
     data = view.to_json()
     if as_json:
         print_json(data)
+        if data["record"] is None:
+            raise SystemExit(1)
         return
+    shown_key = printable(data["record_key"])
     if data["record"] is None:
-        click.echo(f"record {record_key}: the sink holds no such record")
+        click.echo(f"record {shown_key}: the sink holds no such record")
     else:
+        click.echo(f"record {shown_key}, as the sink holds it:")
         for name, value in data["record"].items():
-            click.echo(f"{name + ':':<20}{'' if value is None else value}")
-    click.echo("events (newest first):")
-    for event in data["events"]:
-        mark = "*" if data["set_by"] and event["event_id"] == data["set_by"]["event_id"] else " "
-        click.echo(f" {mark} {event['received_at']}  {event['event_id']}  {event['state']}")
-    if not data["events"]:
+            click.echo(f"  {name + ':':<20}{printable('' if value is None else str(value))}")
+    set_by = data["set_by"]
+    if set_by is not None:
+        click.echo(f"set by event {printable(set_by['event_id'])} ({set_by['state']})")
+    click.echo("events of this record, newest first:")
+    if view.events:
+        print_events(view.events, OutputFormat.TABLE)
+    else:
         click.echo("  none stored")
     if data["record"] is None:
         raise SystemExit(1)

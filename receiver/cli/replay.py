@@ -21,8 +21,8 @@ from receiver.cli.common import (
     with_runtime,
 )
 from receiver.cli.filters import build_filter, filter_options
-from receiver.cli.output import EVENT_COLUMNS, event_rows, print_json, print_table, progress_bar
-from receiver.redaction import redact_text
+from receiver.cli.output import OutputFormat, print_events, print_json, progress_bar, shown_id
+from receiver.redaction import printable, redact_text
 
 
 @click.command()
@@ -119,23 +119,21 @@ def replay(
         print_json({**result.to_json(), "live_workers": live})
     elif dry_run:
         if selection.bulk:
-            print_table(EVENT_COLUMNS, event_rows(list(plan.events)))
+            print_events(plan.events, OutputFormat.TABLE)
         else:
             for member in plan.members:
                 mark = "missing" if member in missing else "would replay"
-                click.echo(f"{redact_text(member.partition('|')[2])}  {mark}")
+                click.echo(f"{shown_id(member)}  {mark}")
         click.echo(
             f"dry run: {plan.count} events would be queued "
             f"({len(missing)} missing); nothing was changed"
         )
     else:
         for member in result.missing:
-            click.echo(
-                f"missing (unknown or expired): {redact_text(member.partition('|')[2])}", err=True
-            )
+            click.echo(f"missing (unknown or expired): {shown_id(member)}", err=True)
         click.echo(
             f"queued {result.queued} of {len(plan.members)} events for replay as "
-            f"replay:{redact_text(who)} ({len(missing)} missing)"
+            f"replay:{printable(redact_text(who))} ({len(missing)} missing)"
         )
         if result.outcomes is not None:
             outcomes = result.outcomes

@@ -1,4 +1,8 @@
-"""``receiver status``: workers, queue, dead letters, rejections, signing keys (item 7)."""
+"""``receiver status``: workers, queue, dead letters, rejections, signing keys (item 7).
+
+A summary first, then the workers (live or STALE by heartbeat age) and the signing keys
+by fingerprint as tables, so a glance tells whether events flow and which key is in use.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,27 @@ import click
 
 from receiver import ops
 from receiver.cli.common import load_settings, with_runtime
-from receiver.cli.output import print_json
+from receiver.cli.output import Column, print_json, print_table
+from receiver.redaction import printable
+
+WORKER_COLUMNS = (
+    Column("consumer", "WORKER", whole=True, required=True),
+    Column(
+        "state", "STATE", whole=True, required=True, styles={"live": "green", "STALE": "bold red"}
+    ),
+    Column("heartbeat", "HEARTBEAT", whole=True, keep=3),
+    Column("in_flight", "IN_FLIGHT", keep=2),
+    Column("concurrency", "CONCURRENCY", keep=1),
+    Column("host", "HOST", keep=1),
+    Column("pid", "PID", keep=1),
+)
+KEY_COLUMNS = (
+    Column("source", "SOURCE", whole=True, keep=3),
+    Column("fingerprint", "KEY", whole=True, required=True),
+    Column("verified_last_hour", "VERIFIED_1H", whole=True, required=True),
+    Column("last_verified_at", "LAST_VERIFIED", keep=2),
+    Column("configured", "CONFIGURED", keep=1),
+)
 
 
 @click.command()
@@ -21,32 +45,61 @@ def status(as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
+    print_status(data)
+
+
+def print_status(data: dict[str, Any]) -> None:
+    def line(label: str, value: str) -> None:
+        click.echo(f"{label + ':':<15}{printable(value)}")
+
+    def counts(by_code: dict[str, int]) -> str:
+        return ", ".join(f"{code} {count:,}" for code, count in by_code.items())
+
     queue = data["queue"]
-    click.echo(f"workers:      {data['live_workers']} live")
-    for worker in data["workers"]:
-        state = "live" if worker["live"] else "STALE"
-        click.echo(
-            f"  {worker['consumer']}  {state}  heartbeat {worker['heartbeat_age_seconds']}s ago"
-        )
+    workers = data["workers"]
+    line("workers", f"{data['live_workers']} live of {len(workers)} registered")
     oldest = queue["oldest_pending_age_seconds"]
-    click.echo(
-        f"queue:        backlog {queue['backlog']}, in progress {queue['pending']}, "
-        f"retrying {queue['retrying']}" + (f", oldest {oldest}s" if oldest is not None else "")
+    line(
+        "queue",
+        f"backlog {queue['backlog']:,}, in progress {queue['pending']:,}, "
+        f"retrying {queue['retrying']:,}"
+        + (f", oldest pending {oldest:.0f} s" if oldest is not None else ""),
     )
-    reasons = ", ".join(f"{code} {count}" for code, count in data["dead_by_reason"].items())
-    click.echo(f"dead:         {data['dead']}" + (f" ({reasons})" if reasons else ""))
-    click.echo(f"resolved:     {data['resolved']}")
-    rejected = ", ".join(f"{code} {n}" for code, n in data["rejected_last_hour"].items())
-    click.echo(f"rejected 1h:  {rejected or 'none'}")
-    click.echo(f"last accepted: {data['last_accepted_at'] or 'never'}")
-    click.echo(_reconcile_line(data["reconcile"]))
-    click.echo("signing keys (verified in the last hour):")
-    for key in data["signing_keys"]:
-        configured = "configured" if key["configured"] else "not configured here"
-        click.echo(
-            f"  {key['source']} {key['fingerprint']}  {key['verified_last_hour']}"
-            f"  last {key['last_verified_at'] or '-'}  ({configured})"
+    reasons = counts(data["dead_by_reason"])
+    approximate = "" if data["dead_by_reason_exact"] else ", by reason from a sample"
+    line("dead", f"{data['dead']:,}" + (f" ({reasons}{approximate})" if reasons else ""))
+    line("resolved", f"{data['resolved']:,}")
+    line("rejected 1h", counts(data["rejected_last_hour"]) or "none")
+    line("last accepted", data["last_accepted_at"] or "never (within the retention)")
+    line("reconcile", _reconcile_line(data["reconcile"]))
+    if workers:
+        click.echo()
+        print_table(
+            WORKER_COLUMNS,
+            [
+                {
+                    **{key: "" if value is None else str(value) for key, value in worker.items()},
+                    "state": "live" if worker["live"] else "STALE",
+                    "heartbeat": f"{worker['heartbeat_age_seconds']:.0f}s ago",
+                }
+                for worker in workers
+            ],
         )
+    click.echo()
+    if not data["signing_keys"]:
+        click.echo("signing keys: none configured here, none seen verifying in the last hour")
+        return
+    print_table(
+        KEY_COLUMNS,
+        [
+            {
+                **{key: "" if value is None else str(value) for key, value in key.items()},
+                "last_verified_at": key["last_verified_at"] or "-",
+                "configured": "yes" if key["configured"] else "not here",
+            }
+            for key in data["signing_keys"]
+        ],
+    )
 
 
 def _reconcile_line(watch: dict[str, Any]) -> str:
@@ -61,4 +114,4 @@ def _reconcile_line(watch: dict[str, Any]) -> str:
     elif watch["paused_seconds"]:
         parts.append(f"paused {watch['paused_seconds']:.0f}s ({watch['pause_reason']})")
     parts.append(f"last polled event {watch['last_polled_at'] or 'never'}")
-    return "reconcile:    " + ", ".join(parts)
+    return ", ".join(parts)

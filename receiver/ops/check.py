@@ -125,6 +125,21 @@ async def _check_redis(settings: Settings, wait_seconds: float, report: ConfigRe
             url = settings.redis_url.reveal()
         else:
             embedded = EmbeddedRedis.for_data_dir(settings.data_dir)
+            if not await asyncio.to_thread(embedded.has_data):
+                # Starting it would create an empty store here, which the ops commands
+                # would then take for the service's (issue 14): say so, create nothing.
+                # Not a warning: before the first `serve` this is how things are, and the
+                # embedded server's durability settings are ours (appendfsync always).
+                report.checks.append(
+                    Check(
+                        "redis",
+                        True,
+                        f"embedded, not created yet: no running service and no stored data "
+                        f"under {embedded.directory} (serve creates it; set RECEIVER_DATA_DIR "
+                        "if the service runs elsewhere)",
+                    )
+                )
+                return
             url = await asyncio.to_thread(embedded.ensure_running)
     except ConfigError as exc:
         report.checks.append(Check("redis", False, f"cannot start the embedded Redis ({exc})"))

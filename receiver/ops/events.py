@@ -25,7 +25,7 @@ import orjson
 from receiver.bodies import BodyCipher, BodyDecryptError
 from receiver.keys import member_of
 from receiver.models import EventState, ReasonCode, format_time, parse_time
-from receiver.redaction import redact_text, redact_value
+from receiver.redaction import MAX_DEPTH, nesting_depth, redact_text, redact_value
 from receiver.settings import DEFAULT_SOURCE, parse_duration
 from receiver.store import EventStore, StoredEvent, now_ms
 
@@ -442,17 +442,22 @@ class EventDetail:
         if raw:
             data["body"] = self.body.decode("utf-8", "replace") if self.body is not None else None
             return data
-        data["body"] = redacted_body(self.body) if self.body is not None else None
         redacted: dict[str, Any] = redact_value(data)
+        # Redacted on its own: walked inside ``data`` it would count one level deeper.
+        redacted["body"] = redacted_body(self.body) if self.body is not None else None
         return redacted
 
 
 def redacted_body(body: bytes) -> Any:
-    """The body as JSON passed through the log redaction, or redacted text if not JSON."""
+    """The body as JSON passed through the log redaction; redacted text if it is not JSON
+    or nests deeper than the redaction walks (a signed body is untrusted input)."""
     try:
-        return redact_value(orjson.loads(body))
+        parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         return redact_text(body.decode("utf-8", "replace"))
+    if nesting_depth(parsed) > MAX_DEPTH:
+        return redact_text(body.decode("utf-8", "replace"))
+    return redact_value(parsed)
 
 
 async def show_event(

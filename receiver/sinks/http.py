@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -29,7 +28,7 @@ from receiver.errors import (
     TransientSinkError,
 )
 from receiver.models import ApplyOutcome, Record, SinkResult
-from receiver.redaction import mask_url, redact_text
+from receiver.redaction import mask_url, redact_text, scrub, url_secrets
 from receiver.signing import sign_standard
 
 if TYPE_CHECKING:
@@ -68,9 +67,8 @@ class HttpSink:
     def __init__(self, url: str, settings: Settings) -> None:
         self._url = url
         self._label = mask_url(url)
-        parts = urlsplit(url)
         # Never let the query string (signed URLs, tokens) or a password reach a message.
-        self._hidden = tuple(part for part in (parts.query, parts.password) if part)
+        self._hidden = url_secrets(url)
         self._key = forward_key(settings)
         self._timeout = httpx.Timeout(settings.sink_timeout_seconds)
         self._client: httpx.AsyncClient | None = None
@@ -147,9 +145,7 @@ class HttpSink:
             raise TransientSinkError(self._describe(exc)) from exc
 
     def _describe(self, exc: Exception) -> str:
-        detail = str(exc) or type(exc).__name__
-        for hidden in self._hidden:
-            detail = detail.replace(hidden, "***")
+        detail = scrub(str(exc) or type(exc).__name__, self._hidden)
         return f"http sink {self._label}: {type(exc).__name__}: {detail}"
 
 

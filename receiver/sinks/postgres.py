@@ -18,7 +18,6 @@ import asyncio
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.rows import dict_row
@@ -27,7 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from receiver.errors import PermanentSinkError, SinkError, TransientSinkError
 from receiver.models import ApplyOutcome, Record, SinkResult
-from receiver.redaction import mask_url
+from receiver.redaction import mask_url, scrub, url_secrets
 from receiver.sinks.grouping import Answer, GroupCommit
 from receiver.sinks.rows import (
     COLUMNS,
@@ -94,7 +93,7 @@ class PostgresSink:
     def __init__(self, url: str, settings: Settings) -> None:
         self._url = url
         self._label = mask_url(url)
-        self._password = urlsplit(url).password
+        self._hidden = url_secrets(url)
         self._timeout = settings.sink_timeout_seconds
         self._max_size = max(1, min(settings.worker_concurrency, MAX_POOL_SIZE))
         self._pool: AsyncConnectionPool | None = None
@@ -198,6 +197,8 @@ class PostgresSink:
         return record_json(row) if row is not None else None
 
     async def ping(self) -> None:
+        if self._pool is None:
+            await self._connect_once()
         try:
             pool = await self._open_pool()
             async with pool.connection(timeout=self._timeout) as connection:
@@ -206,12 +207,28 @@ class PostgresSink:
             raise self._sink_error(exc) from exc
 
     async def setup(self) -> None:
+        if self._pool is None:
+            await self._connect_once()
         try:
             pool = await self._open_pool()
             await self._create_table(pool)
         except psycopg.Error as exc:
             raise self._sink_error(exc) from exc
         self._table_ready = True
+
+    async def _connect_once(self) -> None:
+        """One direct connection before the pool exists, so a server that refuses us (no
+        such database, a wrong password) fails setup and the first ping at once with its
+        own words, instead of the pool retrying in the background, logging a warning each
+        time, until ``PoolTimeout``."""
+        try:
+            connection = await psycopg.AsyncConnection.connect(
+                self._url, connect_timeout=max(2, math.ceil(self._timeout))
+            )
+        except psycopg.Error as exc:
+            message = f"postgres sink {self._label}: {_server_words(exc)}"
+            raise TransientSinkError(scrub(message, self._hidden)) from exc
+        await connection.close()
 
     async def aclose(self) -> None:
         if self._pool is not None:
@@ -259,10 +276,17 @@ class PostgresSink:
     def _sink_error(self, exc: psycopg.Error) -> TransientSinkError | PermanentSinkError:
         # libpq messages name host and user, not the password; scrub it anyway in case a
         # future message (or a DSN echoed in one) carries it.
-        message = f"postgres sink {self._label}: {type(exc).__name__}: {exc}"
-        if self._password:
-            message = message.replace(self._password, "***")
+        message = scrub(f"postgres sink {self._label}: {type(exc).__name__}: {exc}", self._hidden)
         # Operational: server down, restarting, timeouts, deadlocks, serialization failures.
         if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
             return TransientSinkError(message)
         return PermanentSinkError(message)
+
+
+def _server_words(exc: psycopg.Error) -> str:
+    """What the server said about a refused connection (``database "x" does not exist``),
+    on one line: libpq puts the address it tried (named by the URL already) before it."""
+    text = str(exc).strip()
+    if "FATAL:" in text:
+        text = text.rsplit("FATAL:", 1)[1]
+    return " ".join(text.split())
