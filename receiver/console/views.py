@@ -251,8 +251,7 @@ def record_words(record: Mapping[str, Any] | None) -> str:
         code = str(record.get("error_code") or "unknown_error")
         meaning = ERROR_WORDS.get(code) or str(record.get("error_message") or "no reason given")
         credits = (
-            f"; {_credits(charged)} of {_credits(reserved)} reserved credit"
-            f"{'s' if reserved != 1 else ''} charged"
+            f"; {_credits(charged)} of {_credits(reserved)} reserved credits charged"
             if reserved is not None
             else ""
         )
