@@ -229,7 +229,7 @@ async def resolve_event(console: AdminApp, request: Request, who: Principal) -> 
     reason = body.get("reason")
     if not isinstance(reason, str):
         raise ApiError(400, "invalid_parameter", "reason: say why the event needs no replay")
-    ops.check_reason(reason)  # a blank reason is refused before anything is audited
+    reason = views.resolve_reason(reason)  # a blank one is refused before any audit
     source = views.source_param(request.query_params)
     chosen = actions.selection(source, event_ids=[request.path_params["event_id"]])
     result = await actions.resolve(console.runtime, who, chosen, reason)

@@ -410,7 +410,7 @@ async def resolve_one(
 ) -> Response:
     source = form.get("source") or views.source_param({})
     event_id = form.get("event_id", "")
-    reason = ops.check_reason(form.get("reason", ""))
+    reason = views.resolve_reason(form.get("reason", ""))
     if event_id:
         chosen = actions.selection(source, event_ids=[event_id])
         await actions.resolve(console.runtime, who, chosen, reason)
@@ -449,7 +449,7 @@ async def bulk_resolve(
 ) -> Response:
     """Like a bulk replay: the exact count first, then every one resolved with the reason."""
     event_filter = actions.dead_only(_bulk_filter(form))
-    reason = ops.check_reason(form.get("why", ""))
+    reason = views.resolve_reason(form.get("why", ""))
     runtime = console.runtime
     seen = await actions.preview(runtime, event_filter)
     if form.get("step") != "run" or form.get("expected", "") != str(seen.count):

@@ -80,6 +80,13 @@ REJECTION_HINTS: dict[str, str] = {
 }
 
 
+def resolve_reason(text: str) -> str:
+    """A resolution reason as it will be stored and shown: checked by the ops layer
+    (``FilterError`` when blank or too long) and redacted like the logs, so a token
+    pasted into the box never reaches Redis, the audit or a page."""
+    return redact_text(ops.check_reason(text))
+
+
 def source_param(query: Mapping[str, str]) -> str:
     return query.get("source") or DEFAULT_SOURCE
 
