@@ -65,6 +65,11 @@ def error(status: int, code: str, detail: str | None = None, **headers: str) -> 
 def _wrap(console: AdminApp, route: ApiRoute) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         try:
+            if route.action:
+                # Read the (bounded) body before any refusal: answering a request whose
+                # body is still arriving makes the server close the connection, and a
+                # keep-alive client's next request on it would meet a reset.
+                request.state.body = await read_body(request)
             who = await admit(console, request, action=route.action)
             return await route.handler(console, request, who)
         except AuthFailure as exc:
@@ -88,7 +93,7 @@ def routes(console: AdminApp) -> list[Route]:
 
 async def json_body(request: Request) -> dict[str, Any]:
     """The JSON object in a POST body (an empty body is ``{}``); 415/400 otherwise."""
-    body = await read_body(request)
+    body: bytes = request.state.body
     if not body.strip():
         return {}
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
