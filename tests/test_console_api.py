@@ -673,3 +673,27 @@ def test_a_polled_event_is_shown_as_such(
     assert 200 == page.status_code
     assert "Polled from Rivya's API by reconciliation" in page.text
     assert "polled</span>" in listed.text
+
+
+def test_a_page_view_examines_a_bounded_number_of_events(
+    service: ServiceThread, olga: Person, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filter that matches nothing does not walk the whole store: each call examines at
+    most the console's scan budget (here lowered to 10), says it stopped early, and its
+    cursor continues the walk where it stopped."""
+    import receiver.ops
+
+    for _ in range(25):
+        _deliver(service, event_body())
+    monkeypatch.setattr(receiver.ops, "CONSOLE_SCAN_BUDGET", 10)
+    with client(service) as http:
+        params = {"type": "generation.nothing"}
+        first = http.get("/api/v1/events", params=params, headers=olga.bearer).json()
+        params["cursor"] = first["next_cursor"]
+        second = http.get("/api/v1/events", params=params, headers=olga.bearer).json()
+        page = http.get("/events", params={"type": "generation.nothing"}, headers=olga.bearer)
+    assert ([], True, [], True) == (
+        first["events"], first["scanned_out"], second["events"], second["scanned_out"],
+    )  # fmt: skip
+    assert first["next_cursor"] != second["next_cursor"]
+    assert "stored events this page looked at" in page.text

@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from receiver import ops
 from receiver.app import liveness_response, metrics_response
-from receiver.console import api, pages
+from receiver.console import api, pages, rendering
 from receiver.console.auth import Authenticator, SessionKey
 from receiver.console.security import SecurityHeaders
 from receiver.console.users import UserDirectory
@@ -61,7 +61,7 @@ def templates() -> Environment:
         lstrip_blocks=True,
         finalize=shown,
     )
-    pages.register_filters(environment)
+    rendering.register_filters(environment)
     return environment
 
 
@@ -166,8 +166,8 @@ class AdminApp:
 
     async def _http_error(self, request: Request, exc: HTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        if exc.status_code == 404 and pages.wants_html(request):
-            return pages.not_found(self, request)
+        if exc.status_code == 404 and rendering.wants_html(request):
+            return rendering.not_found(self, request)
         return JSONResponse({"error": code}, status_code=exc.status_code, headers=exc.headers)
 
     async def healthz(self, _request: Request) -> Response:

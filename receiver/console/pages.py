@@ -1,151 +1,37 @@
 """The console's pages: server-rendered HTML that reads without JavaScript.
 
 Each page asks the ops layer (``receiver.ops``) what the API asks, through ``views`` and
-``actions``; forms post to ``/actions/...`` with the session's CSRF token and are answered
-with a redirect (or a confirmation page for bulk actions). Templates autoescape every value.
+``actions``; forms post to ``/actions/...`` (``forms``) with the session's CSRF token.
+Templates autoescape every value (``console.app.templates``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlencode
 
-import orjson
-from jinja2 import Environment
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver import ops
-from receiver.console import actions, views
-from receiver.console.access import BodyTooLarge, admit, read_form
-from receiver.console.auth import SESSION_COOKIE, AuthFailure, Principal, is_https
+from receiver.console import actions, forms, views
+from receiver.console.auth import Principal
+from receiver.console.rendering import REFRESH_SECONDS, action, page, render
 from receiver.errors import RecordNotReadable
-from receiver.logs import get_logger
 from receiver.models import EventState
 from receiver.redaction import redact_text, redact_value
-from receiver.redis_client import REDIS_ERRORS
 from receiver.store import now_ms
 
 if TYPE_CHECKING:
     from receiver.console.app import AdminApp
 
-log = get_logger("receiver.console")
-PageHandler = Callable[["AdminApp", Request, Principal], Awaitable[Response]]
-ActionHandler = Callable[["AdminApp", Request, Principal, dict[str, str]], Awaitable[Response]]
-# Pages showing something still moving reload themselves this often (console.js).
-REFRESH_SECONDS = 2
 OVERVIEW_REFRESH_SECONDS = 5
-
-
-def wants_html(request: Request) -> bool:
-    return not request.url.path.startswith("/api/")
-
-
-def register_filters(environment: Environment) -> None:
-    environment.filters["q"] = lambda value: quote(str(value), safe="")
-    environment.filters["json"] = lambda value: orjson.dumps(
-        value, option=orjson.OPT_INDENT_2
-    ).decode()
-    environment.filters["iso"] = ops.iso_ms
-    environment.filters["clock"] = views.clock
-    environment.filters["credits"] = lambda value: f"{value:g}"
-    environment.filters["qs"] = lambda mapping: urlencode(mapping)
-
-
-def render(
-    console: AdminApp,
-    request: Request,
-    name: str,
-    who: Principal | None,
-    status: int = 200,
-    headers: dict[str, str] | None = None,
-    **context: Any,
-) -> HTMLResponse:
-    template = console.templates.get_template(name)
-    html = template.render(
-        who=who,
-        path=request.url.path,
-        csrf=who.csrf if who is not None else "",
-        refresh=context.pop("refresh", None),
-        **context,
-    )
-    return HTMLResponse(html, status_code=status, headers=headers)
-
-
-def not_found(console: AdminApp, request: Request) -> Response:
-    return render(console, request, "error.html", None, 404, title="Not found",
-                  message="There is no page here.")  # fmt: skip
-
-
-def _failure_page(console: AdminApp, request: Request, exc: AuthFailure) -> Response:
-    if exc.status == 401 and request.method == "GET":
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse(f"/sign-in?{urlencode({'next': target})}", status_code=303)
-    messages = {
-        401: "Sign in first.",
-        403: "Your role does not allow this, or the form expired: reload the page and retry.",
-        429: "Too many failed sign-ins: wait a minute, then try again.",
-    }
-    return render(
-        console, request, "error.html", None, exc.status, exc.headers,
-        title={401: "Sign in", 403: "Not allowed", 429: "Slow down"}.get(exc.status, "Error"),
-        message=messages.get(exc.status, exc.code),
-    )  # fmt: skip
-
-
-async def _guarded(
-    console: AdminApp, request: Request, run: Callable[[], Awaitable[Response]]
-) -> Response:
-    try:
-        return await run()
-    except AuthFailure as exc:
-        return _failure_page(console, request, exc)
-    except ops.FilterError as exc:
-        return render(console, request, "error.html", None, 400, title="Check the form",
-                      message=str(exc))  # fmt: skip
-    except BodyTooLarge:
-        return render(console, request, "error.html", None, 413, title="Too large",
-                      message="That form was too large.")  # fmt: skip
-    except REDIS_ERRORS as exc:  # TimeoutError is an OSError: slow counts too
-        log.warning("admin_page_storage_failed", path=request.url.path, cause=type(exc).__name__)
-        return render(console, request, "error.html", None, 503, {"Retry-After": "5"},
-                      title="Redis is not answering",
-                      message="The event store is unavailable; try again shortly.")  # fmt: skip
-
-
-def page(console: AdminApp, handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:
-    async def endpoint(request: Request) -> Response:
-        async def run() -> Response:
-            who = await admit(console, request, action=False)
-            return await handler(console, request, who)
-
-        return await _guarded(console, request, run)
-
-    return endpoint
-
-
-def action(
-    console: AdminApp, handler: ActionHandler, *, operator: bool = True
-) -> Callable[[Request], Awaitable[Response]]:
-    async def endpoint(request: Request) -> Response:
-        async def run() -> Response:
-            form = await read_form(request)
-            who = await admit(
-                console, request, action=True, csrf=form.get("csrf", ""), operator=operator
-            )
-            return await handler(console, request, who, form)
-
-        return await _guarded(console, request, run)
-
-    return endpoint
 
 
 def routes(console: AdminApp) -> list[Route]:
     return [
-        Route("/sign-in", _sign_in_endpoint(console), methods=["GET", "POST"]),
-        Route("/sign-out", action(console, sign_out, operator=False), methods=["POST"]),
+        Route("/sign-in", forms.sign_in_endpoint(console), methods=["GET", "POST"]),
+        Route("/sign-out", action(console, forms.sign_out, operator=False), methods=["POST"]),
         Route("/", page(console, overview), methods=["GET"]),
         Route("/events", page(console, events), methods=["GET"]),
         Route("/events/{event_id:path}", page(console, event), methods=["GET"]),
@@ -156,68 +42,11 @@ def routes(console: AdminApp) -> list[Route]:
         Route("/audit", page(console, audit), methods=["GET"]),
         Route("/credits", page(console, credits), methods=["GET"]),
         Route("/replays/{audit_id}", page(console, replay_progress), methods=["GET"]),
-        Route("/actions/replay", action(console, replay_one), methods=["POST"]),
-        Route("/actions/resolve", action(console, resolve_one), methods=["POST"]),
-        Route("/actions/bulk-replay", action(console, bulk_replay), methods=["POST"]),
-        Route("/actions/bulk-resolve", action(console, bulk_resolve), methods=["POST"]),
+        Route("/actions/replay", action(console, forms.replay_one), methods=["POST"]),
+        Route("/actions/resolve", action(console, forms.resolve_one), methods=["POST"]),
+        Route("/actions/bulk-replay", action(console, forms.bulk_replay), methods=["POST"]),
+        Route("/actions/bulk-resolve", action(console, forms.bulk_resolve), methods=["POST"]),
     ]
-
-
-# -- sign-in ---------------------------------------------------------------------------
-
-
-def _local_target(target: str) -> str:
-    """Only a path on this site: ``next=//evil.example`` must not become a redirect away."""
-    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return "/"
-
-
-def _sign_in_endpoint(console: AdminApp) -> Callable[[Request], Awaitable[Response]]:
-    async def endpoint(request: Request) -> Response:
-        async def run() -> Response:
-            target = _local_target(request.query_params.get("next", "/"))
-            if request.method == "GET":
-                return render(console, request, "sign_in.html", None, next=target,
-                              configured=console.users.configured)  # fmt: skip
-            form = await read_form(request)
-            target = _local_target(form.get("next", target))
-            try:
-                user = console.auth.check_token(request, form.get("token", "").strip(),
-                                                purpose="sign_in")  # fmt: skip
-            except AuthFailure as exc:
-                return render(
-                    console, request, "sign_in.html", None, exc.status, exc.headers,
-                    next=target, configured=console.users.configured, failed=exc.code,
-                )  # fmt: skip
-            log.info("admin_signed_in", actor=user.name, role=user.role.value)
-            response = RedirectResponse(target, status_code=303)
-            response.set_cookie(
-                SESSION_COOKIE,
-                await console.auth.session_cookie(user),
-                max_age=int(console.settings.admin_session_seconds),
-                httponly=True,
-                samesite="strict",
-                secure=is_https(request),
-                path="/",
-            )
-            return response
-
-        return await _guarded(console, request, run)
-
-    return endpoint
-
-
-async def sign_out(
-    _console: AdminApp, _request: Request, who: Principal, _form: dict[str, str]
-) -> Response:
-    log.info("admin_signed_out", actor=who.name)
-    response = RedirectResponse("/sign-in", status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
-    return response
-
-
-# -- pages -----------------------------------------------------------------------------
 
 
 async def overview(console: AdminApp, request: Request, who: Principal) -> Response:
@@ -383,84 +212,3 @@ async def replay_progress(console: AdminApp, request: Request, who: Principal) -
         counts=outcomes.counts() if outcomes is not None else {},
         refresh=REFRESH_SECONDS if moving else None, known=outcomes is not None,
     )  # fmt: skip
-
-
-# -- actions ---------------------------------------------------------------------------
-
-
-def _event_link(source: str, event_id: str) -> str:
-    return f"/events/{quote(event_id, safe='')}?{urlencode({'source': source})}"
-
-
-async def replay_one(
-    console: AdminApp, _request: Request, who: Principal, form: dict[str, str]
-) -> Response:
-    source = form.get("source") or views.source_param({})
-    event_id = form.get("event_id", "")
-    if event_id:
-        runtime = console.runtime
-        planned = await actions.plan(runtime, actions.selection(source, event_ids=[event_id]))
-        if planned.count:
-            await actions.replay(runtime, who, planned)
-    return RedirectResponse(_event_link(source, event_id), status_code=303)
-
-
-async def resolve_one(
-    console: AdminApp, _request: Request, who: Principal, form: dict[str, str]
-) -> Response:
-    source = form.get("source") or views.source_param({})
-    event_id = form.get("event_id", "")
-    reason = views.resolve_reason(form.get("reason", ""))
-    if event_id:
-        chosen = actions.selection(source, event_ids=[event_id])
-        await actions.resolve(console.runtime, who, chosen, reason)
-    return RedirectResponse(_event_link(source, event_id), status_code=303)
-
-
-def _bulk_filter(form: dict[str, str]) -> ops.EventFilter:
-    event_filter = views.event_filter(form, limit=None)
-    if not event_filter.selects:
-        raise ops.FilterError("filter: narrow it (state, reason, type, ...)")
-    return event_filter
-
-
-async def bulk_replay(
-    console: AdminApp, request: Request, who: Principal, form: dict[str, str]
-) -> Response:
-    """Step ``preview`` shows the exact count; ``run`` queues them if the count still
-    holds, then the replay's page follows them to their outcomes."""
-    event_filter = _bulk_filter(form)
-    runtime = console.runtime
-    seen = await actions.preview(runtime, event_filter)
-    if form.get("step") != "run" or form.get("expected", "") != str(seen.count):
-        return render(
-            console, request, "confirm.html", who, verb="replay", preview=seen,
-            query=views.filter_query(form), changed=form.get("step") == "run",
-            cause=views.cause_words(form.get("reason", "")),
-        )  # fmt: skip
-    source = event_filter.source or views.source_param({})
-    planned = await actions.plan(runtime, actions.selection(source, event_filter=event_filter))
-    result = await actions.replay(runtime, who, planned)
-    return RedirectResponse(f"/replays/{quote(result.audit_id, safe='')}", status_code=303)
-
-
-async def bulk_resolve(
-    console: AdminApp, request: Request, who: Principal, form: dict[str, str]
-) -> Response:
-    """Like a bulk replay: the exact count first, then every one resolved with the reason."""
-    event_filter = actions.dead_only(_bulk_filter(form))
-    reason = views.resolve_reason(form.get("why", ""))
-    runtime = console.runtime
-    seen = await actions.preview(runtime, event_filter)
-    if form.get("step") != "run" or form.get("expected", "") != str(seen.count):
-        return render(
-            console, request, "confirm.html", who, verb="resolve", preview=seen,
-            query=views.filter_query(form), changed=form.get("step") == "run",
-            cause=views.cause_words(form.get("reason", "")), why=reason,
-        )  # fmt: skip
-    source = event_filter.source or views.source_param({})
-    result = await actions.resolve(
-        runtime, who, actions.selection(source, event_filter=event_filter), reason
-    )
-    return render(console, request, "resolved.html", who, result=result.to_json(),
-                  reason=reason)  # fmt: skip
