@@ -11,6 +11,7 @@ from urllib.parse import quote, urlencode
 
 import orjson
 from jinja2 import Environment
+from markupsafe import escape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
@@ -44,6 +45,9 @@ def register_filters(environment: Environment) -> None:
     environment.filters["clock"] = views.clock
     environment.filters["credits"] = lambda value: f"{value:g}"
     environment.filters["qs"] = lambda mapping: urlencode(mapping)
+    # A form field that must post back exactly what was stored (an event id with a C1
+    # control in it): escaped, but not made visible, which would change the value.
+    environment.filters["field"] = lambda value: escape(str(value))
 
 
 def render(
