@@ -660,6 +660,7 @@ def test_a_polled_event_is_shown_as_such(
                 body_sha256="x" * 64, encrypted=False, received_ms=now_ms(), signed_ts=0,
                 event_type="generation.succeeded", record_key="task_polled",
                 state=EventState.DEAD, last_error="x", reason_code="unexpected",
+                by="reconcile",
             )
         )  # fmt: skip
         await store.aclose()
@@ -672,6 +673,7 @@ def test_a_polled_event_is_shown_as_such(
         listed = http.get("/events", params={"source": "rivya-poll"})
     assert 200 == page.status_code
     assert "Polled from Rivya's API by reconciliation" in page.text
+    assert "polled from Rivya's API</span>" in page.text, "its timeline starts with the poll"
     assert "polled</span>" in listed.text
 
 

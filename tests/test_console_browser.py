@@ -218,6 +218,7 @@ def test_overview_shows_traffic_dead_letters_and_health(olga_page: Page) -> None
     )
     assert 4 == accepted
     expect(olga_page.locator("#signing-keys")).to_contain_text("fp_")
+    expect(olga_page.locator("#reconcile")).to_contain_text("tasks watched")
     screenshot(olga_page, "overview")
 
 

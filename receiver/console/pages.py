@@ -20,6 +20,7 @@ from receiver.console.rendering import REFRESH_SECONDS, action, page, render
 from receiver.errors import RecordNotReadable
 from receiver.models import EventState
 from receiver.redaction import redact_text, redact_value
+from receiver.settings import POLL_SOURCE
 from receiver.store import now_ms
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ async def events(console: AdminApp, request: Request, who: Principal) -> Respons
         events=[ops.summary_json(e) for e in found], total=found.total,
         next_cursor=found.next_cursor, scanned_out=found.scanned_out, first=cursor is None,
         query=views.filter_query(query), states=[s.value for s in EventState],
-        reasons=list(views.REASON_WORDS), poll_source=views.POLL_SOURCE,
+        reasons=list(views.REASON_WORDS), poll_source=POLL_SOURCE,
         budget=ops.CONSOLE_SCAN_BUDGET,
     )  # fmt: skip
 
@@ -99,9 +100,7 @@ async def event(console: AdminApp, request: Request, who: Principal) -> Response
     moving = data["state"] == EventState.PENDING
     history = data["history"]
     status = views.sink_status(history, detail.event.last_error)
-    polled = source == views.POLL_SOURCE or any(
-        entry.get("by") == "reconcile" for entry in history[:1]
-    )
+    polled = source == POLL_SOURCE or any(entry.get("by") == "reconcile" for entry in history[:1])
     return render(
         console, request, "event.html", who,
         event=data, source=source, refresh=REFRESH_SECONDS if moving else None,

@@ -29,8 +29,6 @@ MAX_PAGE_SIZE = 200
 MAX_BULK_EVENTS = 1_000
 # Dead letters one Failed jobs view groups at most (newest first).
 FAILED_SCAN = 2_000
-# Events polled from Rivya's API by reconciliation (issue 16) carry this source.
-POLL_SOURCE = "rivya-poll"
 _STATUS_IN_ERROR = re.compile(r"answered (\d{3})")
 FILTER_NAMES = ("source", "state", "type", "record", "reason", "since", "until")
 
