@@ -450,6 +450,9 @@ class Worker:
                 "started_ms": str(self._started_ms),
                 "concurrency": str(self.settings.worker_concurrency),
                 "in_flight": str(sum(len(entries) for entries in self._tasks.values())),
+                # The sink's health as this worker sees it (its circuit), so the console
+                # and ``status`` can show it from Redis without probing the sink.
+                "sink_circuit": "open" if self.circuit.is_open else "closed",
             },
         )
 

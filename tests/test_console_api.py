@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 import redis
 
@@ -21,7 +22,10 @@ from tests.helpers import eventually
 from tests.servers import ServiceThread
 
 PEOPLE = (("olga", Role.OPERATOR), ("vic", Role.VIEWER))
-PAGES = ("/", "/events", "/failed", "/audit", "/events/msg_x")
+PAGES = (
+    "/", "/events", "/failed", "/audit", "/events/msg_x", "/deliveries",
+    "/deliveries/rejected/1-0", "/records", "/credits", "/replays/1-0",
+)  # fmt: skip
 # Every path the admin listener serves, as the public port must refuse them.
 ADMIN_PATHS = (*PAGES, "/metrics", "/sign-in", "/static/console.css",
                *(route.path.replace("{event_id:path}", "msg_x")
@@ -57,7 +61,7 @@ def service(
     config = settings(
         tmp_path_factory.mktemp("data"), redis_url, RECEIVER_ADMIN_USERS_FILE=str(users_file)
     )
-    with ServiceThread(config, admin=True) as running:
+    with ServiceThread(config, admin=True, run_worker=True) as running:
         yield running
 
 
@@ -396,8 +400,11 @@ def test_console_pages_render_for_a_signed_in_person(service: ServiceThread, olg
     """Each page answers 200 HTML with the person's CSRF token in its forms."""
     with client(service) as http:
         csrf = sign_in(http, olga)
-        answers = {path: http.get(path) for path in ("/", "/events", "/failed", "/audit")}
-    assert dict.fromkeys(answers, 200) == {p: r.status_code for p, r in answers.items()}
+        answers = {path: http.get(path) for path in PAGES if "/msg_x" not in path}
+    expected = {path: 404 if path.startswith(("/deliveries/rejected/", "/replays/")) and
+                path != "/replays/1-0" else 200 for path in answers}  # fmt: skip
+    expected["/deliveries/rejected/1-0"] = 404  # no such rejection: a page that says so
+    assert expected == {p: r.status_code for p, r in answers.items()}
     assert csrf == csrf_of(answers["/events"].text)
 
 
@@ -448,3 +455,247 @@ class TestTrackTasks:
             response = http.post("/api/v1/tasks", headers=olga.bearer, json=body)
         assert (400, "invalid_parameter") == (response.status_code, response.json()["error"])
         assert detail in response.json()["detail"]
+
+
+def _deliver(service: ServiceThread, body: bytes, **headers: str) -> str:
+    signed = {**signed_headers(body), **headers}
+    with httpx.Client(base_url=service.url, timeout=10) as public:
+        answer = public.post("/webhooks/rivya", content=body, headers=signed)
+    assert answer.status_code in (200, 202), answer.text
+    return signed["webhook-id"]
+
+
+def _state(service: ServiceThread, person: Person, event_id: str) -> str:
+    with client(service) as http:
+        answer = http.get(f"/api/v1/events/{event_id}", headers=person.bearer)
+    return str(answer.json().get("state"))
+
+
+UNMAPPABLE = orjson.dumps({"type": "generation.succeeded", "data": {"status": "succeeded"}})
+
+
+class TestResolve:
+    def test_resolve_closes_a_dead_event_and_is_audited(
+        self, service: ServiceThread, olga: Person
+    ) -> None:
+        """POST /events/{id}/resolve closes a dead event with the reason, names the person
+        in the audit, and refuses to resolve it again (409 not_dead)."""
+        event_id = _deliver(service, UNMAPPABLE)
+        eventually(lambda: _state(service, olga, event_id) == "dead", what="dead on arrival")
+        with client(service) as http:
+            path = f"/api/v1/events/{event_id}/resolve"
+            first = http.post(path, headers=olga.bearer, json={"reason": "sandbox test event"})
+            again = http.post(path, headers=olga.bearer, json={"reason": "again"})
+            shown = http.get(f"/api/v1/events/{event_id}", headers=olga.bearer).json()
+            audit = http.get("/api/v1/audit", headers=olga.bearer).json()["entries"]
+        assert (200, 1) == (first.status_code, first.json()["resolved"])
+        assert (409, "not_dead") == (again.status_code, again.json()["error"])
+        assert ("resolved", "sandbox test event", "olga") == (
+            shown["state"], shown["resolved_reason"], shown["resolved_by"],
+        )  # fmt: skip
+        assert ("resolve", "olga", "sandbox test event", 1) == (
+            audit[1]["action"], audit[1]["actor"], audit[1]["reason"], audit[1]["resolved"],
+        )  # fmt: skip
+        assert (0, 1) == (audit[0]["resolved"], audit[0]["skipped"]), "the refusal is audited"
+
+    def test_resolve_needs_a_reason_and_a_known_event(
+        self, service: ServiceThread, olga: Person
+    ) -> None:
+        """A blank or missing reason is 400 (nothing audited); an unknown id is 404."""
+        with client(service) as http:
+            before = len(http.get("/api/v1/audit", headers=olga.bearer).json()["entries"])
+            blank = http.post(
+                "/api/v1/events/msg_x/resolve", headers=olga.bearer, json={"reason": "  "}
+            )
+            missing = http.post("/api/v1/events/msg_x/resolve", headers=olga.bearer, json={})
+            unknown = http.post(
+                "/api/v1/events/msg_none/resolve", headers=olga.bearer, json={"reason": "gone"}
+            )
+            after = http.get("/api/v1/audit", headers=olga.bearer).json()["entries"]
+        assert (400, 400, 404) == (blank.status_code, missing.status_code, unknown.status_code)
+        assert "invalid_parameter" == blank.json()["error"]
+        assert {"error": "unknown_event"} == unknown.json()
+        assert before + 1 == len(after), "only the unknown id's resolve was audited"
+
+
+class TestReading:
+    def test_events_page_through_with_a_cursor(self, service: ServiceThread, olga: Person) -> None:
+        """Five events of one record come back two at a time, newest first, each once, and
+        the last page has no cursor; a cursor this receiver did not make is 400."""
+        task = "task_paged"
+        sent = [_deliver(service, event_body(task_id=task, updated_at=f"2026-05-10T00:0{n}:00Z"))
+                for n in range(5)]  # fmt: skip
+        seen: list[str] = []
+        cursor: str | None = None
+        pages = 0
+        with client(service) as http:
+            while True:
+                params = {"record": task, "limit": "2", **({"cursor": cursor} if cursor else {})}
+                page = http.get("/api/v1/events", params=params, headers=olga.bearer).json()
+                seen += [event["event_id"] for event in page["events"]]
+                pages += 1
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+            bad = http.get("/api/v1/events", params={"cursor": "nope"}, headers=olga.bearer)
+        assert (list(reversed(sent)), 3) == (seen, pages)
+        assert (400, "invalid_parameter") == (bad.status_code, bad.json()["error"])
+
+    def test_events_filter_by_reason_code(self, service: ServiceThread, olga: Person) -> None:
+        """``reason=unmappable`` lists dead (unmappable) events only; an unknown code is 400."""
+        event_id = _deliver(service, UNMAPPABLE)
+        eventually(lambda: _state(service, olga, event_id) == "dead", what="dead on arrival")
+        with client(service) as http:
+            found = http.get(
+                "/api/v1/events", params={"reason": "unmappable"}, headers=olga.bearer
+            ).json()["events"]
+            wrong = http.get("/api/v1/events", params={"reason": "nope"}, headers=olga.bearer)
+        assert event_id in {event["event_id"] for event in found}
+        assert {("dead", "unmappable")} == {(e["state"], e["reason_code"]) for e in found}
+        assert 400 == wrong.status_code
+
+    def test_status_has_the_queue_workers_traffic_and_sink_health(
+        self, service: ServiceThread, olga: Person
+    ) -> None:
+        """GET /status answers status's fields, deliveries per minute and the sink's health
+        as the live workers report it."""
+        _deliver(service, event_body())
+        with client(service) as http:
+
+            def worker_seen() -> bool:
+                data = http.get("/api/v1/status", headers=olga.bearer).json()
+                return bool(data["live_workers"])
+
+            eventually(worker_seen, what="the worker's heartbeat")
+            data = http.get("/api/v1/status", headers=olga.bearer).json()
+        assert {"queue", "dead_by_reason", "signing_keys", "workers", "rejected_last_hour"} <= set(
+            data
+        )
+        assert ["closed"] == [w["sink_circuit"] for w in data["workers"] if w["live"]], data
+        assert "good" == data["sink"]["health"]
+        minutes = data["deliveries_per_minute"]
+        assert 10 == len(minutes)
+        assert sum(minute["accepted"] for minute in minutes) >= 1
+
+    def test_rejected_deliveries_keep_header_names_only(
+        self, service: ServiceThread, olga: Person
+    ) -> None:
+        """A bad signature is listed with its code, skew and header names; no header value
+        (the signature, a bearer token) is in the answer."""
+        body = event_body()
+        headers = signed_headers(body, timestamp=int(time.time()) - 30)
+        headers["webhook-signature"] = "v1," + "A" * 43 + "="
+        headers["authorization"] = "Bearer rvya_sk_LEAKYTOKEN123"
+        with httpx.Client(base_url=service.url, timeout=10) as public:
+            assert public.post("/webhooks/rivya", content=body, headers=headers).status_code == 401
+        with client(service) as http:
+
+            def recorded() -> list[dict[str, object]]:
+                answer = http.get(
+                    "/api/v1/deliveries/rejected", params={"code": "401"}, headers=olga.bearer
+                ).json()
+                return [d for d in answer["deliveries"] if d["event_id"] == headers["webhook-id"]]
+
+            eventually(lambda: bool(recorded()), what="the rejection recorded")
+            [delivery] = recorded()
+            raw = http.get("/api/v1/deliveries/rejected", headers=olga.bearer).text
+        assert ("invalid_signature", 401) == (delivery["code"], delivery["status"])
+        assert 30 <= int(str(delivery["skew_seconds"])) <= 60
+        assert {"authorization", "webhook-signature"} <= set(delivery["headers"])  # type: ignore[arg-type]
+        assert "LEAKYTOKEN" not in raw
+        assert "A" * 43 not in raw
+
+    def test_records_of_a_sink_that_cannot_read_are_409(
+        self, service: ServiceThread, olga: Person
+    ) -> None:
+        """The log sink cannot read records back: 409 record_not_readable, said plainly."""
+        with client(service) as http:
+            answer = http.get("/api/v1/records/task_x", headers=olga.bearer)
+        assert (409, "record_not_readable") == (answer.status_code, answer.json()["error"])
+        assert "nothing to read" in answer.json()["detail"]
+
+
+def test_bulk_replay_waits_for_the_outcomes(service: ServiceThread, olga: Person) -> None:
+    """POST /replays with ``wait`` follows the events: an unmappable one is dead again,
+    an applied one applied again, and the audit entry carries those outcomes."""
+    dead_id = _deliver(service, UNMAPPABLE)
+    good_id = _deliver(service, event_body())
+    eventually(lambda: _state(service, olga, good_id) == "applied", what="applied")
+    with client(service) as http:
+        answer = http.post(
+            "/api/v1/replays",
+            headers=olga.bearer,
+            json={"event_ids": [dead_id, good_id, "msg_none"], "wait": 20},
+        )
+        audit = http.get("/api/v1/audit", headers=olga.bearer).json()["entries"][0]
+    outcomes = answer.json()["outcomes"]
+    assert (202, 2, 1) == (answer.status_code, answer.json()["queued"], answer.json()["missing"])
+    assert (1, 1, 0, False) == (
+        outcomes["applied"], outcomes["dead"], outcomes["pending"], outcomes["timed_out"],
+    )  # fmt: skip
+    assert {"applied": 1, "dead": 1} == {k: v for k, v in audit["outcomes"].items() if v}
+
+
+def test_a_polled_event_is_shown_as_such(
+    service: ServiceThread, olga: Person, redis_url: str
+) -> None:
+    """An event of source rivya-poll (reconciliation, issue 16) says on its page that it
+    was polled from Rivya's API, not delivered by a webhook."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from receiver.models import EventState
+    from receiver.store import EventStore, IncomingEvent, now_ms
+
+    body = event_body(task_id="task_polled")
+
+    async def store_polled() -> None:
+        redis_client = aioredis.Redis.from_url(redis_url)
+        store = EventStore(redis_client, retention_seconds=3600)
+        await store.prepare()
+        await store.accept(
+            IncomingEvent(
+                source="rivya-poll", event_id="poll_task_polled_1", body=body,
+                body_sha256="x" * 64, encrypted=False, received_ms=now_ms(), signed_ts=0,
+                event_type="generation.succeeded", record_key="task_polled",
+                state=EventState.DEAD, last_error="x", reason_code="unexpected",
+                by="reconcile",
+            )
+        )  # fmt: skip
+        await store.aclose()
+        await redis_client.aclose()
+
+    asyncio.run(store_polled())
+    with client(service) as http:
+        sign_in(http, olga)
+        page = http.get("/events/poll_task_polled_1", params={"source": "rivya-poll"})
+        listed = http.get("/events", params={"source": "rivya-poll"})
+    assert 200 == page.status_code
+    assert "Polled from Rivya's API by reconciliation" in page.text
+    assert "polled from Rivya's API</span>" in page.text, "its timeline starts with the poll"
+    assert "polled</span>" in listed.text
+
+
+def test_a_page_view_examines_a_bounded_number_of_events(
+    service: ServiceThread, olga: Person, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filter that matches nothing does not walk the whole store: each call examines at
+    most the console's scan budget (here lowered to 10), says it stopped early, and its
+    cursor continues the walk where it stopped."""
+    import receiver.ops
+
+    for _ in range(25):
+        _deliver(service, event_body())
+    monkeypatch.setattr(receiver.ops, "CONSOLE_SCAN_BUDGET", 10)
+    with client(service) as http:
+        params = {"type": "generation.nothing"}
+        first = http.get("/api/v1/events", params=params, headers=olga.bearer).json()
+        params["cursor"] = first["next_cursor"]
+        second = http.get("/api/v1/events", params=params, headers=olga.bearer).json()
+        page = http.get("/events", params={"type": "generation.nothing"}, headers=olga.bearer)
+    assert ([], True, [], True) == (
+        first["events"], first["scanned_out"], second["events"], second["scanned_out"],
+    )  # fmt: skip
+    assert first["next_cursor"] != second["next_cursor"]
+    assert "stored events this page looked at" in page.text

@@ -106,3 +106,42 @@ def test_console_runs_alone_without_the_signing_secret(
         metrics = httpx.get(f"{console.admin_url}/metrics", timeout=10)
         webhook = httpx.post(f"{console.admin_url}/webhooks/rivya", content=b"{}", timeout=10)
     assert (200, 200, 404) == (events.status_code, metrics.status_code, webhook.status_code)
+
+
+def test_console_alone_reads_records_from_the_sink(
+    tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+) -> None:
+    """`receiver console` opens the configured sink to read records (no worker needed):
+    the Records answer is the record as the SQLite sink holds it, in words."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from receiver.rivya import map_event
+    from receiver.settings import Settings
+    from receiver.sinks.base import open_sink
+    from tests.factories import envelope, generation
+
+    people = write_users(tmp_path / "users", ("vic", Role.VIEWER))
+    env = base_env(tmp_path, redis_url, RECEIVER_ADMIN_USERS_FILE=str(tmp_path / "users"))
+    document = envelope(generation(task_id="task_alone"))
+
+    async def write_record() -> None:
+        sink = open_sink(Settings.from_env(env))
+        await sink.setup()
+        await sink.apply(map_event(document, "msg_alone", datetime.now(UTC)).record)
+        await sink.aclose()
+
+    asyncio.run(write_record())
+    del env["RECEIVER_WEBHOOK_SECRET"]
+    with ServiceProcess(env, tmp_path / "console.log", "console", admin=True) as console:
+        answer = httpx.get(
+            f"{console.admin_url}/api/v1/records/task_alone",
+            headers=people["vic"].bearer,
+            timeout=10,
+        )
+    assert 200 == answer.status_code, answer.text
+    assert "succeeded: 1 credit charged; result ready" == answer.json()["words"]
+    assert "msg_alone" == answer.json()["record"]["last_event_id"]
+    assert orjson.loads(answer.content)["events"] == []

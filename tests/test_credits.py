@@ -110,3 +110,29 @@ async def test_a_later_state_of_a_counted_task_replaces_it(
     assert (1.0, 0.0) == (first.totals["jobs"], first.totals["failed"])
     assert {"jobs": 1.0, "succeeded": 0.0, "failed": 1.0, "reserved": 2.0, "final": 0.0,
             "uncharged": 2.0} == second.totals  # fmt: skip
+
+
+async def test_two_processes_catching_up_at_once_count_each_batch_once(
+    tmp_path: Path, redis_url: str, runtime: Runtime
+) -> None:
+    """Two ledgers (two console replicas, each with its own store and connection) catch
+    up on the same events at once: the cursor's compare-and-set lets one batch in, the
+    other learns it was counted and moves on; the totals count every task once."""
+    import asyncio
+
+    with ServiceThread(settings(tmp_path, redis_url)) as service:
+        send(service, *(body(f"c{n}", "succeeded", "2026-05-13T10:00:00.000Z") for n in range(6)))
+    other = await Runtime.open(settings(tmp_path, redis_url))
+    try:
+        first = CreditLedger(runtime.store, runtime.cipher, settle_seconds=0)
+        second = CreditLedger(other.store, other.cipher, settle_seconds=0)
+        rounds = [
+            await asyncio.gather(first.catch_up(budget=3), second.catch_up(budget=3))
+            for _ in range(3)
+        ]
+        report = await first.report()
+    finally:
+        await other.aclose()
+    counted = sum(read for pair in rounds for read, _ in pair)
+    assert 6 == counted, rounds
+    assert (6.0, 6.0) == (report.totals["jobs"], report.totals["final"])

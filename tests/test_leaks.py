@@ -164,7 +164,8 @@ def test_log_sink_prints_no_secret(tmp_path: Path, redis_url: str, clean_redis: 
 def test_no_secret_in_any_console_page_or_api_answer(tmp_path: Path, redis_url: str) -> None:
     """Every console page and API answer, for both roles, and the service log hold no secret:
     not the signing or forward secret, an API key, a signed URL's query, a signature, nor
-    the console tokens themselves."""
+    the console tokens themselves; the pages added with the ops layer (rejected deliveries
+    and their explanation, records, resolve, replay progress) included."""
     import redis
 
     from receiver.console.api import API
@@ -205,17 +206,38 @@ def test_no_secret_in_any_console_page_or_api_answer(tmp_path: Path, redis_url: 
             if state.get("state") == "dead":
                 break
             time.sleep(0.1)
+        # A rejected delivery carrying a real signature and a bearer token in its headers.
+        forged = dict(headers, **{"webhook-id": "msg_leak_forged"})
+        forged["authorization"] = f"Bearer {API_KEY}"
+        with httpx.Client(base_url=service.url, timeout=10) as public:
+            assert public.post("/webhooks/rivya", content=body, headers=forged).status_code == 401
+        olga = people["olga"].bearer
+
+        def rejection_id() -> str:
+            found = httpx.get(
+                f"{service.admin_url}/api/v1/deliveries/rejected", headers=olga, timeout=10
+            ).json()["deliveries"]
+            return str(found[0]["id"]) if found else ""
+
+        eventually(lambda: bool(rejection_id()), what="the rejection recorded")
+        rejected_id = rejection_id()
+        pages = (
+            "/", "/events", f"/events/{event_id}", "/failed", "/audit", "/credits",
+            "/deliveries", f"/deliveries/rejected/{rejected_id}", f"/records?key={gen['id']}",
+            "/records", "/replays/1-0",
+        )  # fmt: skip
         for person in people.values():
             with httpx.Client(base_url=service.admin_url, timeout=10) as admin:
                 answers.append(admin.get("/sign-in").text)
                 csrf = sign_in(admin, person)
-                for path in ("/", "/events", f"/events/{event_id}", "/failed", "/audit"):
+                for path in pages:
                     answers.append(admin.get(path).text)
-                preview = admin.post(
-                    "/actions/bulk-replay",
-                    data={"csrf": csrf, "state": "dead", "step": "preview"},
-                )
-                answers.append(preview.text)
+                for action in ("bulk-replay", "bulk-resolve"):
+                    preview = admin.post(
+                        f"/actions/{action}",
+                        data={"csrf": csrf, "state": "dead", "step": "preview", "why": API_KEY},
+                    )
+                    answers.append(preview.text)
                 for route in API:
                     path = "/api/v1" + route.path.replace("{event_id:path}", event_id).replace(
                         "{record_key:path}", gen["id"]
@@ -229,8 +251,24 @@ def test_no_secret_in_any_console_page_or_api_answer(tmp_path: Path, redis_url: 
                         headers=person.bearer,
                     ).text
                 )
+                answers.append(
+                    admin.post(
+                        f"/api/v1/events/{event_id}/resolve",
+                        json={"reason": "   "},
+                        headers=person.bearer,
+                    ).text
+                )
                 answers.append(admin.get("/metrics").text)
                 answers.append(admin.get("/readyz").text)
+        with httpx.Client(base_url=service.admin_url, timeout=10) as admin:
+            csrf = sign_in(admin, people["olga"])
+            resolved = admin.post(
+                "/actions/bulk-resolve",
+                data={"csrf": csrf, "state": "dead", "step": "run", "expected": "1",
+                      "why": "leak test"},
+            )  # fmt: skip
+            answers += [resolved.text, admin.get(f"/events/{event_id}").text]
+            answers.append(admin.get("/audit").text)
     output = service.output()
     secrets = [
         TEST_SECRET,
@@ -241,7 +279,8 @@ def test_no_secret_in_any_console_page_or_api_answer(tmp_path: Path, redis_url: 
         headers["webhook-signature"].removeprefix("v1,"),
         *(person.token for person in people.values()),
     ]
-    assert [s for s in secrets if any(s in answer for answer in answers)] == []
+    leaked = [(s, a[:200]) for s in secrets for a in answers if s in a]
+    assert [] == leaked
     assert [s for s in secrets if s in output] == []
     assert any("[REDACTED]" in answer for answer in answers), "the body was shown, redacted"
 

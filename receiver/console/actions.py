@@ -1,5 +1,9 @@
 """The console's actions, shared by the pages and the API: each is one ops call, audited
-with the person's name as the actor (SPEC §10), never a second implementation."""
+with the person's name as the actor (SPEC §10), never a second implementation.
+
+Bulk selections walk at most ``ops.CONSOLE_SCAN_BUDGET`` index members and cover at most
+``views.MAX_BULK_EVENTS`` events, so a click can never turn into a scan of the store.
+"""
 
 from __future__ import annotations
 
@@ -9,106 +13,112 @@ from dataclasses import dataclass
 from typing import Any
 
 from receiver import ops
+from receiver.console import views
 from receiver.console.auth import Principal
-from receiver.keys import CONSOLE_REPLAY_TTL_SECONDS, console_replay, member_of
+from receiver.models import EventState
 from receiver.runtime import Runtime
-from receiver.store import StoredEvent
+
+# How long ``POST /api/v1/replays`` may follow its events when asked to (``wait``).
+MAX_WAIT_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
-class Selected:
-    """What a bulk action covers: the exact members, and whether the filter matched more."""
+class Preview:
+    """What a bulk action would cover now: the exact count, and whether more match."""
 
-    source: str
-    members: tuple[str, ...]
+    count: int
     more: bool
-    events: tuple[StoredEvent, ...] = ()
-    event_filter: ops.EventFilter | None = None
-    event_ids: tuple[str, ...] = ()
+    # The walk stopped at the scan budget: the count is of what one look covers.
+    scanned_out: bool
 
 
-async def select(
-    runtime: Runtime,
+def capped(event_filter: ops.EventFilter) -> ops.EventFilter:
+    """The filter a console bulk action runs with: at most ``MAX_BULK_EVENTS``."""
+    return dataclasses.replace(event_filter, limit=views.MAX_BULK_EVENTS)
+
+
+def dead_only(event_filter: ops.EventFilter) -> ops.EventFilter:
+    return dataclasses.replace(event_filter, state=EventState.DEAD)
+
+
+async def preview(runtime: Runtime, event_filter: ops.EventFilter) -> Preview:
+    """How many events a bulk action with ``event_filter`` would touch (bounded)."""
+    probe = dataclasses.replace(event_filter, limit=views.MAX_BULK_EVENTS + 1)
+    page = await ops.list_events(runtime.store, probe, scan_budget=ops.CONSOLE_SCAN_BUDGET)
+    count = min(len(page), views.MAX_BULK_EVENTS)
+    return Preview(count, len(page) > views.MAX_BULK_EVENTS, page.scanned_out)
+
+
+def selection(
     source: str,
     *,
     event_filter: ops.EventFilter | None = None,
     event_ids: Sequence[str] = (),
-    cap: int,
-) -> Selected:
-    """The events a bulk action would touch (at most ``cap``; ``more`` if others match)."""
+) -> ops.Selection:
     if event_filter is not None:
-        probe = dataclasses.replace(event_filter, limit=cap + 1)
-        found = await ops.list_events(runtime.store, probe)
-        events = tuple(found[:cap])
-        return Selected(
-            source, tuple(e.member for e in events), len(found) > cap, events, event_filter
-        )
-    unique = tuple(dict.fromkeys(event_ids))[:cap]
-    members = tuple(member_of(source, event_id) for event_id in unique)
-    present = await ops.existing(runtime.store, members)
-    kept = tuple(m for m, ok in zip(members, present, strict=True) if ok)
-    return Selected(source, kept, len(dict.fromkeys(event_ids)) > cap, event_ids=unique)
+        return ops.Selection(source, event_filter=capped(event_filter))
+    return ops.Selection(source, event_ids=tuple(dict.fromkeys(event_ids))[: views.MAX_BULK_EVENTS])
+
+
+async def plan(runtime: Runtime, chosen: ops.Selection) -> ops.ReplayPlan:
+    return await ops.plan_replay(runtime.store, chosen, scan_budget=ops.CONSOLE_SCAN_BUDGET)
 
 
 async def replay(
-    runtime: Runtime, who: Principal, selected: Selected, *, dry_run: bool = False
+    runtime: Runtime,
+    who: Principal,
+    planned: ops.ReplayPlan,
+    *,
+    dry_run: bool = False,
+    wait_seconds: float | None = None,
+) -> ops.ReplayResult:
+    """Requeue a plan's events through the ordering guard (or count them), audited; a
+    bulk replay's members are kept for an hour so its page can follow them."""
+    result = await ops.execute_replay(
+        runtime.store, planned, actor=who.name, dry_run=dry_run, wait_seconds=wait_seconds
+    )
+    if not dry_run and planned.selection.bulk:
+        missing = set(planned.missing)
+        queued = [member for member in planned.members if member not in missing]
+        await runtime.store.console.remember_replay(result.audit_id, queued)
+    return result
+
+
+def replay_answer(
+    planned: ops.ReplayPlan, result: ops.ReplayResult, *, dry_run: bool, more: bool = False
 ) -> dict[str, Any]:
-    """Requeue the selection through the ordering guard (or count it), audited."""
-    result = ops.ReplayResult(total=len(selected.members))
-    try:
-        if dry_run:
-            result.completed = True
-        else:
-            await ops.replay(
-                runtime.store, list(selected.members), by=f"replay:{who.name}", result=result
-            )
-    finally:
-        audit_id = await ops.write_audit(
-            runtime.store,
-            ops.AuditEntry(
-                actor=who.name,
-                source=selected.source,
-                filter=ops.audit_filter(selected.event_filter, list(selected.event_ids)),
-                ids=len(selected.event_ids),
-                matched=len(selected.members),
-                queued=result.queued,
-                missing=len(result.missing),
-                dry_run=dry_run,
-                completed=result.completed,
-            ),
-        )
+    """What the API answers for a replay (part 1's shape, plus the outcomes)."""
     return {
         "dry_run": dry_run,
-        "matched": len(selected.members),
-        "more": selected.more,
+        "matched": len(planned.members),
+        "more": more,
+        "would_queue": planned.count if dry_run else None,
         "queued": result.queued,
-        "would_queue": len(selected.members) if dry_run else None,
         "missing": len(result.missing),
         "completed": result.completed,
-        "audit_id": audit_id,
+        "outcomes": result.outcomes.to_json() if result.outcomes is not None else None,
+        "audit_id": result.audit_id,
     }
 
 
-async def outcomes(runtime: Runtime, members: Sequence[str]) -> dict[str, int]:
-    """How the events of a replay stand now: a count per state (bounded by the caller)."""
-    counts: dict[str, int] = {}
-    for event in await ops.load_many(runtime.store, list(members)):
-        state = event.state.value if event is not None else "missing"
-        counts[state] = counts.get(state, 0) + 1
-    return counts
+async def resolve(
+    runtime: Runtime, who: Principal, chosen: ops.Selection, reason: str
+) -> ops.ResolveResult:
+    """Close the dead events of the selection with ``reason``, audited with the name."""
+    return await ops.resolve(
+        runtime.store,
+        chosen,
+        reason=reason,
+        actor=who.name,
+        scan_budget=ops.CONSOLE_SCAN_BUDGET,
+    )
 
 
-async def remember_replay(runtime: Runtime, audit_id: str, members: Sequence[str]) -> None:
-    """Keep a bulk replay's members for an hour, so its page can show their outcomes."""
+async def progress(runtime: Runtime, audit_id: str) -> tuple[int, ops.ReplayOutcomes | None]:
+    """Where a bulk replay's events stand now: (how many, their outcomes so far), or
+    (0, None) once its members are forgotten (after an hour)."""
+    members = await runtime.store.console.replay_members(audit_id, views.MAX_BULK_EVENTS)
     if not members:
-        return
-    key = console_replay(audit_id)
-    pipe = runtime.client.pipeline(transaction=True)
-    pipe.rpush(key, *members)
-    pipe.expire(key, CONSOLE_REPLAY_TTL_SECONDS)
-    await pipe.execute()
-
-
-async def replay_members(runtime: Runtime, audit_id: str) -> list[str]:
-    raw = await runtime.client.lrange(console_replay(audit_id), 0, -1)
-    return [item.decode() for item in raw]
+        return 0, None
+    # One look (no waiting): the page reloads itself while some are pending.
+    return len(members), await ops.wait_for_outcomes(runtime.store, members, 0)

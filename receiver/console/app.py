@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -23,18 +24,31 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
+from receiver import ops
 from receiver.app import liveness_response, metrics_response
-from receiver.console import api, pages
+from receiver.console import api, pages, rendering
 from receiver.console.auth import Authenticator, SessionKey
 from receiver.console.security import SecurityHeaders
 from receiver.console.users import UserDirectory
+from receiver.errors import ConfigError, RecordNotReadable
 from receiver.logs import get_logger
+from receiver.redaction import printable
 from receiver.redis_client import REDIS_ERRORS
 from receiver.runtime import Runtime
 from receiver.settings import Settings
+from receiver.sinks.base import Sink, open_sink
 
 log = get_logger("receiver.console")
 PACKAGE = resources.files("receiver.console")
+
+
+def shown(value: Any) -> Any:
+    """Every value a template prints, before escaping: control, bidi and separator
+    characters of a signed event become visible ``\\xNN`` text, so a field can neither
+    hide itself nor reorder what is shown around it (markup is escaped by autoescape)."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return printable(value, multiline=True)
+    return value
 
 
 def templates() -> Environment:
@@ -45,8 +59,9 @@ def templates() -> Environment:
         enable_async=False,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=shown,
     )
-    pages.register_filters(environment)
+    rendering.register_filters(environment)
     return environment
 
 
@@ -63,6 +78,7 @@ class AdminApp:
         self._own_runtime: Runtime | None = None
         self.users = UserDirectory(settings.admin_users_file)
         self._auth: Authenticator | None = None
+        self._record_sink: Sink | None = None  # ``console`` alone: opened to read records
         self.templates = templates()
         routes: list[BaseRoute] = [
             Route("/healthz", self.healthz, methods=["GET", "HEAD"]),
@@ -103,10 +119,26 @@ class AdminApp:
         if self._auth is None:  # built on first use: the runtime exists only from start-up
             self._auth = Authenticator(
                 self.users,
-                SessionKey(self.runtime.client),
+                SessionKey(self.runtime.store.console),
                 self.settings.admin_session_seconds,
             )
         return self._auth
+
+    async def show_record(self, record_key: str, *, source: str | None) -> ops.RecordView:
+        """The record as the sink holds it (``RecordNotReadable`` when it cannot say).
+
+        ``serve`` reads through its worker's sink; ``console`` alone opens the configured
+        sink once, for reading only."""
+        runtime = self.runtime
+        sink = runtime.sink
+        if sink is None:
+            if self._record_sink is None:
+                try:
+                    self._record_sink = open_sink(self.settings)
+                except ConfigError as exc:
+                    raise RecordNotReadable(f"the console cannot open the sink: {exc}") from None
+            sink = self._record_sink
+        return await ops.show_record(runtime.store, sink, record_key, source=source)
 
     def start_draining(self) -> None:
         """``console`` alone: readiness turns 503 while the server finishes."""
@@ -128,12 +160,14 @@ class AdminApp:
             yield
         finally:
             self._own_runtime.draining = True
+            if self._record_sink is not None:
+                await self._record_sink.aclose()
             await self._own_runtime.aclose()
 
     async def _http_error(self, request: Request, exc: HTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        if exc.status_code == 404 and pages.wants_html(request):
-            return pages.not_found(self, request)
+        if exc.status_code == 404 and rendering.wants_html(request):
+            return rendering.not_found(self, request)
         return JSONResponse({"error": code}, status_code=exc.status_code, headers=exc.headers)
 
     async def healthz(self, _request: Request) -> Response:

@@ -24,14 +24,14 @@ import secrets
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request
 
 from receiver.console.users import User, UserDirectory
-from receiver.keys import CONSOLE_SESSION_KEY, CONSOLE_SESSION_KEY_CACHE_SECONDS
+from receiver.keys import CONSOLE_SESSION_KEY_CACHE_SECONDS
 from receiver.logs import get_logger
+from receiver.store.console import ConsoleData
 
 SESSION_COOKIE = "receiver_session"
 CSRF_FIELD = "csrf"
@@ -130,21 +130,18 @@ class FailureLimiter:
 
 
 class SessionKey:
-    """The session signing key from Redis, cached for a minute."""
+    """The session signing key from Redis (``EventStore.console``), cached for a minute."""
 
-    def __init__(self, client: Any) -> None:
-        self._client = client
+    def __init__(self, console: ConsoleData) -> None:
+        self._console = console
         self._key: bytes | None = None
         self._read_at = 0.0
 
     async def get(self) -> bytes:
         now = time.monotonic()
         if self._key is None or now - self._read_at > CONSOLE_SESSION_KEY_CACHE_SECONDS:
-            key = None
-            while key is None:  # deleted between the two calls: make a new one
-                await self._client.set(CONSOLE_SESSION_KEY, secrets.token_bytes(32), nx=True)
-                key = await self._client.get(CONSOLE_SESSION_KEY)
-            self._key, self._read_at = bytes(key), now
+            self._key = await self._console.session_key(secrets.token_bytes(32))
+            self._read_at = now
         return self._key
 
 

@@ -3,8 +3,9 @@ query string, dead letters grouped by cause, and the words a support person read
 
 Nothing here queries anything: the ops layer does (``receiver.ops``); this module turns a
 request's parameters into the ops layer's arguments and its answers into plain values.
-Every value stays text; the templates escape it (Jinja2 autoescape) and the API encodes
-it as JSON. Redaction is the ops layer's ``to_json()``/``redact_value``, as for the CLI.
+Every value stays text; the templates escape it (Jinja2 autoescape, control characters
+shown, see ``console.app.templates``) and the API encodes it as JSON. Redaction is the ops
+layer's ``to_json()``/``redact_value``, as for the CLI.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from receiver import ops
-from receiver.models import EventState, ReasonCode
+from receiver.models import EventState, ReasonCode, parse_time
 from receiver.redaction import redact_text
 from receiver.settings import DEFAULT_SOURCE
 from receiver.store import StoredEvent, now_ms
@@ -25,8 +27,10 @@ MAX_PAGE_SIZE = 200
 # A bulk action from the console covers at most this many events; the count it shows
 # first is exact, and a larger selection is said to be larger.
 MAX_BULK_EVENTS = 1_000
-MAX_REASON_LENGTH = 500
+# Dead letters one Failed jobs view groups at most (newest first).
+FAILED_SCAN = 2_000
 _STATUS_IN_ERROR = re.compile(r"answered (\d{3})")
+FILTER_NAMES = ("source", "state", "type", "record", "reason", "since", "until")
 
 REASON_WORDS: dict[str, str] = {
     ReasonCode.UNMAPPABLE: "the event is not a generation we can record",
@@ -51,6 +55,34 @@ ERROR_WORDS: dict[str, str] = {
     "invalid_request": "the request was not valid",
     "internal_error": "Rivya failed internally",
 }
+
+# What to look at next for a rejected delivery, by code (the verify explanation).
+REJECTION_HINTS: dict[str, str] = {
+    "invalid_signature": (
+        "The signature matches none of the keys tried. The sender signs with a secret this "
+        "receiver does not have: check the endpoint's secret in Rivya (a rotation not "
+        "finished?) against RECEIVER_WEBHOOK_SECRET, by fingerprint in receiver status."
+    ),
+    "timestamp_out_of_tolerance": (
+        "The signed time is too far from this receiver's clock: the sender's or this "
+        "host's clock is off, or this is an old delivery sent again (a replay)."
+    ),
+    "invalid_timestamp": "The timestamp header is not a number of seconds.",
+    "missing_signature_header": (
+        "A header the source's signature scheme needs was not sent: check the scheme "
+        "(RECEIVER_SIGNATURE_SCHEME) and any proxy that may drop headers."
+    ),
+    "unknown_source": "Nothing is configured under this source name (the URL's last part).",
+    "payload_too_large": "The body is over RECEIVER_MAX_BODY_BYTES.",
+    "unsupported_media_type": "The content type is not JSON.",
+}
+
+
+def resolve_reason(text: str) -> str:
+    """A resolution reason as it will be stored and shown: checked by the ops layer
+    (``FilterError`` when blank or too long) and redacted like the logs, so a token
+    pasted into the box never reaches Redis, the audit or a page."""
+    return redact_text(ops.check_reason(text))
 
 
 def source_param(query: Mapping[str, str]) -> str:
@@ -78,108 +110,138 @@ def event_filter(query: Mapping[str, str], *, limit: int | None) -> ops.EventFil
         ) from None
     since = query.get("since", "")
     until = query.get("until", "")
-    reason = query.get("reason", "")
-    if reason and reason not in tuple(ReasonCode):
-        raise ops.FilterError(f"reason: one of {', '.join(ReasonCode)}")
-    fields: dict[str, Any] = {
-        "source": source_param(query),
-        "state": state,
-        "event_type": query.get("type") or None,
-        "record_key": query.get("record") or None,
-        "since_ms": ops.parse_time_bound(since, now, "since") if since else None,
-        "until_ms": ops.parse_time_bound(until, now, "until") if until else None,
-        "limit": limit,
-    }
-    if reason:
-        fields["reason_code"] = reason
-    return _make_filter(fields)
-
-
-def _make_filter(fields: dict[str, Any]) -> ops.EventFilter:
-    reason = fields.pop("reason_code", None)
+    reason = query.get("reason", "") or None
     if reason is not None:
-        if "reason_code" in ops.EventFilter.__dataclass_fields__:
-            fields["reason_code"] = reason
-        else:  # until the ops layer filters by reason itself, only dead events have one
-            fields["state"] = fields["state"] or EventState.DEAD
-            return _ReasonFilter(**fields, reason=reason)
-    return ops.EventFilter(**fields)
-
-
-@dataclass(frozen=True, slots=True)
-class _ReasonFilter(ops.EventFilter):
-    reason: str = ""
-
-    def matches(self, event: StoredEvent) -> bool:
-        return super(_ReasonFilter, self).matches(event) and event.reason_code == self.reason
-
-    def describe(self) -> dict[str, Any]:
-        return {**super(_ReasonFilter, self).describe(), "error": self.reason}
+        if reason not in tuple(ReasonCode):
+            raise ops.FilterError(f"reason: one of {', '.join(ReasonCode)}")
+        if state not in (None, EventState.DEAD, EventState.RESOLVED):
+            raise ops.FilterError("reason: only dead or resolved events have a reason code")
+    return ops.EventFilter(
+        source=source_param(query),
+        state=state,
+        event_type=query.get("type") or None,
+        record_key=query.get("record") or None,
+        reason_code=reason,
+        since_ms=ops.parse_time_bound(since, now, "since") if since else None,
+        until_ms=ops.parse_time_bound(until, now, "until") if until else None,
+        limit=limit,
+    )
 
 
 def filter_query(query: Mapping[str, str]) -> dict[str, str]:
     """The filter parameters worth keeping in links (pagination, bulk actions)."""
-    names = ("source", "state", "type", "record", "reason", "since", "until")
-    return {name: query[name] for name in names if query.get(name)}
+    return {name: query[name] for name in FILTER_NAMES if query.get(name)}
 
 
-def sink_status(event: StoredEvent) -> int | None:
-    match = _STATUS_IN_ERROR.search(event.last_error)
+def status_in_error(last_error: str) -> int | None:
+    """The HTTP status an error text names ("answered 400"), for events without history."""
+    match = _STATUS_IN_ERROR.search(last_error)
     return int(match.group(1)) if match else None
 
 
-def cause_words(reason_code: str, status: int | None) -> str:
-    if reason_code == ReasonCode.SINK_REJECTED and status is not None:
-        return f"sink answered {status}"
+def attempt_status(line: Mapping[str, Any] | None) -> int | None:
+    """The sink's HTTP status in a history line's attempt, if it has one."""
+    attempt = line.get("attempt") if line else None
+    status = attempt.get("status") if isinstance(attempt, Mapping) else None
+    return status if isinstance(status, int) and not isinstance(status, bool) else None
+
+
+def sink_status(history: Sequence[Mapping[str, Any]], last_error: str = "") -> int | None:
+    """What the sink last answered: the newest attempt's status, else the error's words."""
+    for line in reversed(history):
+        status = attempt_status(line)
+        if status is not None:
+            return status
+    return status_in_error(last_error)
+
+
+def cause_words(reason_code: str, statuses: Sequence[int] = ()) -> str:
+    """A reason code in words; the sink's answers make a sink failure concrete."""
+    shown = " or ".join(str(status) for status in sorted(set(statuses)))
+    if shown and reason_code == ReasonCode.SINK_REJECTED:
+        return f"sink answered {shown}"
+    if shown and reason_code == ReasonCode.RETRIES_EXHAUSTED:
+        return f"sink kept answering {shown} until the retries ran out"
     return REASON_WORDS.get(reason_code, reason_code or "no reason recorded")
 
 
 @dataclass(slots=True)
 class FailureGroup:
-    """Dead letters with one cause: "3 events: sink answered 400 since 14:02"."""
+    """Dead letters with one reason code: "3 events: sink answered 400 since 14:02"."""
 
     reason_code: str
-    status: int | None
     count: int = 0
     since_ms: int = 0
     latest_ms: int = 0
     example_error: str = ""
+    statuses: dict[int, int] = field(default_factory=dict)  # sink's answer -> events
     event_ids: list[str] = field(default_factory=list)
 
     @property
     def words(self) -> str:
-        return cause_words(self.reason_code, self.status)
+        return cause_words(self.reason_code, list(self.statuses))
+
+    @property
+    def headline(self) -> str:
+        plural = "s" if self.count != 1 else ""
+        return f"{self.count} event{plural}: {self.words}"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "reason_code": self.reason_code,
-            "sink_status": self.status,
             "cause": self.words,
             "count": self.count,
+            "sink_statuses": {str(status): n for status, n in sorted(self.statuses.items())},
             "since": ops.iso_ms(self.since_ms),
             "latest": ops.iso_ms(self.latest_ms),
             "example_error": redact_text(self.example_error),
         }
 
 
-def group_failures(events: Sequence[StoredEvent]) -> list[FailureGroup]:
-    """Dead events grouped by reason code (and the sink's status), largest group first."""
-    groups: dict[tuple[str, int | None], FailureGroup] = {}
-    for event in events:
-        status = sink_status(event) if event.reason_code == ReasonCode.SINK_REJECTED else None
-        key = (event.reason_code, status)
-        group = groups.get(key)
+def group_failures(
+    events: Sequence[StoredEvent], last_lines: Sequence[Mapping[str, Any] | None]
+) -> list[FailureGroup]:
+    """Dead events grouped by reason code, largest group first; ``last_lines`` (each
+    event's newest history line) give the sink's HTTP answer where there was one."""
+    groups: dict[str, FailureGroup] = {}
+    for event, line in zip(events, last_lines, strict=True):
+        group = groups.get(event.reason_code)
         if group is None:
-            group = groups[key] = FailureGroup(event.reason_code, status)
+            group = groups[event.reason_code] = FailureGroup(event.reason_code)
             group.since_ms = group.latest_ms = event.received_ms
             group.example_error = event.last_error
         group.count += 1
         group.since_ms = min(group.since_ms, event.received_ms)
         if event.received_ms >= group.latest_ms:
             group.latest_ms, group.example_error = event.received_ms, event.last_error
+        status = attempt_status(line) or status_in_error(event.last_error)
+        if status is not None:
+            group.statuses[status] = group.statuses.get(status, 0) + 1
         if len(group.event_ids) < 5:
             group.event_ids.append(event.event_id)
     return sorted(groups.values(), key=lambda group: (-group.count, group.reason_code))
+
+
+def clock(ms: int, now: int | None = None) -> str:
+    """A time as people say it: ``14:02 UTC`` today, ``2026-11-30 14:02 UTC`` before."""
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    today = datetime.fromtimestamp((now if now is not None else now_ms()) / 1000, UTC).date()
+    if moment.date() == today:
+        return moment.strftime("%H:%M UTC")
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _credits(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _since(text: Any) -> str:
+    try:
+        return clock(int(parse_time(str(text)).timestamp() * 1000))
+    except (ValueError, OverflowError):
+        return str(text)
 
 
 def record_words(record: Mapping[str, Any] | None) -> str:
@@ -189,30 +251,57 @@ def record_words(record: Mapping[str, Any] | None) -> str:
     status = str(record.get("status") or "unknown")
     reserved = record.get("reserved_credits")
     final = record.get("final_credits")
-    credits = ""
-    if reserved is not None:
-        charged = final if final is not None else 0
-        credits = f"; {_number(charged)} of {_number(reserved)} reserved credits charged"
+    charged = final if final is not None else 0
     if status == "failed":
         code = str(record.get("error_code") or "unknown_error")
         meaning = ERROR_WORDS.get(code) or str(record.get("error_message") or "no reason given")
+        credits = (
+            f"; {_credits(charged)} of {_credits(reserved)} reserved credits charged"
+            if reserved is not None
+            else ""
+        )
         return f"failed: {code} — {meaning}{credits}"
     if status == "succeeded":
-        return f"succeeded{credits}"
-    return f"{status}: the job is not finished yet{credits}"
+        credits = f"{_credits(charged)} credit{'s' if charged != 1 else ''} charged; "
+        ready = record.get("primary_url") or record.get("result_urls")
+        return f"succeeded: {credits}{'result ready' if ready else 'no result link'}"
+    updated = record.get("source_updated_at")
+    since = f" since {_since(updated)}" if updated else ""
+    reserve = f"; {_credits(reserved)} credits reserved" if reserved is not None else ""
+    return f"{status}{since}: the job is not finished yet{reserve}"
 
 
-def _number(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+def sink_health(status: ops.Status) -> tuple[str, str]:
+    """(``good``/``bad``/``unknown``, words) for the sink, as the live workers see it.
+
+    Read from their heartbeats (each carries its circuit breaker's state): the console
+    never probes the sink itself, which would be a request to it per page view."""
+    live = [worker for worker in status.workers if worker.live]
+    told = [worker for worker in live if worker.sink_circuit]
+    if not live:
+        return "unknown", (
+            "unknown: no live worker (the sink's health comes from the workers' heartbeats; "
+            "the console does not probe the sink)"
+        )
+    if not told:
+        return "unknown", "unknown: the live workers do not report their circuit"
+    failing = [worker for worker in told if worker.sink_circuit == "open"]
+    if failing:
+        return "bad", (
+            f"failing: the circuit is open on {len(failing)} of {len(told)} live worker"
+            f"{'s' if len(told) != 1 else ''} (events wait in the queue, nothing is lost)"
+        )
+    return "good", (
+        f"answers: the circuit is closed on {len(told)} live worker{'s' if len(told) != 1 else ''}"
+    )
 
 
-def clean_reason(text: str) -> str:
-    """A resolution reason as typed, or FilterError when blank or too long."""
-    reason = " ".join(text.split())
-    if not reason:
-        raise ops.FilterError("reason: say why these events are resolved")
-    if len(reason) > MAX_REASON_LENGTH:
-        raise ops.FilterError(f"reason: at most {MAX_REASON_LENGTH} characters")
-    return reason
+def skew_words(skew: int | None, tolerance: int | None) -> str:
+    """How far the delivery's timestamp was from the receiver's clock."""
+    if skew is None:
+        return ""
+    where = " in the past" if skew > 0 else " in the future" if skew < 0 else ""
+    if tolerance is None:
+        return f"{abs(skew)} s{where}"
+    within = "within" if abs(skew) <= tolerance else "outside"
+    return f"{abs(skew)} s{where} ({within} the {tolerance} s tolerance)"

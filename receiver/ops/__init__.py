@@ -65,6 +65,7 @@ from receiver.ops.send_test import (
     sample_body,
 )
 from receiver.ops.status import KeyUse, Status, WorkerInfo, live_workers, status
+from receiver.ops.traffic import MinuteTraffic, deliveries_per_minute
 from receiver.ops.watching import TaskIdError, TrackResult, check_task_ids, track_tasks
 from receiver.reconcile.status import WatchStatus, watch_status
 
@@ -83,6 +84,7 @@ __all__ = [
     "EventPage",
     "FilterError",
     "KeyUse",
+    "MinuteTraffic",
     "NoSigningSecret",
     "Progress",
     "RecordView",
@@ -106,6 +108,7 @@ __all__ = [
     "check_task_ids",
     "count_stored",
     "current_user",
+    "deliveries_per_minute",
     "describe_settings",
     "execute_replay",
     "existing",

@@ -13,7 +13,9 @@ nothing. Entries younger than ``settle_seconds`` wait for the next call, so an e
 a moment late by another replica (received earlier, written later) is not skipped; clocks
 further apart than that can make an event be missed. Replays re-apply stored events and
 change nothing here. Several processes may catch up at once: each commits its batch and the
-cursor in one MULTI guarded by WATCH, so a batch is counted once.
+cursor in one script that first checks the cursor is still the one it read (compare and
+set, ``EventStore.credits``), so a batch is counted once. Every read and write goes
+through the event store.
 
 All keys share the ``{credits}`` hash tag (``receiver/keys.py``); per task ~100 bytes for as
 long as its day is within retention.
@@ -27,17 +29,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from redis.exceptions import WatchError
 
 from receiver.bodies import BodyCipher, BodyDecryptError
-from receiver.keys import (
-    CREDITS_DAYS,
-    CREDITS_EXTRA_TTL_SECONDS,
-    all_shards,
-    credits_cursor,
-    credits_day,
-    credits_tasks,
-)
+from receiver.keys import CREDITS_EXTRA_TTL_SECONDS, all_shards
 from receiver.models import STATUS_RANK, TERMINAL_RANK, parse_time
 from receiver.ops.events import load_many
 from receiver.rivya import UnmappableEvent, find_generation, map_event, parse_body
@@ -178,7 +172,6 @@ class CreditLedger:
         self.store = store
         self.cipher = cipher
         self.settle_ms = int(settle_seconds * 1000)
-        self.client = store.client
 
     async def catch_up(self, budget: int = DEFAULT_BUDGET) -> tuple[int, bool]:
         """Count up to ``budget`` new events; (how many were read, whether more wait)."""
@@ -192,39 +185,27 @@ class CreditLedger:
         return read, more
 
     async def _catch_up_shard(self, shard: int, index: str, budget: int) -> tuple[int, bool]:
-        cursor_key = credits_cursor(shard)
         upper = now_ms() - self.settle_ms
-        async with self.client.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(cursor_key)
-                raw = await pipe.get(cursor_key)
-                score, _, last = (raw.decode() if raw else "0:").partition(":")
-                entries = await self.client.zrangebyscore(
-                    index, int(score), upper, start=0, num=budget + 1, withscores=True
-                )
-                # The first entries may share the cursor's score: skip those already counted
-                # (members of one score come in lexicographic order).
-                fresh = [
-                    (member.decode(), int(at))
-                    for member, at in entries
-                    if int(at) > int(score) or member.decode() > last
-                ]
-                more = len(entries) > budget
-                fresh = fresh[:budget]
-                if not fresh:
-                    await pipe.reset()
-                    return 0, False
-                batch = await self._count(pipe, fresh)
-                pipe.multi()
-                self._write(pipe, batch)
-                member, at = fresh[-1]
-                pipe.set(cursor_key, f"{at}:{member}")
-                await pipe.execute()
-                return len(fresh), more
-            except WatchError:
-                return 0, True  # another process counted this batch first
+        seen = await self.store.credits.cursor(shard)
+        score, _, last = (seen or "0:").partition(":")
+        entries = await self.store.oldest_first(index, int(score), upper, budget + 1)
+        # The first entries may share the cursor's score: skip those already counted
+        # (members of one score come in lexicographic order).
+        fresh = [(member, at) for member, at in entries if at > int(score) or member > last]
+        more = len(entries) > budget
+        fresh = fresh[:budget]
+        if not fresh:
+            return 0, False
+        batch = await self._count(fresh)
+        member, at = fresh[-1]
+        committed = await self.store.credits.commit(
+            shard, seen, f"{at}:{member}", self._days(batch)
+        )
+        if not committed:
+            return 0, True  # another process counted this batch first
+        return len(fresh), more
 
-    async def _count(self, pipe: Any, fresh: list[tuple[str, int]]) -> _Batch:
+    async def _count(self, fresh: list[tuple[str, int]]) -> _Batch:
         batch = _Batch()
         events = await load_many(self.store, [member for member, _ in fresh])
         found = [
@@ -237,7 +218,8 @@ class CreditLedger:
                 by_day[day].append(task)
         previous: dict[tuple[str, str], TaskState | None] = {}
         for day, tasks in by_day.items():  # one HMGET per day the batch touches
-            for task, raw in zip(tasks, await pipe.hmget(credits_tasks(day), tasks), strict=True):
+            states = await self.store.credits.task_states(day, tasks)
+            for task, raw in zip(tasks, states, strict=True):
                 previous[(day, task)] = TaskState.loads(raw) if raw else None
         for day, task, state, received in found:
             batch.received[day] = max(batch.received.get(day, 0), received)
@@ -255,14 +237,11 @@ class CreditLedger:
             batch.states[(day, task)] = state
         return batch
 
-    def _write(self, pipe: Any, batch: _Batch) -> None:
+    def _days(self, batch: _Batch) -> dict[str, tuple[int, dict[str, bytes], dict[str, float]]]:
+        """Per day the batch touched: its expiry, task states and sum deltas."""
         retention = self.store.retention_ms // 1000
-        for (day, task), state in batch.states.items():
-            pipe.hset(credits_tasks(day), task, state.dumps())
-        for day, deltas in batch.deltas.items():
-            for key, value in deltas.items():
-                if value:
-                    pipe.hincrbyfloat(credits_day(day), key, value)
+        days: dict[str, tuple[int, dict[str, bytes], dict[str, float]]] = {}
+        for day in sorted(set(batch.deltas) | {day for day, _ in batch.states}):
             # Kept while its events may be: a day (by creation) ends, or an event of it was
             # received, less than the retention ago. Batches move forward in receive time,
             # so the latest write carries the latest expiry.
@@ -271,22 +250,19 @@ class CreditLedger:
                 + retention
                 + CREDITS_EXTRA_TTL_SECONDS
             )
-            pipe.expireat(credits_day(day), expires)
-            pipe.expireat(credits_tasks(day), expires)
-            pipe.zadd(CREDITS_DAYS, {day: expires})
+            tasks = {task: state.dumps() for (d, task), state in batch.states.items() if d == day}
+            days[day] = (expires, tasks, batch.deltas.get(day, {}))
+        return days
 
     async def report(self, *, budget: int = DEFAULT_BUDGET) -> CreditReport:
         """Catch up (bounded), then the sums for every day within retention."""
         counted, pending = await self.catch_up(budget)
-        await self.client.zremrangebyscore(CREDITS_DAYS, "-inf", now_ms() // 1000)
+        await self.store.credits.forget_days_before(now_ms() // 1000)
         # Latest expiry first is the most recent days first; the cap bounds the read.
-        latest = await self.client.zrevrange(CREDITS_DAYS, 0, MAX_REPORT_DAYS - 1)
-        days = sorted((raw.decode() for raw in latest), reverse=True)
-        pipe = self.client.pipeline(transaction=False)
-        for day in days:
-            pipe.hgetall(credits_day(day))
-        rows = [row for day, sums in zip(days, await pipe.execute(), strict=True)
-                for row in _rows(day, sums)]  # fmt: skip
+        days = sorted(await self.store.credits.days(MAX_REPORT_DAYS), reverse=True)
+        sums = await self.store.credits.sums(days)
+        rows = [row for day, day_sums in zip(days, sums, strict=True)
+                for row in _rows(day, day_sums)]  # fmt: skip
         totals = dict.fromkeys(METRICS, 0.0)
         for row in rows:
             for name in METRICS:
@@ -299,10 +275,10 @@ def _day_end(day: str) -> int:
     return int((start + timedelta(days=1)).timestamp())
 
 
-def _rows(day: str, sums: dict[bytes, bytes]) -> Iterable[CreditRow]:
+def _rows(day: str, sums: dict[str, str]) -> Iterable[CreditRow]:
     by_model: dict[str, dict[str, float]] = {}
     for key, value in sums.items():
-        model, _, name = key.decode().rpartition(SEPARATOR)
+        model, _, name = key.rpartition(SEPARATOR)
         by_model.setdefault(model, {})[name] = round(float(value), 6)
     for model in sorted(by_model):
         values = by_model[model]

@@ -375,9 +375,13 @@ async def _total(store: EventStore, event_filter: EventFilter, lower: int | str)
     return counted
 
 
-async def select_all(store: EventStore, event_filter: EventFilter) -> list[StoredEvent]:
-    """Every matching event (up to ``limit``), newest first: what a bulk action covers."""
-    page = await list_events(store, event_filter)
+async def select_all(
+    store: EventStore, event_filter: EventFilter, *, scan_budget: int | None = None
+) -> list[StoredEvent]:
+    """Every matching event (up to ``limit``), newest first: what a bulk action covers.
+
+    ``scan_budget`` bounds the walk as for ``list_events`` (the console's bulk actions)."""
+    page = await list_events(store, event_filter, scan_budget=scan_budget)
     return list(page.events)
 
 

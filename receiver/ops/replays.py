@@ -101,9 +101,12 @@ async def existing(store: EventStore, members: Sequence[str]) -> list[bool]:
     return await store.exists_many(members)
 
 
-async def plan_replay(store: EventStore, selection: Selection) -> ReplayPlan:
-    """What replaying ``selection`` would queue; changes nothing."""
-    members, events = await selected(store, selection)
+async def plan_replay(
+    store: EventStore, selection: Selection, *, scan_budget: int | None = None
+) -> ReplayPlan:
+    """What replaying ``selection`` would queue; changes nothing. ``scan_budget`` bounds a
+    filter's walk (the console passes ``CONSOLE_SCAN_BUDGET``)."""
+    members, events = await selected(store, selection, scan_budget=scan_budget)
     present = await store.exists_many(members)
     missing = tuple(m for m, ok in zip(members, present, strict=True) if not ok)
     return ReplayPlan(selection, tuple(members), missing, tuple(events))

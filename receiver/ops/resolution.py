@@ -65,10 +65,12 @@ async def resolve(
     reason: str,
     actor: str,
     dry_run: bool = False,
+    scan_budget: int | None = None,
 ) -> ResolveResult:
     """Resolve the dead events ``selection`` covers; anything not dead is left alone.
 
-    A filter is narrowed to dead events (resolving is only for them). Always audited.
+    A filter is narrowed to dead events (resolving is only for them); ``scan_budget``
+    bounds its walk. Always audited.
     """
     text = check_reason(reason)
     if selection.event_filter is not None and selection.bulk:
@@ -80,7 +82,7 @@ async def resolve(
     members: list[str] = []
     completed = False
     try:
-        members, _ = await selected(store, selection)
+        members, _ = await selected(store, selection, scan_budget=scan_budget)
         if dry_run:
             states = await store.states(members)
             missing = [m for m, state in zip(members, states, strict=True) if state is None]

@@ -35,9 +35,12 @@ class Selection:
         return [member_of(self.source, event_id) for event_id in dict.fromkeys(self.event_ids)]
 
 
-async def selected(store: EventStore, selection: Selection) -> tuple[list[str], list[StoredEvent]]:
-    """The members a selection covers, and for a filter the events it matched."""
+async def selected(
+    store: EventStore, selection: Selection, *, scan_budget: int | None = None
+) -> tuple[list[str], list[StoredEvent]]:
+    """The members a selection covers, and for a filter the events it matched (walking at
+    most ``scan_budget`` index members, when given)."""
     if selection.event_filter is not None and selection.bulk:
-        events = await select_all(store, selection.event_filter)
+        events = await select_all(store, selection.event_filter, scan_budget=scan_budget)
         return [event.member for event in events], events
     return selection.members(), []

@@ -42,6 +42,9 @@ class WorkerInfo:
     concurrency: int
     in_flight: int
     live: bool
+    # ``open`` or ``closed``: the worker's circuit breaker, i.e. whether the sink answers
+    # it; '' from a worker that does not say.
+    sink_circuit: str = ""
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, str], now: int) -> WorkerInfo:
@@ -58,6 +61,9 @@ class WorkerInfo:
             concurrency=number("concurrency"),
             in_flight=number("in_flight"),
             live=is_live(fields, now),
+            sink_circuit=fields.get("sink_circuit", "")
+            if fields.get("sink_circuit") in ("open", "closed")
+            else "",
         )
 
     def age_seconds(self, now: int) -> float:
@@ -75,6 +81,7 @@ class WorkerInfo:
             "concurrency": self.concurrency,
             "in_flight": self.in_flight,
             "live": self.live,
+            "sink_circuit": self.sink_circuit or None,
         }
 
 

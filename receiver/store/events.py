@@ -30,6 +30,8 @@ from receiver.models import EventState
 from receiver.redis_client import is_cluster
 from receiver.store import replies
 from receiver.store.audit import AuditLog
+from receiver.store.console import ConsoleData
+from receiver.store.credits import CreditSums
 from receiver.store.pollgate import PollGate
 from receiver.store.rejections import RejectionLog
 from receiver.store.values import (
@@ -110,6 +112,12 @@ class EventStore:
         # Reconciliation (issue 16): the watch list and the reconcilers' shared gate.
         self.watch = WatchList(self.pipeline, load_lua, shards=shards)
         self.poll_gate = PollGate(self.pipeline, load_lua)
+        self.console = ConsoleData(
+            self.pipeline,
+            Script(self.pipeline, load_lua("session_key")),
+            Script(self.pipeline, load_lua("replay_members")),
+        )
+        self.credits = CreditSums(self.pipeline, Script(self.pipeline, load_lua("credits")))
 
     def keys(self, member: str) -> ShardKeys:
         return keys_for(member, self.shards)
@@ -125,6 +133,8 @@ class EventStore:
         await self.workers.prepare()
         await self.watch.prepare()
         await self.poll_gate.prepare()
+        await self.console.prepare()
+        await self.credits.prepare()
         for shard in all_shards(self.shards):
             try:
                 await self.client.xgroup_create(shard.stream, CONSUMER_GROUP, id="0", mkstream=True)
@@ -537,6 +547,64 @@ class EventStore:
             "ZREVRANGEBYSCORE", zset, upper, lower, "WITHSCORES", "LIMIT", offset, count
         )
         return replies.scored(reply)
+
+    async def oldest_first(
+        self, zset: str, lower: int | str, upper: int | str, count: int
+    ) -> list[tuple[str, int]]:
+        """The first ``count`` members of ``zset`` scored from ``lower`` to ``upper`` (ms),
+        oldest first, with their scores (the credit ledger's catch-up)."""
+        reply = await self.pipeline.execute(
+            "ZRANGEBYSCORE", zset, lower, upper, "WITHSCORES", "LIMIT", 0, count
+        )
+        return replies.scored(reply)
+
+    async def last_history(self, members: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Each member's newest history line (None where it has none): what the last sink
+        attempt answered, without reading whole histories."""
+        found = await self._chunked(
+            members, lambda m: self.pipeline.execute("LINDEX", self.keys(m).history(m), -1)
+        )
+        lines: list[dict[str, Any] | None] = []
+        for raw in found:
+            try:
+                line = orjson.loads(raw) if raw else None
+            except orjson.JSONDecodeError:
+                line = None
+            lines.append(line if isinstance(line, dict) else None)
+        return lines
+
+    async def received_per_minute(self, first_minute: int, minutes: int) -> list[int]:
+        """New events stored in each minute from ``first_minute`` (epoch ms // 60,000) on,
+        counted in the index (ZCOUNT per minute and shard: no member is read)."""
+        counts = await asyncio.gather(
+            *(
+                self.pipeline.execute(
+                    "ZCOUNT", key, minute * MINUTE_MS, f"({(minute + 1) * MINUTE_MS}"
+                )
+                for minute in range(first_minute, first_minute + minutes)
+                for key in self.index_keys("index")
+            )
+        )
+        shards = len(self.index_keys("index"))
+        return [
+            sum(int(count) for count in counts[i * shards : (i + 1) * shards])
+            for i in range(minutes)
+        ]
+
+    async def verified_per_minute(self, first_minute: int, minutes: int) -> list[int]:
+        """Verified deliveries (new and duplicate) in each minute from ``first_minute``:
+        the accept script's per-key counters, summed over keys and shards."""
+        wanted = [
+            shard.key_use_at(minute)
+            for minute in range(first_minute, first_minute + minutes)
+            for shard in all_shards(self.shards)
+        ]
+        found = await asyncio.gather(*(self.pipeline.execute("HVALS", key) for key in wanted))
+        return [
+            sum(int(count) for reply in found[i * self.shards : (i + 1) * self.shards]
+                for count in reply or [])
+            for i in range(minutes)
+        ]  # fmt: skip
 
     async def count_between(self, zsets: Iterable[str], lower: int | str, upper: int | str) -> int:
         counts = await asyncio.gather(

@@ -87,6 +87,19 @@ class RejectionLog:
         found = replies.stream_entries(reply)
         return found[0][1] if found else None
 
+    async def counts_by_minute(self, first_minute: int, minutes: int) -> list[dict[str, int]]:
+        """Rejections by code in each minute from ``first_minute`` (epoch ms // 60,000)."""
+        found = await asyncio.gather(
+            *(
+                self._pipeline.execute("HGETALL", rejected_counts(minute))
+                for minute in range(first_minute, first_minute + minutes)
+            )
+        )
+        return [
+            {code: int(count) for code, count in replies.text_dict(reply).items()}
+            for reply in found
+        ]
+
     async def counts(self, minutes: int) -> dict[str, int]:
         """Rejections by code over the last ``minutes`` (sampled-out ones included)."""
         now_minute = now_ms() // MINUTE_MS
