@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from receiver import metrics
@@ -107,9 +107,15 @@ class BatchApplier:
         decided: list[EventOutcome],
         applied: list[tuple[QueueEntry, StoredEvent, Record]],
     ) -> None:
-        """Finish the decided outcomes and keep the reconciliation watch list in step
-        (issue 16): sent together, so the watch costs no extra round trip, and at most one
-        script call per watch shard per batch."""
+        """Keep the reconciliation watch list in step (issue 16), then finish the decided
+        outcomes: at most one script call per watch shard per batch.
+
+        The watch is written first, not alongside: once ``finish_many`` removes an event
+        from the queue nothing will apply it again, so a watch write that failed after it
+        would leave a non-terminal record unwatched for good. Written first, a failure
+        leaves the events pending and the reclaim applies them (and writes the watch)
+        again; the ordering guard makes that second apply harmless. It costs one round
+        trip per batch, off the ingest path."""
         states = {outcome.member: outcome.state for outcome in decided}
         results = [
             (record, states[event.member], event.received_ms)
@@ -117,13 +123,10 @@ class BatchApplier:
             if event.member in states
         ]
         changes = follow(results, self.runtime.settings.reconcile_after_seconds)
-        calls: list[Awaitable[object]] = []
-        if decided:
-            calls.append(self.store.finish_many(decided))
         if changes:
-            calls.append(self.store.watch.apply(changes))
-        if calls:
-            await asyncio.gather(*calls)
+            await self.store.watch.apply(changes)
+        if decided:
+            await self.store.finish_many(decided)
         for _, event, record in applied:
             # A polled event that changed a record to its terminal state: the webhook for
             # it never came (Rivya sends none for queued/processing, so those do not count).

@@ -23,11 +23,11 @@ import pytest
 import redis
 
 from receiver import ops
-from receiver.keys import RECONCILE_PAUSE, keys_for, member_of
+from receiver.keys import RECONCILE_PAUSE, all_watch_shards, keys_for, member_of
 from receiver.reconcile.events import poll_event_id
 from receiver.rivya import map_event
 from receiver.settings import POLL_SOURCE, Settings
-from tests.factories import envelope, generation, signed_headers
+from tests.factories import base_env, envelope, generation, signed_headers
 from tests.fake_rivya import FakeRivya, Reply
 from tests.helpers import eventually
 from tests.reconcilers import API_KEY, ReconcilerThread, cli, metric, reconcile_env, watched
@@ -431,6 +431,33 @@ async def _watch_status(settings: Settings) -> ops.WatchStatus:
         return await ops.watch_status(runtime.store)
     finally:
         await runtime.aclose()
+
+
+class TestWorkerKeepsTheWatch:
+    def test_a_failed_watch_write_keeps_its_events_pending_until_it_succeeds(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis
+    ) -> None:
+        """The worker writes a batch's watch changes before it finishes the batch: while the
+        watch cannot be written (its key holds the wrong type, so every script call fails)
+        a queued event stays pending, not applied-and-unwatched; once the key is fixed the
+        reclaim applies it again and the task is watched. Finishing first (or alongside)
+        would drop the watch for good: nothing applies a finished event again."""
+        since = all_watch_shards(1)[0].since
+        clean_redis.set(since, "not a sorted set")
+        env = base_env(tmp_path, redis_url, RECEIVER_VISIBILITY_TIMEOUT="1s")
+        with ServiceThread(Settings.from_env(env), run_worker=True) as service:
+            deliver(service, generation("task_w", "queued", UPDATED[0]), "w1")
+            wait_status(tmp_path, "task_w", "queued")  # the sink took it; the watch failed
+            time.sleep(2.5)  # two visibility timeouts: reclaimed and failed again
+            assert "pending" == event_hash(clean_redis, "rivya", "w1")["state"]
+            assert {} == watched(clean_redis)
+            clean_redis.delete(since)
+            eventually(
+                lambda: event_hash(clean_redis, "rivya", "w1")["state"] == "applied",
+                timeout=15,
+                what="the reclaim to apply and finish the event",
+            )
+            assert ["task_w"] == list(watched(clean_redis))
 
 
 class TestSurfaces:

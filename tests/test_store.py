@@ -118,7 +118,7 @@ def test_watching_adds_nothing_to_ingest(tmp_path: Path, status: str) -> None:
 
 def test_the_worker_keeps_the_watch_with_one_script_call_per_batch(tmp_path: Path) -> None:
     """Applying a backlog of processing events watches every task with at most one watch
-    script call per batch (one per finish call), sent with the batch's finish."""
+    script call per batch (one per finish call), written just before the batch's finish."""
     from receiver.batching import Script
     from receiver.settings import Settings
     from receiver.store import load_lua

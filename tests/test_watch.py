@@ -32,7 +32,7 @@ def record(task_id: str, status: str) -> Record:
 class TestFollow:
     def test_applied_states_watch_and_terminal_ones_unwatch(self) -> None:
         """Applied non-terminal: watch at event + after; terminal applied or stale: unwatch;
-        stale non-terminal and dead events: nothing."""
+        dead events (terminal or not) track their task; stale non-terminal: nothing."""
         changes = follow(
             [
                 (record("t1", "queued"), EventState.APPLIED, 1_000),
@@ -40,6 +40,7 @@ class TestFollow:
                 (record("t3", "succeeded"), EventState.APPLIED, 1_000),
                 (record("t4", "failed"), EventState.STALE, 1_000),
                 (record("t5", "processing"), EventState.DEAD, 1_000),
+                (record("t6", "succeeded"), EventState.DEAD, 2_000),
             ],
             after_seconds=0.5,
         )
@@ -47,6 +48,8 @@ class TestFollow:
             WatchChange("t1", WatchOp.WATCH, 1_500),
             WatchChange("t3", WatchOp.UNWATCH),
             WatchChange("t4", WatchOp.UNWATCH),
+            WatchChange("t5", WatchOp.TRACK, 1_500),
+            WatchChange("t6", WatchOp.TRACK, 2_500),
         ] == changes
 
 

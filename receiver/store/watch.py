@@ -78,16 +78,22 @@ def follow(
 
     An applied non-terminal state watches its task (next check ``after_seconds`` after the
     event); a terminal state, applied or stale (the record is terminal already), ends the
-    watch. Stale non-terminal events and dead ones change nothing.
+    watch. A dead event tracks its task (watched unless it is already): its record did not
+    take the state, and a dead letter nobody replays is one of the ways a record gets
+    stuck (issue 16), so the reconciler polls it and feeds the answer through the sink
+    again. Stale non-terminal events change nothing.
     """
     changes: list[WatchChange] = []
     after_ms = int(after_seconds * 1000)
     for record, state, received_ms in results:
         terminal = record.status_rank == TERMINAL_RANK
-        if terminal and state in (EventState.APPLIED, EventState.STALE):
+        due_ms = received_ms + after_ms
+        if state is EventState.DEAD:
+            changes.append(WatchChange(record.record_key, WatchOp.TRACK, due_ms))
+        elif terminal and state in (EventState.APPLIED, EventState.STALE):
             changes.append(WatchChange(record.record_key, WatchOp.UNWATCH))
         elif not terminal and state is EventState.APPLIED:
-            changes.append(WatchChange(record.record_key, WatchOp.WATCH, received_ms + after_ms))
+            changes.append(WatchChange(record.record_key, WatchOp.WATCH, due_ms))
     return changes
 
 
