@@ -433,6 +433,31 @@ async def _watch_status(settings: Settings) -> ops.WatchStatus:
         await runtime.aclose()
 
 
+class TestResilience:
+    def test_an_odd_watch_entry_does_not_stop_the_reconciler(
+        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis, fake: FakeRivya
+    ) -> None:
+        """A watch entry whose first-watched score is not whole milliseconds (written by
+        hand, or by another tool) is claimed with the tasks due beside it: it is polled
+        like them, and a task tracked beside it still reaches its terminal state (reading
+        it with ``int()`` failed every claim that held it, the reconciler with it)."""
+        for task_id in ("task_ok", "task_odd"):
+            fake.script(task_id, Reply.of(generation(task_id, "succeeded", UPDATED[1])))
+        shard = all_watch_shards(1)[0]
+        clean_redis.zadd(shard.due, {"task_odd": 0})
+        clean_redis.zadd(shard.since, {"task_odd": time.time() * 1000 + 0.5})
+        env = reconcile_env(tmp_path, redis_url, fake)
+        worker_only = Settings.from_env({**env, "RECEIVER_RIVYA_API_KEY": ""})
+        with (
+            ServiceThread(worker_only, run_worker=True),
+            ReconcilerThread(Settings.from_env(env)),
+        ):
+            assert 0 == cli(env, "track", "task_ok").returncode
+            wait_status(tmp_path, "task_ok", "succeeded")
+            wait_status(tmp_path, "task_odd", "succeeded")
+            eventually(lambda: watched(clean_redis) == {}, what="both watches to end")
+
+
 class TestWorkerKeepsTheWatch:
     def test_a_failed_watch_write_keeps_its_events_pending_until_it_succeeds(
         self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis

@@ -46,6 +46,10 @@ DEFAULT_RATE_LIMIT_PAUSE_SECONDS = 30.0
 # How often the gauges (watched tasks, oldest age, key refused) are refreshed.
 GAUGE_INTERVAL_SECONDS = 5.0
 MAX_IDLE_SECONDS = 1.0
+# After a round fails with anything but a Redis error (a bug, a reply we cannot read), the
+# loop waits this long before the next: long enough not to flood the log, short enough
+# that the other tasks are still polled (the failed round's claims wait out their lease).
+ROUND_FAILED_PAUSE_SECONDS = 5.0
 
 
 class Reconciler:
@@ -89,7 +93,9 @@ class Reconciler:
     # -- the loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Poll until ``stop()``; Redis outages are waited out, not fatal."""
+        """Poll until ``stop()``; Redis outages are waited out, and a round that fails for
+        any other reason is logged and followed by the next: one bad task must not stop
+        the reconciliation of every other (inside ``serve`` nothing would restart it)."""
         helpers = [
             asyncio.create_task(self._renew_leases(), name="reconcile-leases"),
             asyncio.create_task(self._refresh_gauges(), name="reconcile-gauges"),
@@ -108,6 +114,9 @@ class Reconciler:
                 except REDIS_ERRORS as exc:
                     log.warning("reconcile_redis_failed", error=type(exc).__name__)
                     await self._pause(1.0)
+                except Exception:
+                    log.exception("reconcile_round_failed")
+                    await self._pause(ROUND_FAILED_PAUSE_SECONDS)
         finally:
             self._loop_done.set()
             for helper in helpers:

@@ -97,6 +97,18 @@ def follow(
     return changes
 
 
+def _since_ms(score: str, claim: str) -> int:
+    """A task's first-watched time from its sorted-set score. Scores are floats to Redis:
+    one written by hand or by another tool may have a fraction or an exponent, and one odd
+    entry must not fail the claim of every task claimed with it. A score that is no finite
+    time counts as watched since the claim (``claim`` is the lease end, a little ahead:
+    the task's max age starts over)."""
+    try:
+        return int(float(score))
+    except (ValueError, OverflowError):
+        return int(claim)
+
+
 class WatchList:
     """Every watch-list query and script, sharing the event store's pipeline."""
 
@@ -153,7 +165,9 @@ class WatchList:
             values = [replies.text(value) for value in reply or []]
             for n in range(0, len(values), 5):
                 task_id, since, checks, errors, claim = values[n : n + 5]
-                taken.append(ClaimedTask(task_id, int(since), int(checks), int(errors), claim))
+                taken.append(
+                    ClaimedTask(task_id, _since_ms(since, claim), int(checks), int(errors), claim)
+                )
         return taken
 
     async def renew(self, tasks: Sequence[ClaimedTask]) -> list[bool]:
