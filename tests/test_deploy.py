@@ -88,6 +88,7 @@ SECRET_VARIABLES = {
     "RECEIVER_SINK",
     "RECEIVER_FORWARD_SECRET",
     "RECEIVER_ENCRYPTION_KEYS",
+    "RECEIVER_RIVYA_API_KEY",
 }
 
 
@@ -147,7 +148,13 @@ def configmap_data() -> dict[str, str]:
 
 
 WEBHOOK_SECRET_KEY = "webhook-secret"  # the Secret key that holds the signing secret
-COMPONENT_SETS = [(), ("http-sink",), ("encryption",), ("http-sink", "encryption")]
+COMPONENT_SETS = [
+    (),
+    ("http-sink",),
+    ("encryption",),
+    ("reconcile",),
+    ("http-sink", "encryption", "reconcile"),
+]
 
 
 @functools.cache
@@ -697,23 +704,28 @@ class TestKubernetes:
         assert deployments_seen == 2
 
     def test_components_add_only_what_they_name(self) -> None:
-        """http-sink adds the forward secret, encryption the keys; the base needs neither."""
-        expected = {
-            (): (set(), set()),
-            ("http-sink",): ({"RECEIVER_FORWARD_SECRET_FILE"}, {"forward-secret"}),
-            ("encryption",): ({"RECEIVER_ENCRYPTION_KEYS_FILE"}, {"encryption-keys"}),
+        """http-sink adds the forward secret, encryption the keys, reconcile Rivya's API key
+        to the workers alone (serve never polls); the base needs none of them."""
+        api_key = ({"RECEIVER_RIVYA_API_KEY_FILE"}, {"rivya-api-key"})
+        expected: dict[tuple[str, ...], dict[str, tuple[set[str], set[str]]]] = {
+            (): {},
+            ("http-sink",): {"*": ({"RECEIVER_FORWARD_SECRET_FILE"}, {"forward-secret"})},
+            ("encryption",): {"*": ({"RECEIVER_ENCRYPTION_KEYS_FILE"}, {"encryption-keys"})},
+            ("reconcile",): {"receiver-worker": api_key},
         }
         base = {
             obj["metadata"]["name"]: obj["spec"]["template"]["spec"]
             for obj in rendered()
             if obj["kind"] == "Deployment"
         }
-        for components, (variables, keys) in expected.items():
+        for components, by_deployment in expected.items():
             for obj in rendered(components):
                 if obj["kind"] != "Deployment":
                     continue
+                name = obj["metadata"]["name"]
+                variables, keys = by_deployment.get(name, by_deployment.get("*", (set(), set())))
                 pod = obj["spec"]["template"]["spec"]
-                before = base[obj["metadata"]["name"]]
+                before = base[name]
                 added = {e["name"] for e in pod["containers"][0]["env"]} - {
                     e["name"] for e in before["containers"][0]["env"]
                 }
@@ -785,15 +797,20 @@ def http_answers(url: str) -> bool:
 
 @pytest.mark.slow
 class TestPodsStart:
-    @pytest.mark.parametrize("name", ["receiver-serve", "receiver-worker"])
+    @pytest.mark.parametrize(
+        ("name", "components"),
+        [("receiver-serve", ()), ("receiver-worker", ()), ("receiver-worker", ("reconcile",))],
+        ids=["serve", "worker", "worker+reconcile"],
+    )
     def test_container_starts_with_only_its_pods_files(
-        self, name: str, redis_url: str, tmp_path: Path
+        self, name: str, components: tuple[str, ...], redis_url: str, tmp_path: Path
     ) -> None:
         """The container's command, with its env and only the Secret keys its pod mounts,
-        starts and serves; so the worker runs without the signing secret."""
+        starts and serves; so the worker runs without the signing secret, and with
+        components/reconcile its reconciler starts from the mounted API key."""
         (deployment,) = [
             obj
-            for obj in rendered()
+            for obj in rendered(components)
             if obj["kind"] == "Deployment" and obj["metadata"]["name"] == name
         ]
         pod = deployment["spec"]["template"]["spec"]
@@ -801,7 +818,8 @@ class TestPodsStart:
         contents = {"webhook-secret": TEST_SECRET, "redis-url": redis_url,
                     "sink-url": f"sqlite:///{tmp_path}/records.db",
                     # receiver-admin-users' key: a users-file line (a hash, never a token)
-                    "users": "ops viewer sha256:" + "0" * 64}  # fmt: skip
+                    "users": "ops viewer sha256:" + "0" * 64,
+                    "rivya-api-key": "rvya_sk_" + "k" * 32}  # fmt: skip
         # Each mounted Secret volume becomes a directory holding only its listed keys.
         files: dict[str, str] = {}
         for mount in container["volumeMounts"]:
@@ -846,6 +864,9 @@ class TestPodsStart:
                 time.sleep(0.05)
             process.send_signal(signal.SIGTERM)
             assert process.wait(30) == 0, log_path.read_text()[-3000:]
+            output = log_path.read_text()
+            assert ("reconciler_started" in output) == ("reconcile" in components), output[-3000:]
+            assert contents["rivya-api-key"] not in output
         finally:
             if process.poll() is None:
                 process.kill()
