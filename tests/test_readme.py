@@ -68,3 +68,38 @@ def _lookup(name: str) -> click.Command:
         assert isinstance(command, click.Group)
         command = command.commands[part]
     return command
+
+
+def cited_tests() -> list[tuple[str, list[str]]]:
+    """Every test the README cites: ``(file, [Class, test] or [test] or [])``. A cell's
+    ``::name`` continues the file cited last (the guarantees table's shorthand)."""
+    cited: list[tuple[str, list[str]]] = []
+    last_file = ""
+    for reference in re.findall(r"`((?:tests/|::)[^`\s]*)`", README):
+        path, *names = reference.split("::")
+        if path:
+            last_file = path
+        cited.append((path or last_file, names))
+    return cited
+
+
+def test_cited_tests_exist() -> None:
+    """Each file, class and test the README cites as a proof exists: a renamed or deleted
+    test cannot leave a guarantee pointing at nothing."""
+    missing = []
+    for path, names in cited_tests():
+        target = ROOT / path
+        if not target.exists():
+            missing.append(path)
+            continue
+        if target.is_dir() or not names:
+            continue
+        source = target.read_text()
+        for name in names:
+            bare = name.split("[", 1)[0]
+            if not re.search(
+                rf"^\s*(?:async\s+)?(?:def|class)\s+{re.escape(bare)}\b", source, re.M
+            ):
+                missing.append(f"{path}::{name}")
+    assert [] == missing
+    assert len(cited_tests()) > 50, "the guarantees table is parsed"
