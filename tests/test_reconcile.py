@@ -367,15 +367,22 @@ class TestPoliteness:
         assert "processing" in dead["last_error"]
         assert "processing" == (row(tmp_path, "task_stuck") or {}).get("status")
 
+    @pytest.mark.parametrize("refusal", [401, 403])
     def test_a_refused_key_stops_polling_then_one_probe_resumes_it(
-        self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis, fake: FakeRivya
+        self,
+        tmp_path: Path,
+        redis_url: str,
+        clean_redis: redis.Redis,
+        fake: FakeRivya,
+        refusal: int,
     ) -> None:
-        """401: no further request until the recheck; status shows the refusal; the recheck's
-        probe finds the key accepted again and polling resumes."""
+        """401 or 403: no further request until the recheck; ``receiver status`` shows the
+        refusal in words and in JSON, never the key; the recheck's probe finds the key
+        accepted again and polling resumes."""
         tasks = [f"task_refused_{n}" for n in range(3)]
         for task_id in tasks:
             fake.script(task_id, Reply.of(generation(task_id, "succeeded", UPDATED[1])))
-        fake.override = Reply(401, {"error": "invalid api key"})
+        fake.override = Reply(refusal, {"error": "invalid api key"})
         env = reconcile_env(tmp_path, redis_url, fake, RECEIVER_RECONCILE_RATE="1/s")
         settings = Settings.from_env(env)
         with ReconcilerThread(settings):
@@ -384,13 +391,20 @@ class TestPoliteness:
             time.sleep(2.5)  # 1/s would have asked twice more by now
             assert 1 == fake.count(), "a refused key stops polling"
             status = asyncio.run(_watch_status(settings))
-            assert (True, 401, "refused", 3) == (
+            assert (True, refusal, "refused", 3) == (
                 status.key_refused,
                 status.refused_status,
                 status.pause_reason,
                 status.watched,
             )
             assert status.paused_seconds > 50
+            shown, as_json = cli(env, "status"), cli(env, "status", "--json")
+            assert (0, 0) == (shown.returncode, as_json.returncode), shown.stderr
+            assert f"API KEY REFUSED ({refusal}): polling stopped" in shown.stdout
+            reported = orjson.loads(as_json.stdout)["reconcile"]
+            assert (True, refusal) == (reported["key_refused"], reported["refused_status"])
+            for output in (shown.stdout, shown.stderr, as_json.stdout, as_json.stderr):
+                assert API_KEY not in output
             fake.override = None
             clean_redis.delete(RECONCILE_PAUSE)  # as if the minute until the recheck had passed
             eventually(lambda: watched(clean_redis) == {}, what="polling to resume")
