@@ -631,22 +631,27 @@ class TestConfig:
         assert short.removeprefix("whsec_") not in result.stdout + result.stderr
 
     @pytest.mark.parametrize(
-        ("appendfsync", "warning"),
-        [("everysec", "redis appendfsync is everysec"), ("no", "redis appendfsync is no")],
-        ids=["everysec", "no"],
+        ("appendfsync", "policy", "warning"),
+        [
+            ("everysec", "noeviction", "redis appendfsync is everysec"),
+            ("no", "noeviction", "redis appendfsync is no"),
+            ("always", "allkeys-lru", "redis maxmemory-policy is allkeys-lru, not noeviction"),
+        ],
+        ids=["everysec", "no", "allkeys-lru"],
     )
     def test_check_warns_about_a_lax_fsync_and_strict_fails(
-        self, tmp_path: Path, appendfsync: str, warning: str
+        self, tmp_path: Path, appendfsync: str, policy: str, warning: str
     ) -> None:
-        """appendfsync everysec or no loses acknowledged events in some crashes: config check
-        warns (exit 0), --strict makes the warning a failure (exit 1)."""
+        """appendfsync everysec or no loses acknowledged events in some crashes, an evicting
+        Redis deletes them under memory pressure: config check warns (exit 0), --strict
+        makes the warning a failure (exit 1)."""
         from tests.redis_proc import RedisProcess
 
         with RedisProcess(
             tmp_path / "redis",
             appendonly=True,
             appendfsync=appendfsync,
-            extra_args=("--maxmemory-policy", "noeviction"),
+            extra_args=("--maxmemory-policy", policy),
         ) as server:
             env = base_env(tmp_path, server.url, RECEIVER_SINK="log:")
             lenient = cli(env, "config", "check")
