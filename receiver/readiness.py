@@ -14,6 +14,7 @@ and, later, the admin listener's detailed readiness (SPEC §10) share this class
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,12 +59,25 @@ def _reason(exc: BaseException) -> str:
 class Readiness:
     """Write probes of one Redis through ``client`` (which this object owns and closes)."""
 
-    def __init__(self, client: Any, *, shards: int, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        shards: int,
+        timeout_seconds: float,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self._client = client
         self._keys = [shard.probe for shard in all_shards(shards)]
         self._timeout = timeout_seconds
+        # Seconds on a monotonic clock; the running loop's by default. A test seam: tests
+        # pass their own clock to step past MAX_AGE_SECONDS without sleeping.
+        self._clock = clock
         self._last: ReadinessResult | None = None
         self._inflight: asyncio.Future[ReadinessResult] | None = None
+
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
 
     @property
     def last(self) -> ReadinessResult | None:
@@ -74,10 +88,10 @@ class Readiness:
         """A result at most ``MAX_AGE_SECONDS`` old: the last one, or the probe in flight."""
         loop = asyncio.get_running_loop()
         last = self._last
-        if last is not None and loop.time() - last.checked_at <= MAX_AGE_SECONDS:
+        if last is not None and self._now() - last.checked_at <= MAX_AGE_SECONDS:
             return last
         if self._inflight is None:
-            self._inflight = loop.create_task(self._probe(loop.time()))
+            self._inflight = loop.create_task(self._probe(self._now()))
             self._inflight.add_done_callback(self._probe_done)
         # Shielded: a caller that goes away must not cancel the probe the others wait for.
         return await asyncio.shield(self._inflight)

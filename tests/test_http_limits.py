@@ -137,6 +137,60 @@ class TestHeaderBudget:
         assert [200, 200, 200] == statuses
 
 
+SMALL_HEADER_LIMIT = 4096  # RECEIVER_MAX_HEADER_BYTES of the ``small_budget`` service
+
+
+def signed_post_of(size: int) -> tuple[bytes, bytes]:
+    """A signed delivery whose request line and headers, blank line included, are exactly
+    ``size`` bytes (padded by one header), and its body: (head, body)."""
+    body = event_body()
+    headers = [*signed_headers(body).items(), ("content-length", str(len(body)))]
+    unpadded = request_bytes(headers=[*headers, ("x-pad", "")], body=b"")
+    padding = size - len(unpadded)
+    assert padding >= 0, f"a signed head takes {len(unpadded)} bytes already"
+    return request_bytes(headers=[*headers, ("x-pad", "a" * padding)], body=b""), body
+
+
+@pytest.fixture(scope="module")
+def small_budget(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[ServiceProcess]:
+    """A serve process configured with a 4 KiB header budget."""
+    running = start_serve(
+        tmp_path_factory.mktemp("small-budget"), redis_url, "serve",
+        RECEIVER_MAX_HEADER_BYTES="4KiB",
+    )  # fmt: skip
+    yield running
+    running.stop()
+
+
+class TestConfiguredHeaderBudget:
+    """RECEIVER_MAX_HEADER_BYTES=4KiB, end to end over a socket: the setting is the budget."""
+
+    def test_a_signed_delivery_at_the_budget_is_accepted(
+        self, small_budget: ServiceProcess
+    ) -> None:
+        """Head of exactly 4096 bytes (the body, sent with it, does not count): 202."""
+        for size in (SMALL_HEADER_LIMIT - 1, SMALL_HEADER_LIMIT):
+            head, body = signed_post_of(size)
+            assert size == len(head)
+            answer = exchange(small_budget.port, head + body)
+            assert (202, "accepted") == (answer.status, answer.json()["status"])  # type: ignore[index]
+
+    def test_a_signed_delivery_past_the_budget_gets_431_and_close(
+        self, small_budget: ServiceProcess
+    ) -> None:
+        """Head of 4097 bytes (far below the 32 KiB default): 431 with the JSON code and
+        ``connection: close``, and the server closes the connection."""
+        head, body = signed_post_of(SMALL_HEADER_LIMIT + 1)
+        with connect(small_budget.port) as sock:
+            sent = send_quietly(sock, head + body)
+            answer = read_answer(sock)
+        assert sent
+        assert_refused(answer, 431, "request_header_fields_too_large")
+        assert b"" == answer.extra  # nothing after the refusal: the body was never answered
+
+
 # -- read deadlines ---------------------------------------------------------------------------
 
 

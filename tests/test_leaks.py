@@ -681,3 +681,77 @@ def test_no_secret_in_ops_command_outputs(tmp_path: Path, postgres_dsn: str) -> 
     assert set() == leaked
     assert event_id in listed  # the commands did print what they were asked for
     assert "webhook-signature" in outputs[2]  # the rejection's header names, not values
+
+
+DEEP_LEVELS = 50
+
+
+def nest(levels: int, inner: object) -> object:
+    """``inner`` under ``levels`` levels that alternate between an object and a list, a
+    secret-bearing string beside the next level at each one."""
+    value = inner
+    for level in range(levels):
+        signed = f"https://cdn.example/{level}.png?X-Amz-Signature={URL_SIGNATURE}&token={API_KEY}"
+        if level % 2:
+            value = [f"key {API_KEY}", signed, value]
+        else:
+            value = {"note": f"Bearer {API_KEY}", "link": signed, "next": value}
+    return value
+
+
+def test_secrets_nested_deep_in_a_body_reach_no_log_line(
+    tmp_path: Path, redis_url: str, clean_redis: object
+) -> None:
+    """A signed event whose body holds an ``rvya_sk_`` key and signed URLs (X-Amz-Signature,
+    token=) 50 levels down through objects and lists, and in the record's own fields, and a
+    signed body that nests the generation itself 50 levels deep (stored dead): serve with the
+    ``log:`` sink at debug level prints the record line and the dead event, every line JSON,
+    and neither the key nor any URL signature appears on its stdout."""
+    env = base_env(tmp_path, redis_url, RECEIVER_SINK="log:", RECEIVER_LOG_LEVEL="debug")
+    signed_url = f"https://cdn.example/r.png?X-Amz-Signature={URL_SIGNATURE}&token={API_KEY}"
+    gen = generation(
+        status="failed",
+        client_request_id=f"order {API_KEY}",
+        error={"code": "upstream", "message": f"fetch {signed_url} with Bearer {API_KEY}"},
+        metadata=nest(DEEP_LEVELS, {"api_key": API_KEY, "urls": [signed_url]}),
+    )
+    gen["result"] = {"primary_url": signed_url, "urls": [signed_url]}
+    mapped = {**envelope(gen), "extra": nest(DEEP_LEVELS, [signed_url, API_KEY])}
+    unmappable = {"id": "evt_deep", "type": "generation.succeeded", "data": nest(DEEP_LEVELS, gen)}
+    bodies = [orjson.dumps(mapped), orjson.dumps(unmappable)]
+    ids = ["msg_deep_mapped", "msg_deep_unmappable"]
+    service = ServiceProcess(env, tmp_path / "serve.log", "serve")
+    with service, httpx.Client(base_url=service.url, timeout=10) as client:
+        statuses = [
+            client.post(
+                "/webhooks/rivya", content=body, headers=signed_headers(body, event_id=event_id)
+            ).status_code
+            for body, event_id in zip(bodies, ids, strict=True)
+        ]
+        eventually(
+            lambda: "record_applied" in service.output() and '"outcome":"dead"' in service.output(),
+            what="the record line and the dead event",
+        )
+        time.sleep(0.5)  # lines the worker writes after those
+        # The CLI walks this body for `events show` (50 levels: within the redaction's walk).
+        shown = subprocess.run(
+            [sys.executable, "-m", "receiver", "events", "show", ids[0], "--json"],
+            env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+            check=False,
+        )  # fmt: skip
+    output = service.output()
+    lines = [orjson.loads(line) for line in output.splitlines()]  # every line is JSON
+    [record_line] = [line for line in lines if line["event"] == "record_applied"]
+    [dead_line] = [line for line in lines if line.get("outcome") == "dead"]
+    assert [202, 202] == statuses
+    assert (gen["id"], "failed") == (record_line["record_key"], record_line["status"])
+    assert "cdn.example/r.png" in record_line["primary_url"]  # masked, not dropped
+    assert (ids[1], "unmappable: no_generation_object") == (
+        dead_line["event_id"],
+        dead_line["reason"],
+    )
+    shown_body = orjson.loads(shown.stdout)["body"]
+    assert isinstance(shown_body, dict), "the 50-level body is walked, not flattened to text"
+    everything = output + shown.stdout + shown.stderr
+    assert [] == [secret for secret in (API_KEY, URL_SIGNATURE) if secret in everything]
+    assert API_KEY.removeprefix("rvya_sk_") not in everything

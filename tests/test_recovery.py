@@ -33,9 +33,29 @@ from tests.test_crash_safety import wait_for_final_states
 
 pytestmark = pytest.mark.slow
 
+# What a delivery refused for want of storage says (README: "Redis unreachable or erroring"):
+# the JSON error code and Retry-After in seconds (SPEC §3, §9).
+UNAVAILABLE = ("storage_unavailable", "5")
 
-async def deliver_for(url: str, senders: int, seconds: float, prefix: str) -> list[tuple[str, int]]:
-    """``senders`` concurrent senders posting new events back to back for ``seconds``."""
+
+def refusal_of(response: httpx.Response) -> tuple[object, str | None]:
+    """A 503's error code (from its JSON body) and its Retry-After header."""
+    try:
+        code = response.json().get("error")
+    except ValueError:
+        code = response.text[:100]
+    return code, response.headers.get("retry-after")
+
+
+async def deliver_for(
+    url: str,
+    senders: int,
+    seconds: float,
+    prefix: str,
+    refusals: list[tuple[object, str | None]] | None = None,
+) -> list[tuple[str, int]]:
+    """``senders`` concurrent senders posting new events back to back for ``seconds``; each
+    503's error code and Retry-After go to ``refusals``."""
     limits = httpx.Limits(max_connections=senders, max_keepalive_connections=senders)
     answers: list[tuple[str, int]] = []
     deadline = time.monotonic() + seconds
@@ -51,6 +71,8 @@ async def deliver_for(url: str, senders: int, seconds: float, prefix: str) -> li
                 try:
                     response = await client.post("/webhooks/rivya", content=body, headers=headers)
                     answers.append((event_id, response.status_code))
+                    if response.status_code == 503 and refusals is not None:
+                        refusals.append(refusal_of(response))
                 except httpx.HTTPError:
                     answers.append((event_id, 599))
 
@@ -87,11 +109,12 @@ def stored(client: redis.Redis, event_ids: list[str]) -> list[bool]:
 
 def test_killed_connections_under_load_answer_503_never_500(tmp_path: Path) -> None:
     """200 concurrent senders while Redis drops every connection (CLIENT KILL every 50 ms,
-    and now and then a SIGKILL and restart): every answer is 2xx or 503, no traceback, every
-    2xx is stored, and once the kills stop every delivery is accepted. The worker inside
-    serve lives through the same kills: every acknowledged event reaches its final state
-    within 30 s of the last kill, under a 60 s visibility timeout, so no event a live
-    worker held waits for a reclaim after a Redis blip."""
+    and now and then a SIGKILL and restart): every answer is 2xx or 503 storage_unavailable
+    with Retry-After, no traceback, every 2xx is stored, and once the kills stop every
+    delivery is accepted. The worker inside serve lives through the same kills: every
+    acknowledged event reaches its final state within 30 s of the last kill, under a 60 s
+    visibility timeout, so no event a live worker held waits for a reclaim after a Redis
+    blip."""
     durable = ("--appendfsync", "always")
     with RedisProcess(tmp_path / "redis", appendonly=True, extra_args=durable) as server:
         env = base_env(
@@ -115,8 +138,9 @@ def test_killed_connections_under_load_answer_503_never_500(tmp_path: Path) -> N
 
             thread = threading.Thread(target=killer)
             thread.start()
+            refusals: list[tuple[object, str | None]] = []
             try:
-                answers = asyncio.run(deliver_for(service.url, 200, 8, "msg_kill"))
+                answers = asyncio.run(deliver_for(service.url, 200, 8, "msg_kill", refusals))
             finally:
                 stop.set()
                 thread.join()
@@ -129,6 +153,7 @@ def test_killed_connections_under_load_answer_503_never_500(tmp_path: Path) -> N
             output = service.output()
     statuses = Counter(status for _, status in answers)
     assert (True, True) == (kills > 20, statuses[503] > 0), f"kills missed: {statuses}"
+    assert {UNAVAILABLE} == set(refusals)
     assert {} == {code: n for code, n in statuses.items() if code >= 500 and code != 503}
     assert "Traceback" not in output
     assert len(acknowledged) > 100
@@ -150,18 +175,25 @@ def embedded_env(data_dir: Path, tmp_path: Path, **extra: str) -> dict[str, str]
     return base_env(data_dir, None, RECEIVER_SINK=f"sqlite:///{tmp_path}/records.db", **extra)
 
 
-def post(service: ServiceProcess, event_id: str, body: bytes | None = None) -> int:
+def post_answer(
+    service: ServiceProcess, event_id: str, body: bytes | None = None
+) -> httpx.Response | None:
+    """The answer to one signed delivery, or None when there was none."""
     body = body or event_body()
     try:
-        response = httpx.post(
+        return httpx.post(
             f"{service.url}/webhooks/rivya",
             content=body,
             headers=signed_headers(body, event_id=event_id),
             timeout=10,
         )
     except httpx.HTTPError:
-        return 599
-    return response.status_code
+        return None
+
+
+def post(service: ServiceProcess, event_id: str, body: bytes | None = None) -> int:
+    response = post_answer(service, event_id, body)
+    return 599 if response is None else response.status_code
 
 
 def metric(service: ServiceProcess, name: str) -> float:
@@ -331,7 +363,8 @@ def test_embedded_redis_that_cannot_come_back_fails_healthz(
 
 def test_full_disk_kills_redis_and_serve_recovers_once_space_is_freed(tmp_path: Path) -> None:
     """The data dir's filesystem (an 8 MiB tmpfs) fills up: the embedded Redis exits on the
-    failed AOF write, deliveries get 503 meanwhile; once space is freed it is back by
+    failed AOF write, deliveries get 503 storage_unavailable with Retry-After meanwhile;
+    once space is freed it is back by
     itself, every event acknowledged before, during and after is stored and applied."""
     mount = Path(tempfile.mkdtemp(prefix="rcv-disk-", dir="/tmp"))
     mounted = subprocess.run(
@@ -354,9 +387,15 @@ def test_full_disk_kills_redis_and_serve_recovers_once_space_is_freed(tmp_path: 
             while True:
                 fill.write(b"\0" * 65536)
         during: Counter[int] = Counter()
+        refusals: set[tuple[object, str | None]] = set()
         for n in range(200):
-            status = post(service, f"msg_disk_full_{n}", event_body(client_request_id="x" * 4000))
+            answer = post_answer(
+                service, f"msg_disk_full_{n}", event_body(client_request_id="x" * 4000)
+            )
+            status = 599 if answer is None else answer.status_code
             during[status] += 1
+            if answer is not None and status == 503:
+                refusals.add(refusal_of(answer))
             if status in (200, 202):
                 acknowledged.append(f"msg_disk_full_{n}")
             if log_lines(service, "embedded_redis_died"):
@@ -376,6 +415,7 @@ def test_full_disk_kills_redis_and_serve_recovers_once_space_is_freed(tmp_path: 
     assert died, f"Redis never died of the full disk: {dict(during)}"
     assert "exit status 1" in died[0]["reason"]
     assert during[503] >= 1
+    assert {UNAVAILABLE} == refusals
     assert ([202] * 20, 200) == (after, health)
     assert {b"applied"} == set(states.values())
 
@@ -390,25 +430,28 @@ def run_receiver(env: dict[str, str], *args: str) -> subprocess.CompletedProcess
     )  # fmt: skip
 
 
-async def timed_posts(url: str, count: int) -> list[tuple[int, float, str | None]]:
-    """``count`` concurrent deliveries: (status, seconds to the answer, Retry-After)."""
+async def timed_posts(url: str, count: int) -> list[tuple[int, float, str | None, object]]:
+    """``count`` concurrent deliveries: (status, seconds to the answer, Retry-After, the
+    JSON body's error code)."""
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
 
-        async def one(n: int) -> tuple[int, float, str | None]:
+        async def one(n: int) -> tuple[int, float, str | None, object]:
             body = event_body()
             started = time.monotonic()
             response = await client.post(
                 "/webhooks/rivya", content=body, headers=signed_headers(body)
             )
             elapsed = time.monotonic() - started
-            return response.status_code, elapsed, response.headers.get("retry-after")
+            code, retry_after = refusal_of(response)
+            return response.status_code, elapsed, retry_after, code
 
         return list(await asyncio.gather(*(one(n) for n in range(count))))
 
 
 def test_a_frozen_redis_answers_503_within_the_timeout(tmp_path: Path) -> None:
     """Redis frozen (SIGSTOP) for longer than RECEIVER_REDIS_TIMEOUT=1s: concurrent and then
-    one-by-one deliveries each get 503 with Retry-After within the timeout plus slack (not
+    one-by-one deliveries each get 503 storage_unavailable with Retry-After within the
+    timeout plus slack (not
     the sender's own timeout), /readyz says timeout; thawed, deliveries are accepted."""
     timeout, slack = 1.0, 2.0
     with RedisProcess(tmp_path / "redis") as server:
@@ -425,8 +468,8 @@ def test_a_frozen_redis_answers_503_within_the_timeout(tmp_path: Path) -> None:
             eventually(lambda: ready(service), what="readiness after the thaw")
             after = [post(service, f"msg_after_thaw_{n}") for n in range(10)]
     answers = together + one_by_one
-    assert {(503, "5")} == {(status, retry_after) for status, _, retry_after in answers}
-    slowest = max(elapsed for _, elapsed, _ in answers)
+    assert {(503, *UNAVAILABLE)} == {(status, code, retry) for status, _, retry, code in answers}
+    slowest = max(elapsed for _, elapsed, _, _ in answers)
     assert slowest < timeout + slack, f"the slowest 503 took {slowest:.2f}s"
     assert (503, "timeout") == (readiness.status_code, readiness.json()["reason"])
     assert [202] * 10 == after
@@ -491,7 +534,7 @@ def test_a_redis_that_refuses_writes_answers_503_and_is_not_ready(
             eventually(lambda: ready(service), what="readiness once writes work")
             after = [post(service, f"msg_after_refusal_{n}") for n in range(10)]
             output = service.output()
-    assert {(503, "5")} == {(status, retry_after) for status, _, retry_after in refused}
+    assert {(503, *UNAVAILABLE)} == {(status, code, retry) for status, _, retry, code in refused}
     assert {"error": "not_ready", "failed": ["redis"], "reason": reason} == readiness
     assert [202] * 10 == after
     assert "Traceback" not in output

@@ -487,7 +487,73 @@ def peak_rss_kib() -> int:
     return int(status.split("VmHWM:")[1].split()[0])
 
 
+class EndlessAnswer:
+    """A downstream on a raw socket that answers one request with a 200 MB body and counts
+    what it managed to send before the client dropped the connection.
+
+    Its send buffer is shrunk (SO_SNDBUF 4 KiB), so the count measures what the client
+    took in (its receive buffer included), not what this side's kernel would queue."""
+
+    TOTAL = 200 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # inherited
+        self.port = self.listener.getsockname()[1]
+        self.sent = 0
+        self.outcome = ""  # "dropped" (reset or broken pipe), "stalled" or "complete"
+        self.finished = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="endless", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/records"
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.settimeout(10)  # a client that stops reading yet keeps the connection
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, body = data.split(b"\r\n\r\n", 1)
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            while len(body) < length:
+                body += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % self.TOTAL)
+            chunk = b"x" * 65536
+            try:
+                while self.sent < self.TOTAL:
+                    self.sent += conn.send(chunk[: self.TOTAL - self.sent])
+                self.outcome = "complete"
+            except (ConnectionResetError, BrokenPipeError):
+                self.outcome = "dropped"
+            except TimeoutError:
+                self.outcome = "stalled"
+        self.finished.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        self._thread.join(15)
+
+
 class TestAnswers:
+    async def test_huge_answer_stops_being_read_within_a_bound(self, tmp_path: Path) -> None:
+        """A downstream answering 200 MB managed to send at most 1 MiB (the sink reads 64 KiB,
+        the rest is what the socket buffers hold) before the sink dropped the connection:
+        the sink stops reading and closes, rather than draining or leaving it open."""
+        downstream = EndlessAnswer()
+        sink = HttpSink(downstream.url, sink_settings(tmp_path, downstream.url))
+        try:
+            outcome = outcome_of(await sink.apply(make_record(new_key(), "succeeded")))
+            finished = await asyncio.to_thread(downstream.finished.wait, 30)
+        finally:
+            await sink.aclose()
+            downstream.close()
+        assert (ApplyOutcome.APPLIED, True, "dropped") == (outcome, finished, downstream.outcome)
+        assert downstream.sent <= 1024 * 1024, f"the sink took in {downstream.sent} bytes"
+
     async def test_huge_answer_is_not_read(self, make_sink: Any, server: Server) -> None:
         """A 200 MB answer is not read: its status decides, peak memory barely moves, and
         its connection is dropped rather than drained (the next request opens another)."""
