@@ -189,6 +189,56 @@ def test_ops_command_in_the_wrong_directory_exits_1(tmp_path: Path, args: list[s
     assert not (data_dir / "redis").exists()  # nothing was created
 
 
+def run_long_running(env: dict[str, str], args: list[str], cwd: Path) -> tuple[int, str, str]:
+    """Run a command that serves until stopped; if it is still up after 30 s it did not
+    refuse: stop it with SIGTERM (so it stops any Redis it started) and fail."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "receiver", *args],
+        env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        stdout, stderr = process.communicate(timeout=30)
+        pytest.fail(f"`receiver {' '.join(args)}` started instead of refusing: {stderr[-2000:]}")
+    return process.returncode, stdout, stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "extra"),
+    [
+        # A free port, so that a console that wrongly starts binds nothing anyone uses.
+        pytest.param(["console"], {"RECEIVER_ADMIN_ADDR": "127.0.0.1:{port}"}, id="console"),
+        # A key so the command gets past its own check, and an API nobody answers on.
+        pytest.param(
+            ["reconcile"],
+            {
+                "RECEIVER_RIVYA_API_KEY": "rvya_sk_test",
+                "RECEIVER_RIVYA_API_URL": "http://127.0.0.1:1",
+            },
+            id="reconcile",
+        ),
+    ],
+)
+def test_long_running_ops_command_in_the_wrong_directory_exits_1(
+    tmp_path: Path, args: list[str], extra: dict[str, str]
+) -> None:
+    """`receiver console` and `receiver reconcile` refuse a directory with no store like the
+    read-only ops commands: one line saying where they looked and what to set, exit 1, and
+    no receiver-data directory, instead of serving an empty embedded Redis."""
+    env = embedded_env(**{key: value.format(port=free_port()) for key, value in extra.items()})
+    code, stdout, stderr = run_long_running(env, args, tmp_path)
+    assert (1, "") == (code, stdout)
+    [line] = stderr.splitlines()
+    data_dir = tmp_path / "receiver-data"
+    assert line.startswith(f"receiver: no receiver data in {data_dir}: ")
+    assert str(data_dir / "redis" / "redis.sock") in line
+    assert "RECEIVER_DATA_DIR" in line
+    assert "RECEIVER_REDIS_URL" in line
+    assert [] == list(tmp_path.iterdir())  # nothing was created, not even receiver-data
+
+
 def test_config_check_in_the_wrong_directory_creates_no_store(tmp_path: Path) -> None:
     """config check says no store exists here yet (and where it looked) instead of
     creating an empty one that later ops commands would take for the service's."""

@@ -3,15 +3,18 @@ public port never shows (SPEC §10), against a real Redis."""
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 import redis
+from starlette.routing import BaseRoute, Mount, Route
 
+from receiver.console import AdminApp
 from receiver.console.api import API
 from receiver.console.users import Role, hash_token
 from receiver.settings import Settings
@@ -77,6 +80,20 @@ def olga(people: tuple[Path, dict[str, Person]]) -> Person:
 @pytest.fixture
 def vic(people: tuple[Path, dict[str, Person]]) -> Person:
     return people[1]["vic"]
+
+
+def post_paths(app: AdminApp | None) -> list[str]:
+    """Every path the admin app answers POST on, read from its route table (mounts too)."""
+    assert app is not None, "started with admin=True"
+
+    def walk(routes: Sequence[BaseRoute], prefix: str) -> Iterator[str]:
+        for route in routes:
+            if isinstance(route, Mount):
+                yield from walk(route.routes, prefix + route.path)
+            elif isinstance(route, Route) and "POST" in (route.methods or ()):
+                yield prefix + route.path
+
+    return list(walk(app.routes, ""))
 
 
 def api_requests() -> list[tuple[str, str]]:
@@ -171,6 +188,57 @@ class TestRoles:
         with client(service) as http:
             response = http.request(method, path, headers=olga.bearer, json={})
         assert response.status_code not in (401, 403)
+
+    def test_a_viewer_session_gets_403_on_every_post_route_and_changes_nothing(
+        self, service: ServiceThread, olga: Person, vic: Person
+    ) -> None:
+        """Every POST route of the admin app's route table (forms and API; signing in and
+        out aside) answers 403 forbidden to a signed-in viewer with a valid CSRF token,
+        with a request that would act on a dead event, and the event stays dead, unaudited."""
+        event_id = _deliver(service, UNMAPPABLE)
+        eventually(lambda: _state(service, olga, event_id) == "dead", what="dead on arrival")
+        with client(service) as http:
+            dead = http.get(
+                "/api/v1/events", params={"state": "dead", "reason": "unmappable", "limit": 100},
+                headers=olga.bearer,
+            ).json()["events"]  # fmt: skip
+            audit_before = http.get("/api/v1/audit", headers=olga.bearer).json()["entries"]
+            before = http.get(f"/api/v1/events/{event_id}", headers=olga.bearer).json()
+            # What an operator would send to act on it, through every route at once.
+            form = {"event_id": event_id, "source": "rivya", "state": "dead",
+                    "reason": "unmappable", "why": "a viewer tries", "step": "run",
+                    "expected": str(len(dead))}  # fmt: skip
+            document = {"reason": "a viewer tries", "dry_run": False, "task_ids": ["task_vic"],
+                        "filter": {"state": "dead", "reason": "unmappable"}}  # fmt: skip
+            watched_before = self._watched(http, olga)
+            csrf = sign_in(http, vic)
+            statuses: dict[str, int] = {}
+            api_errors: dict[str, str] = {}
+            for path in post_paths(service.admin_app):
+                if path in ("/sign-in", "/sign-out"):  # no session yet / every role's
+                    continue
+                concrete = re.sub(r"\{[^}]+\}", event_id, path)
+                if path.startswith("/api/"):
+                    answer = http.post(concrete, json=document, headers={"X-CSRF-Token": csrf})
+                    api_errors[path] = answer.json().get("error", "")
+                else:
+                    answer = http.post(concrete, data={**form, "csrf": csrf})
+                statuses[path] = answer.status_code
+            after = http.get(f"/api/v1/events/{event_id}", headers=olga.bearer).json()
+            audit_after = http.get("/api/v1/audit", headers=olga.bearer).json()["entries"]
+            watched_after = self._watched(http, olga)
+        assert any(path.startswith("/actions/") for path in statuses), statuses
+        assert any(path.startswith("/api/v1/") for path in statuses), statuses
+        assert dict.fromkeys(statuses, 403) == statuses
+        assert dict.fromkeys(api_errors, "forbidden") == api_errors  # the role, not CSRF
+        assert ("dead", before["history"]) == (after["state"], after["history"])
+        assert audit_before == audit_after, "nothing was replayed or resolved"
+        assert watched_before == watched_after, "no task was tracked"
+
+    @staticmethod
+    def _watched(http: httpx.Client, person: Person) -> int:
+        status = http.get("/api/v1/status", headers=person.bearer).json()
+        return int(status["reconcile"]["watched"])
 
     def test_viewers_read(self, service: ServiceThread, vic: Person) -> None:
         """A viewer reads events and the audit log."""

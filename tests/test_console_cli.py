@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,7 @@ from receiver.settings import DEFAULT_ADMIN_ADDR, Settings
 from tests.console_helpers import write_users
 from tests.factories import base_env
 from tests.servers import ServiceProcess
-from tests.test_cli import run_cli
+from tests.test_cli import ROOT, embedded_env, run_cli
 
 
 @pytest.mark.parametrize(
@@ -145,3 +146,62 @@ def test_console_alone_reads_records_from_the_sink(
     assert "succeeded: 1 credit charged; result ready" == answer.json()["words"]
     assert "msg_alone" == answer.json()["record"]["last_event_id"]
     assert orjson.loads(answer.content)["events"] == []
+
+
+DEV_CONSOLE = ROOT / "scripts" / "dev-console.sh"
+
+
+def source_dev_console(data_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Source the script as `make run` does, then report what the next command would get."""
+    return subprocess.run(
+        ["sh", "-c", f". '{DEV_CONSOLE}' && echo \"serve with $RECEIVER_ADMIN_USERS_FILE\""],
+        cwd=cwd, env=embedded_env(RECEIVER_DATA_DIR=str(data_dir)),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_dev_console_makes_an_operator_once(tmp_path: Path) -> None:
+    """`make run`'s console helper writes the token and its users-file line (mode 0600),
+    exports the users file, and keeps the same operator on the next run."""
+    data_dir = tmp_path / "data"
+    first = source_dev_console(data_dir, ROOT)
+    again = source_dev_console(data_dir, ROOT)
+    users_file, token_file = data_dir / "dev-admin-users", data_dir / "dev-admin-token"
+    assert (0, 0) == (first.returncode, again.returncode), first.stderr + again.stderr
+    assert f"serve with {users_file}" == first.stdout.strip() == again.stdout.strip()
+    assert "created a development console operator 'dev'" in first.stderr
+    assert "created" not in again.stderr
+    token = token_file.read_text().strip()
+    assert f"dev operator {hash_token(token)}\n" == users_file.read_text()
+    assert (0o600, 0o600) == (
+        users_file.stat().st_mode & 0o777, token_file.stat().st_mode & 0o777,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("breakage", "expected"),
+    [
+        pytest.param("no-venv", "receiver: could not create a development console operator: "
+                     "'.venv/bin/receiver admin-token dev operator' failed", id="no-venv"),
+        pytest.param("data-dir-is-a-file", "receiver: cannot create ", id="data-dir-is-a-file"),
+        pytest.param("token-path-taken", "receiver: could not write the development console "
+                     "operator's files", id="token-path-taken"),
+    ],
+)  # fmt: skip
+def test_dev_console_fails_loudly(tmp_path: Path, breakage: str, expected: str) -> None:
+    """When the helper cannot make the operator (no venv where it runs, a data dir it cannot
+    create, a file it cannot write) `make run` stops with one line and a nonzero status,
+    instead of serving a console with an empty users file that nobody can sign in to."""
+    data_dir, cwd = tmp_path / "data", ROOT
+    if breakage == "no-venv":
+        cwd = tmp_path  # `make run` from elsewhere: no .venv/bin/receiver here
+    elif breakage == "data-dir-is-a-file":
+        (tmp_path / "file").write_text("")
+        data_dir = tmp_path / "file" / "data"
+    else:
+        (data_dir / "dev-admin-token" / "taken").mkdir(parents=True)
+    result = source_dev_console(data_dir, cwd)
+    assert (1, "") == (result.returncode, result.stdout), result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(expected), line
+    assert not (data_dir / "dev-admin-users").exists(), "no empty users file left behind"

@@ -285,6 +285,141 @@ def test_no_secret_in_any_console_page_or_api_answer(tmp_path: Path, redis_url: 
     assert any("[REDACTED]" in answer for answer in answers), "the body was shown, redacted"
 
 
+# A downstream that refuses records with an error page echoing secrets, as a careless
+# product endpoint might: the console shows the start of that answer in each attempt.
+SINK_ECHOED_SIGNATURE = base64.b64encode(b"downstream-echoes-a-signature-LEAK").decode()
+SINK_ANSWER_400 = orjson.dumps(
+    {
+        "error": "record refused by downstream",
+        "debug": f"Authorization: Bearer {API_KEY}; forward key {FORWARD_SECRET}; "
+        f"file https://cdn.example/r.png?X-Amz-Signature={URL_SIGNATURE}; "
+        f"webhook-signature: v1,{SINK_ECHOED_SIGNATURE}",
+    }
+)
+
+
+def test_no_secret_in_any_console_action_against_a_sink_answering_400(
+    tmp_path: Path, redis_url: str, clean_redis: object
+) -> None:
+    """Every console action (replay, resolve, bulk replay, bulk resolve, by form and by API)
+    answers its status while the HTTP sink refuses each record with a 400 whose body echoes
+    secrets; no page, API answer or log line then holds a secret, a signature or a key."""
+    from receiver.console.users import Role
+    from tests.console_helpers import sign_in, write_users
+    from tests.servers import Downstream
+
+    people = write_users(tmp_path / "users", ("olga", Role.OPERATOR))
+    olga = people["olga"].bearer
+    bodies = {
+        name: orjson.dumps(envelope(generation(
+            task_id=f"task_leak_{name}",
+            result={"primary_url": f"https://cdn.example/{name}.png?X-Amz-Signature={URL_SIGNATURE}",
+                    "urls": [f"https://cdn.example/{name}.png?X-Amz-Signature={URL_SIGNATURE}"]},
+            client_request_id=API_KEY,
+        )))
+        for name in ("one", "two", "three")
+    }  # fmt: skip
+    signed = {name: signed_headers(body) for name, body in bodies.items()}
+    ids = {name: headers["webhook-id"] for name, headers in signed.items()}
+    statuses: dict[str, int] = {}
+    answers: list[str] = []
+    with Downstream(400, body=SINK_ANSWER_400) as downstream:
+        env = base_env(
+            tmp_path,
+            redis_url,
+            RECEIVER_SINK=downstream.url,
+            RECEIVER_FORWARD_SECRET=FORWARD_SECRET,
+            RECEIVER_ADMIN_USERS_FILE=str(tmp_path / "users"),
+        )
+        service = ServiceProcess(env, tmp_path / "serve.log", admin=True)
+        with service, httpx.Client(base_url=service.admin_url, timeout=30) as admin:
+
+            def state(event_id: str) -> str:
+                answer = admin.get(f"/api/v1/events/{event_id}", headers=olga)
+                return str(answer.json().get("state"))
+
+            def settled(forwarded: int, expected: str = "dead") -> None:
+                """Wait until the sink got ``forwarded`` records and every event is in state
+                ``expected`` (or already resolved)."""
+
+                def done() -> bool:
+                    return len(downstream.requests) >= forwarded and all(
+                        state(event_id) in (expected, "resolved") for event_id in ids.values()
+                    )
+
+                eventually(done, what=f"{forwarded} records forwarded, events {expected}")
+
+            with httpx.Client(base_url=service.url, timeout=10) as public:
+                for name, body in bodies.items():
+                    answer = public.post("/webhooks/rivya", content=body, headers=signed[name])
+                    statuses[f"deliver {name}"] = answer.status_code
+            settled(3)
+            csrf = sign_in(admin, people["olga"])
+
+            def form(action: str, **fields: str) -> httpx.Response:
+                answer = admin.post(f"/actions/{action}", data={"csrf": csrf, **fields})
+                statuses[f"form {action} {fields.get('step', '')}".strip()] = answer.status_code
+                answers.append(answer.text)
+                return answer
+
+            def api(path: str, document: dict[str, object]) -> httpx.Response:
+                answer = admin.post(f"/api/v1{path}", json=document, headers=olga)
+                key = f"api {path.replace(ids['one'], 'ONE').replace(ids['two'], 'TWO')}"
+                statuses[f"{key} {'dry' if document.get('dry_run') else ''}".strip()] = (
+                    answer.status_code
+                )
+                answers.append(answer.text)
+                return answer
+
+            form("replay", event_id=ids["one"])
+            settled(4)
+            api(f"/events/{ids['two']}/replay", {})
+            settled(5)
+            form("bulk-replay", state="dead", step="preview")
+            started = form("bulk-replay", state="dead", step="run", expected="3")
+            replay_page = started.headers.get("location", "/replays/none")
+            settled(8)
+            waited = api("/replays", {"filter": {"state": "dead"}, "wait": 20}).json()
+            api("/replays", {"filter": {"state": "dead"}, "dry_run": True})
+            form("resolve", event_id=ids["one"], reason=f"sink refuses it, see {API_KEY}")
+            api(f"/events/{ids['two']}/resolve", {"reason": "sink refuses it"})
+            form("bulk-resolve", state="dead", step="preview", why="sink refuses it")
+            form("bulk-resolve", state="dead", step="run", expected="1", why="sink refuses it")
+            settled(11, "resolved")
+            event_page = admin.get(f"/events/{ids['one']}").text  # four refused attempts
+            answers.append(event_page)
+            pages = [replay_page, "/", "/events", "/failed", "/audit", "/deliveries",
+                     *(f"/events/{event_id}" for event_id in ids.values())]  # fmt: skip
+            answers += [admin.get(path).text for path in pages]
+            reads = ["/events", "/audit", "/status", *(f"/events/{i}" for i in ids.values())]
+            answers += [admin.get(f"/api/v1{path}", headers=olga).text for path in reads]
+            answers.append(admin.get("/metrics").text)
+        forwarded = [headers["webhook-signature"] for headers, _ in downstream.requests]
+    assert {
+        "deliver one": 202, "deliver two": 202, "deliver three": 202,
+        "form replay": 303, "api /events/TWO/replay": 202,
+        "form bulk-replay preview": 200, "form bulk-replay run": 303,
+        "api /replays": 202, "api /replays dry": 200,
+        "form resolve": 303, "api /events/TWO/resolve": 200,
+        "form bulk-resolve preview": 200, "form bulk-resolve run": 200,
+    } == statuses  # fmt: skip
+    assert 11 == len(forwarded), "every replay reached the sink"
+    assert (3, 3) == (waited["queued"], waited["outcomes"]["dead"]), "refused again, and said so"
+    assert "record refused by downstream" in event_page, "the sink's answer is shown"
+    assert "[REDACTED]" in event_page
+    secrets = [
+        TEST_SECRET, TEST_SECRET.removeprefix("whsec_"),
+        FORWARD_SECRET, FORWARD_SECRET.removeprefix("whsec_"),
+        API_KEY, URL_SIGNATURE, SINK_ECHOED_SIGNATURE,
+        *(headers["webhook-signature"].removeprefix("v1,") for headers in signed.values()),
+        *(signature.removeprefix("v1,") for signature in forwarded),
+        *(person.token for person in people.values()),
+    ]  # fmt: skip
+    leaked = [(s, a[:200]) for s in secrets for a in answers if s in a]
+    assert [] == leaked
+    assert [s for s in secrets if s in service.output()] == []
+
+
 def test_no_secret_in_worker_outputs(tmp_path: Path) -> None:
     """A worker whose sink fails with secret-laden errors opens its circuit and probes it:
     neither its log nor its listener's answers (/metrics, /readyz, /healthz) leak a secret."""

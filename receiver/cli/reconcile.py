@@ -12,7 +12,14 @@ import asyncio
 import click
 
 from receiver import ops
-from receiver.cli.common import EXIT_USAGE, fail, load_settings, run_async, with_runtime
+from receiver.cli.common import (
+    EXIT_USAGE,
+    fail,
+    load_settings,
+    require_existing_store,
+    run_async,
+    with_runtime,
+)
 from receiver.cli.output import print_json
 from receiver.logs import get_logger
 
@@ -72,6 +79,9 @@ def reconcile(metrics_port: int | None, metrics_host: str) -> None:
     """Run the reconciler alone: poll Rivya's status API for watched tasks that are due."""
     settings = load_settings(service=True)
     settings.require_api_key()
+    # It polls tasks the service's store watches: an empty Redis started here would have
+    # none and poll nothing, silently (issue 14), so refuse like the other ops commands.
+    require_existing_store(settings)
 
     async def run() -> None:
         import signal

@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from receiver.cli.common import SIGNING, fail, load_settings, run_async
+from receiver.cli.common import (
+    SIGNING,
+    fail,
+    load_settings,
+    require_existing_store,
+    run_async,
+)
 from receiver.logs import get_logger
 
 if TYPE_CHECKING:
@@ -81,6 +87,9 @@ def console() -> None:
     settings = load_settings(service=True)
     if settings.admin_addr is None:
         fail("RECEIVER_ADMIN_ADDR is empty: the console has no address to listen on")
+    # The console only reads and acts on a store the service made: started in the wrong
+    # directory it would show an empty Redis as "no events" (issue 14), so refuse.
+    require_existing_store(settings)
     host, port = settings.admin_addr
 
     async def run() -> None:

@@ -96,6 +96,11 @@ class AdminApp:
         )
         self._app = SecurityHeaders(self._starlette)
 
+    @property
+    def routes(self) -> list[BaseRoute]:
+        """The route table, as served (tests walk it so that a new route is covered)."""
+        return self._starlette.routes
+
     def attach(self, runtime: Callable[[], Runtime]) -> None:
         """Use ``serve``'s runtime (built after this app, which checks the users file first)."""
         self._runtime_source = runtime
