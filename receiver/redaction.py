@@ -190,6 +190,34 @@ def is_secret_key(key: str) -> bool:
     return _SECRET_KEY.search(key) is not None
 
 
+# ``name: value`` / ``name=value`` pairs in free text whose name says "secret": a quoted
+# value, or a bare one up to a separator. JSON, form, header and query shapes alike.
+_NAMED_VALUE = re.compile(
+    r"""(?P<name>["']?[\w.-]*(?:"""
+    # _SECRET_KEY's names, with header spellings (X-Api-Key) too
+    + _SECRET_KEY.pattern.replace("api_?key", "api[_-]?key")
+    + r""")[\w.-]*["']?\s*[:=]\s*)(?P<value>"(?:[^"\\]|\\.)*"|'[^']*'|[^\s,;&}\]"']+)""",
+    re.IGNORECASE,
+)
+
+
+def redact_named_values(text: str) -> str:
+    """``redact_text``, and also mask the value of every pair whose name says it is a
+    secret (``"api_key": "..."``, ``password=...``), whatever the value looks like.
+
+    For text we did not write (a downstream's error page, which may echo its own
+    credentials in a form we cannot recognise by value); not for log lines, whose fields
+    ``redact_value`` already masks by name."""
+    text = redact_text(text)
+
+    def masked(match: re.Match[str]) -> str:
+        value = match["value"]
+        quote = value[0] if value[0] in "\"'" else ""
+        return f"{match['name']}{quote}{REDACTED}{quote}"
+
+    return _NAMED_VALUE.sub(masked, text)
+
+
 # -- terminal safety ---------------------------------------------------------------------
 
 # Characters a terminal acts on instead of showing (PITFALLS: a signed body is untrusted):

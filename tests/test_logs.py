@@ -24,6 +24,7 @@ from receiver.redaction import (
     _URL_QUERY,
     REDACTED,
     may_hold_secret,
+    redact_named_values,
     redact_text,
     redact_value,
 )
@@ -85,6 +86,38 @@ class TestRedactText:
     def test_url_without_query_keeps_path(self) -> None:
         """A URL without a query string stays readable."""
         assert redact_text("https://media.example/result.png") == "https://media.example/result.png"
+
+
+class TestRedactNamedValues:
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            (
+                '{"api_key": "k1", "password": "p w"}',
+                '{"api_key": "[REDACTED]", "password": "[REDACTED]"}',
+            ),
+            ("password=hunter2&user=bob", "password=[REDACTED]&user=bob"),
+            ("X-Api-Key: abc123 then", "X-Api-Key: [REDACTED] then"),
+            ("{'client_secret': 'a b'}", "{'client_secret': '[REDACTED]'}"),
+            ('{"token":"a\\"b","next":1}', '{"token":"[REDACTED]","next":1}'),
+            (
+                '{"error":"bad","detail":"model unknown"}',
+                '{"error":"bad","detail":"model unknown"}',
+            ),
+        ],
+    )
+    def test_masks_values_by_their_name(self, text: str, expected: str) -> None:
+        """A downstream's text: a pair named like a secret loses its value, any shape;
+        other pairs stay readable."""
+        assert expected == redact_named_values(text)
+
+    def test_masks_what_redact_text_masks_too(self) -> None:
+        """Values recognised by their shape are masked as well, under any name."""
+        text = '{"note": "Bearer abc.def", "url": "https://cdn.example/a.png?sig=s3cr3t"}'
+        redacted = redact_named_values(text)
+        assert "abc.def" not in redacted
+        assert "s3cr3t" not in redacted
+        assert redact_text(text) == redacted
 
 
 class TestRedactProcessor:

@@ -139,7 +139,9 @@ class Downstream:
         await self._receive(request)
         body = (
             b'{"error":"invalid_record","detail":"model z-image unknown",'
-            b'"auth":"Bearer rvya_sk_test_ECHOED0123","pad":"' + b"x" * 2000 + b'"}'
+            b'"auth":"Bearer rvya_sk_test_ECHOED0123","api_key":"plainECHOEDkey",'
+            b'"X-Api-Key":"plainECHOEDheader","password":"plainECHOEDpassword",'
+            b'"pad":"' + b"x" * 2000 + b'"}'
         )
         return Response(body, status_code=request.path_params["code"])
 
@@ -299,6 +301,9 @@ class TestAnswerReport:
         assert answer.startswith('{"error":"invalid_record","detail":"model z-image unknown"')
         assert len(answer.encode()) <= 512
         assert "rvya_sk_test_ECHOED0123" not in answer
+        # Values under a secret's name are masked whatever they look like.
+        assert "plainECHOED" not in answer
+        assert '"api_key":"[REDACTED]","X-Api-Key":"[REDACTED]"' in answer
 
     async def test_applied_answer_is_reported(self, make_sink: Any) -> None:
         """A 2xx answer's status and body start come back with the applied outcome."""

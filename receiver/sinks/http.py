@@ -28,7 +28,7 @@ from receiver.errors import (
     TransientSinkError,
 )
 from receiver.models import ApplyOutcome, Record, SinkResult
-from receiver.redaction import mask_url, redact_text, scrub, url_secrets
+from receiver.redaction import mask_url, redact_named_values, scrub, url_secrets
 from receiver.signing import sign_standard
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def answer_snippet(content: bytes) -> str | None:
     page can echo a token or a signed URL); None for an empty body."""
     if not content:
         return None
-    text = redact_text(content[:ANSWER_SNIPPET_BYTES].decode("utf-8", "replace"))
+    text = redact_named_values(content[:ANSWER_SNIPPET_BYTES].decode("utf-8", "replace"))
     return text[:ANSWER_SNIPPET_BYTES]
 
 
