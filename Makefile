@@ -22,7 +22,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 ## run: the service with its embedded defaults (embedded Redis, SQLite sink, dev secret)
 run: $(VENV)/.installed-run
-	@. scripts/dev-secret.sh && . scripts/dev-console.sh && exec $(BIN)/receiver serve
+	@VENV_BIN='$(abspath $(BIN))'; . scripts/dev-secret.sh && . scripts/dev-console.sh && exec $(BIN)/receiver serve
 
 ## test: lint, type-check and the whole test suite against real Redis and PostgreSQL
 test: $(VENV)/.installed-test services browser lint typecheck pytest

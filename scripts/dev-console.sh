@@ -15,9 +15,10 @@ if [ -z "${RECEIVER_ADMIN_USERS_FILE:-}" ]; then
       return 1 2>/dev/null || exit 1
     fi
     # Its stderr is the "line 1 is the token" hint, not for `make run`'s terminal.
-    if ! minted="$(.venv/bin/receiver admin-token dev operator 2>/dev/null)" \
+    receiver_bin="${VENV_BIN:-.venv/bin}/receiver"  # VENV_BIN: as in dev-secret.sh
+    if ! minted="$("$receiver_bin" admin-token dev operator 2>/dev/null)" \
       || [ -z "$(printf '%s\n' "$minted" | sed -n 2p)" ]; then
-      echo "receiver: could not create a development console operator: '.venv/bin/receiver admin-token dev operator' failed in $(pwd) (run make run from the repository, after make installs the venv)" >&2
+      echo "receiver: could not create a development console operator: '$receiver_bin admin-token dev operator' failed in $(pwd) (run make run from the repository, after make installs the venv)" >&2
       return 1 2>/dev/null || exit 1
     fi
     if ! (umask 077 && printf '%s\n' "$minted" | sed -n 1p > "$token_file" \

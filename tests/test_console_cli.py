@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -205,3 +206,45 @@ def test_dev_console_fails_loudly(tmp_path: Path, breakage: str, expected: str) 
     [line] = result.stderr.splitlines()
     assert line.startswith(expected), line
     assert not (data_dir / "dev-admin-users").exists(), "no empty users file left behind"
+
+
+DEV_SECRET = ROOT / "scripts" / "dev-secret.sh"
+
+
+def test_dev_secret_fails_loudly_without_the_venv(tmp_path: Path) -> None:
+    """`make run`'s secret helper, run where there is no venv, stops with one line and a
+    nonzero status, and leaves no empty secret file for the next run to trust."""
+    data_dir = tmp_path / "data"
+    result = subprocess.run(
+        ["sh", "-c", f". '{DEV_SECRET}' && echo served"],
+        cwd=tmp_path, env=embedded_env(RECEIVER_DATA_DIR=str(data_dir)),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (1, "") == (result.returncode, result.stdout), result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("receiver: could not create a development signing secret: "), line
+    assert not (data_dir / "dev-webhook-secret").exists()
+
+
+def test_dev_helpers_use_the_venv_make_passes(tmp_path: Path) -> None:
+    """With `make VENV=...` the venv is not ./.venv: both helpers take the receiver from
+    VENV_BIN (what `make run` sets), so they work from a directory without ./.venv."""
+    venv_bin = tmp_path / "other-venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "receiver").symlink_to(Path(sys.executable).parent / "receiver")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    data_dir = tmp_path / "data"
+    script = (
+        f"VENV_BIN='{venv_bin}'; . '{DEV_SECRET}' && . '{DEV_CONSOLE}' && "
+        'echo "$RECEIVER_WEBHOOK_SECRET_FILE $RECEIVER_ADMIN_USERS_FILE"'
+    )
+    result = subprocess.run(
+        ["sh", "-c", script], cwd=elsewhere, env=embedded_env(RECEIVER_DATA_DIR=str(data_dir)),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert 0 == result.returncode, result.stderr
+    assert f"{data_dir}/dev-webhook-secret {data_dir}/dev-admin-users" == result.stdout.strip()
+    assert (data_dir / "dev-webhook-secret").read_text().startswith("whsec_")
+    assert f"'{venv_bin}/receiver' send-test" in result.stderr
+    assert not (elsewhere / ".venv").exists()
