@@ -82,18 +82,29 @@ def vic(people: tuple[Path, dict[str, Person]]) -> Person:
     return people[1]["vic"]
 
 
-def post_paths(app: AdminApp | None) -> list[str]:
-    """Every path the admin app answers POST on, read from its route table (mounts too)."""
+def route_paths(app: AdminApp | None, method: str | None = None) -> list[str]:
+    """Every path the admin app answers (``method`` only, if given), read from its route
+    table (mounts too), with each path parameter as written in the route."""
     assert app is not None, "started with admin=True"
 
     def walk(routes: Sequence[BaseRoute], prefix: str) -> Iterator[str]:
         for route in routes:
             if isinstance(route, Mount):
                 yield from walk(route.routes, prefix + route.path)
-            elif isinstance(route, Route) and "POST" in (route.methods or ()):
+            elif isinstance(route, Route) and (method is None or method in (route.methods or ())):
                 yield prefix + route.path
 
     return list(walk(app.routes, ""))
+
+
+def post_paths(app: AdminApp | None) -> list[str]:
+    """Every path the admin app answers POST on."""
+    return route_paths(app, "POST")
+
+
+def concrete(path: str) -> str:
+    """A route path with each ``{parameter}`` filled in."""
+    return re.sub(r"\{[^}]+\}", "x_1", path)
 
 
 def api_requests() -> list[tuple[str, str]]:
@@ -340,15 +351,20 @@ class TestSessions:
 
 
 def test_public_port_serves_no_console_path(service: ServiceThread, olga: Person) -> None:
-    """Every console, API and metrics path answers 404 on the public port, even signed in."""
+    """Every console, API and metrics path answers 404 on the public port, even signed in:
+    the listed ones and every route of the admin app's table, so a new route is covered."""
+    # The two probes are on both listeners (the public one answers a bare /readyz).
+    routed = set(map(concrete, route_paths(service.admin_app))) - {"/healthz", "/readyz"}
+    paths = sorted({*ADMIN_PATHS, *routed})
+    assert len(paths) > len(ADMIN_PATHS), "the route table adds the /actions/* routes"
     with httpx.Client(base_url=service.url, timeout=10) as http:
         answers = {
             path: http.request(method, path, headers=olga.bearer).status_code
-            for path in ADMIN_PATHS
+            for path in paths
             for method in ("GET", "POST")
         }
         assert http.get("/healthz").status_code == 200
-    assert dict.fromkeys(ADMIN_PATHS, 404) == answers
+    assert dict.fromkeys(paths, 404) == answers
 
 
 def test_removing_a_person_ends_their_session(
