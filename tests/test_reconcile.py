@@ -415,8 +415,14 @@ class TestPoliteness:
     def test_the_rate_limit_holds_over_200_due_tasks_and_two_reconcilers(
         self, tmp_path: Path, redis_url: str, clean_redis: redis.Redis, fake: FakeRivya
     ) -> None:
-        """200 tasks due at once, two reconcilers sharing RECEIVER_RECONCILE_RATE=50/s: no
-        one-second window at the fake holds more than 50 + slack requests."""
+        """200 tasks due at once, two reconcilers sharing RECEIVER_RECONCILE_RATE=50/s: the
+        200 requests take about 4 s, spread out, and no one-second window at the fake holds
+        much more than 50.
+
+        The gate hands out slots 20 ms apart; a request whose sleep until its slot wakes
+        late (a loaded machine) lands next to the following ones, so a window seen at the
+        fake can exceed the rate by lateness x rate (56 seen once in a CI run). Without the
+        gate the 200 would arrive within a fraction of a second."""
         tasks = [f"task_rate_{n:03d}" for n in range(200)]
         for task_id in tasks:
             fake.script(task_id, Reply.of(generation(task_id, "succeeded", UPDATED[1])))
@@ -430,10 +436,10 @@ class TestPoliteness:
         busiest = max(
             sum(1 for other in starts[n:] if other < start + 1.0) for n, start in enumerate(starts)
         )
-        assert busiest <= 50 + 3, f"{busiest} requests in one second at 50/s"
+        assert busiest <= 50 * 1.25, f"{busiest} requests in one second at 50/s"
         gaps = [b - a for a, b in itertools.pairwise(starts)]
         assert sorted(gaps)[len(gaps) // 2] >= 0.015, "spread out, not in bursts"
-        assert starts[-1] - starts[0] >= 2.9, "200 requests at 50/s take about 4 s"
+        assert starts[-1] - starts[0] >= 3.5, "200 requests at 50/s take about 4 s"
         assert sorted(tasks) == sorted(seen.task_id for seen in fake.snapshot())
 
 
