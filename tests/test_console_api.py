@@ -102,9 +102,9 @@ def post_paths(app: AdminApp | None) -> list[str]:
     return route_paths(app, "POST")
 
 
-def concrete(path: str) -> str:
-    """A route path with each ``{parameter}`` filled in."""
-    return re.sub(r"\{[^}]+\}", "x_1", path)
+def concrete(path: str, value: str = "x_1") -> str:
+    """A route path with each ``{parameter}`` filled in with ``value``."""
+    return re.sub(r"\{[^}]+\}", value, path)
 
 
 def api_requests() -> list[tuple[str, str]]:
@@ -228,12 +228,12 @@ class TestRoles:
             for path in post_paths(service.admin_app):
                 if path in ("/sign-in", "/sign-out"):  # no session yet / every role's
                     continue
-                concrete = re.sub(r"\{[^}]+\}", event_id, path)
+                url = concrete(path, event_id)
                 if path.startswith("/api/"):
-                    answer = http.post(concrete, json=document, headers={"X-CSRF-Token": csrf})
+                    answer = http.post(url, json=document, headers={"X-CSRF-Token": csrf})
                     api_errors[path] = answer.json().get("error", "")
                 else:
-                    answer = http.post(concrete, data={**form, "csrf": csrf})
+                    answer = http.post(url, data={**form, "csrf": csrf})
                 statuses[path] = answer.status_code
             after = http.get(f"/api/v1/events/{event_id}", headers=olga.bearer).json()
             audit_after = http.get("/api/v1/audit", headers=olga.bearer).json()["entries"]

@@ -152,13 +152,19 @@ def test_console_alone_reads_records_from_the_sink(
 DEV_CONSOLE = ROOT / "scripts" / "dev-console.sh"
 
 
-def source_dev_console(data_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Source the script as `make run` does, then report what the next command would get."""
+def run_sh(script: str, data_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``script`` (which sources make run's helpers) in ``sh``, as `make run` runs them."""
     return subprocess.run(
-        ["sh", "-c", f". '{DEV_CONSOLE}' && echo \"serve with $RECEIVER_ADMIN_USERS_FILE\""],
-        cwd=cwd, env=embedded_env(RECEIVER_DATA_DIR=str(data_dir)),
+        ["sh", "-c", script], cwd=cwd, env=embedded_env(RECEIVER_DATA_DIR=str(data_dir)),
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
+
+
+def source_dev_console(data_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Source the script as `make run` does, then report what the next command would get."""
+    return run_sh(
+        f". '{DEV_CONSOLE}' && echo \"serve with $RECEIVER_ADMIN_USERS_FILE\"", data_dir, cwd
+    )
 
 
 def test_dev_console_makes_an_operator_once(tmp_path: Path) -> None:
@@ -215,11 +221,7 @@ def test_dev_secret_fails_loudly_without_the_venv(tmp_path: Path) -> None:
     """`make run`'s secret helper, run where there is no venv, stops with one line and a
     nonzero status, and leaves no empty secret file for the next run to trust."""
     data_dir = tmp_path / "data"
-    result = subprocess.run(
-        ["sh", "-c", f". '{DEV_SECRET}' && echo served"],
-        cwd=tmp_path, env=embedded_env(RECEIVER_DATA_DIR=str(data_dir)),
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    result = run_sh(f". '{DEV_SECRET}' && echo served", data_dir, tmp_path)
     assert (1, "") == (result.returncode, result.stdout), result.stderr
     [line] = result.stderr.splitlines()
     assert line.startswith("receiver: could not create a development signing secret: "), line
@@ -239,10 +241,7 @@ def test_dev_helpers_use_the_venv_make_passes(tmp_path: Path) -> None:
         f"VENV_BIN='{venv_bin}'; . '{DEV_SECRET}' && . '{DEV_CONSOLE}' && "
         'echo "$RECEIVER_WEBHOOK_SECRET_FILE $RECEIVER_ADMIN_USERS_FILE"'
     )
-    result = subprocess.run(
-        ["sh", "-c", script], cwd=elsewhere, env=embedded_env(RECEIVER_DATA_DIR=str(data_dir)),
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    result = run_sh(script, data_dir, elsewhere)
     assert 0 == result.returncode, result.stderr
     assert f"{data_dir}/dev-webhook-secret {data_dir}/dev-admin-users" == result.stdout.strip()
     assert (data_dir / "dev-webhook-secret").read_text().startswith("whsec_")
